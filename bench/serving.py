@@ -1,0 +1,472 @@
+"""Serving benchmark: where a frame's time goes, the gRPC + codec overhead, and throughput under concurrency.
+
+The server runs in its own process (as in production: client and server do not share a GIL), on 127.0.0.1,
+with the shipped bundle; the client is the real edge client (``slimsplit.edge``). Three measurements:
+
+1. **Latency breakdown** (ONNX Runtime tail, one frame in flight, the real encoder): p50 per frame of
+   ``edge_encode`` (preprocess + ONNX encoder), ``codec_encode`` (quantize + pack + entropy code),
+   ``transfer`` (round trip - server total: gRPC + loopback, both ways), ``server_queue_decode`` (validation,
+   decoding, batcher queue), ``tail`` (the tail's compute), ``response`` (server top-k and reply building =
+   server total - queue - decode - tail, plus the client's reply handling).
+2. **overhead_ms_p50** with a null tail (zero logits, no compute; the server's ``null`` backend, which
+   implements ``server/backends/base.py``): per frame, ``codec_encode`` + the round trip, i.e. everything
+   except encoder and tail compute, one frame in flight; for ``unary`` (``Infer``) and ``stream`` (``InferStream``).
+3. **Concurrency sweep**: throughput and p50/p99 round-trip latency with 1, 4, 16, 64 frames outstanding, for
+   unary (that many concurrent ``Infer`` calls on one channel) and stream (one ``InferStream`` with that many
+   frames in flight), with the ONNX Runtime tail and with the null tail. Payloads are pre-encoded.
+
+Targets (issue 3): overhead <= 1 ms p50 per frame, stream throughput >= unary throughput at concurrency 16.
+
+    python bench/serving.py --out out/serving.json             # full: 2000 frames per point
+    python bench/serving.py --quick --out out/serving-quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from slimsplit.bundle import Bundle, default_bundle_path
+from slimsplit.codec import encode_features
+from slimsplit.edge.client import EdgeClient, FixedController, Outcome
+from slimsplit.edge.config import ClientConfig
+from slimsplit.edge.pipeline import PipelineConfig, run_frames
+from slimsplit.edge.results import FrameResult, percentile
+from slimsplit.edge.run import default_mode
+from slimsplit.edge.runtime import EncoderRuntime
+from slimsplit.edge.sources import SourceFrame, load_sample
+
+COMPONENTS = ("edge_encode", "codec_encode", "transfer", "server_queue_decode", "tail", "response")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    breakdown_frames: int = 400
+    overhead_frames: int = 2000
+    point_frames: int = 2000
+    warmup: int = 50
+    concurrency: tuple[int, ...] = (1, 4, 16, 64)
+    mode: str = ""  # empty = the bundle's default mode (the most accurate)
+    backends: tuple[str, ...] = ("onnxruntime", "null")
+
+
+QUICK = BenchConfig(breakdown_frames=100, overhead_frames=300, point_frames=300, warmup=20)
+
+
+# --------------------------------------------------------------------------------------------- server process
+
+
+def _serve(backend: str, bundle: str, conn: Connection) -> None:
+    """Child process: serve ``bundle`` with ``backend`` on a free port until SIGTERM; send the port back."""
+    from slimsplit.server.app import serve
+    from slimsplit.server.config import BackendConfig, GrpcConfig, ServerConfig
+
+    config = ServerConfig(
+        models=(Path(bundle),),
+        log_level="warning",
+        grpc=GrpcConfig(host="127.0.0.1", port=0, grace_s=0.5),
+        backend=BackendConfig(name=backend),
+    )
+    asyncio.run(serve(config, ready=lambda running: conn.send(running.port)))
+
+
+@contextmanager
+def server_process(backend: str, bundle: Path) -> Iterator[str]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_serve, args=(backend, str(bundle), child), daemon=True, name=f"server-{backend}")
+    proc.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not parent.poll(0.2):
+            if not proc.is_alive():
+                raise RuntimeError(f"the {backend} server process exited with code {proc.exitcode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {backend} server did not start within 120 s")
+        port = parent.recv()
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.join(15)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+# --------------------------------------------------------------------------------------------- measurements
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "mean": float(np.mean(values)) if values else float("nan"),
+    }
+
+
+def _components(r: FrameResult) -> dict[str, float]:
+    s = r.server
+    assert s is not None
+    server_rest = max(0.0, s.total_ms - s.queue_ms - s.decode_ms - s.tail_ms)
+    return {
+        "edge_encode": r.encoder_ms,
+        "codec_encode": r.codec_ms,
+        "transfer": r.transfer_ms,
+        "server_queue_decode": s.queue_ms + s.decode_ms,
+        "tail": s.tail_ms,
+        "response": server_rest + r.response_ms,
+        "total": r.latency_ms,
+    }
+
+
+async def breakdown(address: str, bundle: Bundle, mode: str, frames: list[SourceFrame], unary: bool) -> dict[str, Any]:
+    """The pipeline with the real encoder, one frame in flight; p50/p99 of each component."""
+    runtime = EncoderRuntime(bundle)
+    cfg = ClientConfig(target=address, max_in_flight=1, deadline_ms=10_000)
+    pipe = PipelineConfig(model=bundle.manifest.name, unary=unary)
+    async with EdgeClient(cfg) as client:
+        await client.wait_ready(30)
+        await run_frames(client, runtime, FixedController(mode), frames[:20], pipe)  # warm-up
+        report = await run_frames(client, runtime, FixedController(mode), frames, pipe)
+    ok = [r for r in report.results if r.ok]
+    per = [_components(r) for r in ok]
+    keys = (*COMPONENTS, "total")
+    return {
+        "frames": len(report.results),
+        "errors": len(report.results) - len(ok),
+        "ms": {k: _stats([p[k] for p in per]) for k in keys},
+    }
+
+
+async def _stream_point(client: EdgeClient, msgs: list[Any], concurrency: int) -> list[Outcome]:
+    stream = client.open_stream()
+    slots = asyncio.Semaphore(concurrency)
+    outcomes: list[Outcome] = []
+
+    def done(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        slots.release()
+
+    for msg in msgs:
+        await slots.acquire()
+        await stream.submit(msg, 30.0, done)
+    await stream.drain(60.0)
+    await stream.aclose()
+    return outcomes
+
+
+async def _unary_point(client: EdgeClient, msgs: list[Any], concurrency: int) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    it = iter(msgs)
+
+    async def worker() -> None:
+        for msg in it:
+            outcomes.append(await client.infer_outcome(msg, 30.0))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return outcomes
+
+
+async def measure_point(
+    address: str,
+    model: str,
+    mode: str,
+    payloads: list[bytes],
+    n: int,
+    warmup: int,
+    concurrency: int,
+    unary: bool,
+) -> tuple[list[Outcome], float]:
+    """``n`` frames with ``concurrency`` outstanding (after ``warmup`` frames); outcomes and wall seconds."""
+    async with EdgeClient(ClientConfig(target=address, max_in_flight=max(concurrency, 1))) as client:
+        await client.wait_ready(30)
+
+        def msgs(count: int) -> list[Any]:
+            return [
+                client.make_frame(mode=mode, payload=payloads[i % len(payloads)], model=model) for i in range(count)
+            ]
+
+        point = _unary_point if unary else _stream_point
+        await point(client, msgs(warmup), concurrency)
+        batch = msgs(n)
+        t0 = time.perf_counter()
+        outcomes = await point(client, batch, concurrency)
+        wall = time.perf_counter() - t0
+    return outcomes, wall
+
+
+def summarize_point(outcomes: list[Outcome], wall: float, concurrency: int) -> dict[str, Any]:
+    ok = [o for o in outcomes if o.ok]
+    rtts = [o.rtt_ms for o in ok]
+    return {
+        "concurrency": concurrency,
+        "frames": len(outcomes),
+        "errors": len(outcomes) - len(ok),
+        "fps": len(ok) / wall if wall > 0 else float("nan"),
+        "p50_ms": percentile(rtts, 50),
+        "p99_ms": percentile(rtts, 99),
+        "server_p50_ms": percentile([o.prediction.timing.total_ms for o in ok if o.prediction is not None], 50),
+        "batch_mean": float(np.mean([o.prediction.timing.batch_size for o in ok if o.prediction is not None]))
+        if ok
+        else float("nan"),
+    }
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_tables(console: Console, doc: dict[str, Any]) -> None:
+    bd = Table(title=f"Per-frame latency breakdown, ms p50 (ONNX Runtime tail, mode {doc['mode']}, 1 in flight)")
+    bd.add_column("component")
+    for transport in ("stream", "unary"):
+        bd.add_column(transport, justify="right")
+    for key in (*COMPONENTS, "total"):
+        bd.add_row(key, *(_f(doc["breakdown"][t]["ms"][key]["p50"]) for t in ("stream", "unary")))
+    console.print(bd)
+
+    ov = Table(title="Serving overhead per frame with a null tail (codec encode + round trip), ms")
+    ov.add_column("transport")
+    ov.add_column("p50", justify="right")
+    ov.add_column("p99", justify="right")
+    ov.add_column("codec p50", justify="right")
+    ov.add_column("round trip p50", justify="right")
+    ov.add_column("<= 1 ms?", justify="center")
+    for t in ("unary", "stream"):
+        o = doc["overhead"][t]
+        ov.add_row(
+            t,
+            _f(o["p50"]),
+            _f(o["p99"]),
+            _f(o["codec_p50"]),
+            _f(o["rtt_p50"]),
+            "yes" if o["p50"] is not None and o["p50"] <= 1.0 else "NO",
+        )
+    console.print(ov)
+
+    for backend, sweep in doc["concurrency"].items():
+        t = Table(title=f"Concurrency sweep, {backend} tail (round trip ms; frames/s)")
+        t.add_column("in flight", justify="right")
+        for transport in ("unary", "stream"):
+            t.add_column(f"{transport} fps", justify="right")
+            t.add_column(f"{transport} p50", justify="right")
+            t.add_column(f"{transport} p99", justify="right")
+        for u, s in zip(sweep["unary"], sweep["stream"], strict=True):
+            t.add_row(
+                str(u["concurrency"]),
+                *(_f(p[k], 0 if k == "fps" else 2) for p in (u, s) for k in ("fps", "p50_ms", "p99_ms")),
+            )
+        console.print(t)
+    console.print("targets: " + json.dumps(doc["targets"]))
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for backend, sweep in doc["concurrency"].items():
+        for transport, style in (("unary", "--"), ("stream", "-")):
+            pts = sweep[transport]
+            xs = [p["concurrency"] for p in pts]
+            ax1.plot(xs, [p["fps"] for p in pts], style, marker="o", label=f"{transport}, {backend}")
+            ax2.plot(xs, [p["p50_ms"] for p in pts], style, marker="o", label=f"{transport}, {backend}")
+    for ax, label in ((ax1, "frames / s"), (ax2, "round trip p50, ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("frames in flight")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    ax2.set_yscale("log")
+    ax1.legend(fontsize=8)
+    fig.suptitle(f"slimsplit serving on loopback ({doc['machine']['cpus']} CPUs), mode {doc['mode']}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def run(config: BenchConfig, console: Console) -> dict[str, Any]:
+    bundle_path = default_bundle_path()
+    bundle = Bundle.open(bundle_path)
+    manifest = bundle.manifest
+    mode = manifest.mode(config.mode).name if config.mode else default_mode(manifest).name
+    spec = manifest.mode(mode)
+    sample = load_sample(manifest.input)
+    frames = list(sample.take(config.breakdown_frames, cycle=True))
+    runtime = EncoderRuntime(bundle)
+    runtime.set_mode(mode)
+    features = [runtime.features(f.image) for f in sample]
+    payloads = [encode_features(x, spec.bits) for x in features]
+    codec_ms = []
+    for i in range(config.overhead_frames):
+        x = features[i % len(features)]
+        t0 = time.perf_counter()
+        encode_features(x, spec.bits)
+        codec_ms.append((time.perf_counter() - t0) * 1e3)
+
+    points = len(config.backends) * len(config.concurrency) * 2
+    progress = tqdm(total=2 + 2 + points, desc="serving bench", unit="step", file=sys.stderr)
+    doc: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+            "onnxruntime": ort.__version__,
+            "load_average_at_start": list(os.getloadavg()),
+        },
+        "config": asdict(config),
+        "model": f"{manifest.name}:{manifest.version}",
+        "mode": mode,
+        "payload_bytes_mean": float(np.mean([len(p) for p in payloads])),
+        "definitions": {
+            "transfer": "round trip - server total (gRPC + loopback, both directions)",
+            "response": "server total - queue - decode - tail (top-k, reply) + client reply handling",
+            "overhead": "codec encode on the edge + round trip with a null tail, one frame in flight",
+            "stream concurrency": "one InferStream with that many frames in flight",
+            "unary concurrency": "that many concurrent Infer calls on one channel",
+        },
+        "breakdown": {},
+        "overhead": {},
+        "concurrency": {},
+    }
+    with server_process("onnxruntime", bundle_path) as address:
+        for transport in ("stream", "unary"):
+            doc["breakdown"][transport] = asyncio.run(breakdown(address, bundle, mode, frames, transport == "unary"))
+            progress.update()
+        if "onnxruntime" in config.backends:
+            doc["concurrency"]["onnxruntime"] = _sweep(address, manifest.name, mode, payloads, config, progress)
+    with server_process("null", bundle_path) as address:
+        for transport in ("unary", "stream"):
+            outcomes, _wall = asyncio.run(
+                measure_point(
+                    address,
+                    manifest.name,
+                    mode,
+                    payloads,
+                    config.overhead_frames,
+                    config.warmup,
+                    1,
+                    transport == "unary",
+                )
+            )
+            rtts = [o.rtt_ms for o in outcomes if o.ok]
+            totals = [c + r for c, r in zip(codec_ms, rtts, strict=False)]
+            doc["overhead"][transport] = {
+                "p50": percentile(totals, 50),
+                "p99": percentile(totals, 99),
+                "codec_p50": percentile(codec_ms, 50),
+                "rtt_p50": percentile(rtts, 50),
+                "server_p50": percentile(
+                    [o.prediction.timing.total_ms for o in outcomes if o.prediction is not None], 50
+                ),
+                "errors": len(outcomes) - len(rtts),
+            }
+            progress.update()
+        if "null" in config.backends:
+            doc["concurrency"]["null"] = _sweep(address, manifest.name, mode, payloads, config, progress)
+    progress.close()
+    doc["overhead_ms_p50"] = {t: doc["overhead"][t]["p50"] for t in ("unary", "stream")}
+    at16 = {
+        backend: _at(sweep["stream"], 16)["fps"] >= _at(sweep["unary"], 16)["fps"]
+        for backend, sweep in doc["concurrency"].items()
+        if 16 in config.concurrency
+    }
+    doc["targets"] = {
+        "overhead_le_1ms_p50": {t: doc["overhead_ms_p50"][t] <= 1.0 for t in ("unary", "stream")},
+        "stream_fps_ge_unary_at_16": at16,
+    }
+    return doc
+
+
+def _at(points: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
+    return next(p for p in points if p["concurrency"] == concurrency)
+
+
+def _sweep(
+    address: str, model: str, mode: str, payloads: list[bytes], config: BenchConfig, progress: Any
+) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {"unary": [], "stream": []}
+    for c in config.concurrency:
+        for transport in ("unary", "stream"):
+            outcomes, wall = asyncio.run(
+                measure_point(
+                    address,
+                    model,
+                    mode,
+                    payloads,
+                    config.point_frames,
+                    config.warmup,
+                    c,
+                    transport == "unary",
+                )
+            )
+            out[transport].append(summarize_point(outcomes, wall, c))
+            progress.update()
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--out", type=Path, default=Path("out/serving.json"), help="JSON results (default %(default)s)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG plot (default: --out with .png)")
+    p.add_argument("--quick", action="store_true", help="a short run (300 frames per point)")
+    p.add_argument("--mode", default="", help="operating mode (default: the bundle's most accurate)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=None, help="frames in flight (default 1 4 16 64)")
+    args = p.parse_args(argv)
+    config = QUICK if args.quick else BenchConfig()
+    if args.mode:
+        config = replace(config, mode=args.mode)
+    if args.concurrency:
+        config = replace(config, concurrency=tuple(args.concurrency))
+    console = Console()
+    doc = _finite(run(config, console))
+    doc["command"] = "python bench/serving.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    print_tables(console, doc)
+    plot_path = args.plot or args.out.with_suffix(".png")
+    plot(doc, plot_path)
+    console.print(f"wrote {args.out} and {plot_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

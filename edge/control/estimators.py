@@ -1,0 +1,200 @@
+"""Uplink throughput estimation from the frames themselves (no probing traffic).
+
+Turning a completed frame into a throughput sample (:class:`TransferSampler`)
+-----------------------------------------------------------------------------
+For frame ``i`` the edge knows ``sent_i`` (payload handed to the transport), ``completed_i`` (prediction arrived),
+``server_i`` (the server's reported time for the frame, ``server_ms``) and ``bytes_i``. With ``rtt`` the round-trip
+propagation time (no transmission; measured by the client, e.g. from pings, or 0 when unknown) the time the last
+payload byte left the uplink bottleneck is
+
+    dep_i = completed_i - server_i - rtt
+
+The uplink is a FIFO, so frame ``i`` could not start transmitting before the frames sent ahead of it had left:
+
+    start_i    = max(sent_i, dep_prev)        dep_prev = latest dep_j of a completed frame j sent before i
+    transfer_i = max(dep_i - start_i, min_transfer_s)
+    sample_i   = 8 * (bytes_i + a_i) / transfer_i     (bits per second)
+    a_i        = packet_bytes if frame i started on an idle link (sent_i >= dep_prev) else 0
+
+so a frame that waited behind bytes already in flight is not mistaken for a slow link, and the server's time is
+never counted as transfer time. ``packet_bytes`` (default 0 = pure fluid model) is the *packetisation
+allowance*: on a link that delivers in packet-sized opportunities (Mahimahi: 1500 B), a frame that finds the link
+idle first waits for the next opportunity, so its transfer time is about ``(bytes + packet) / capacity`` rather than
+``bytes / capacity``; without the allowance, small frames make the link look many times slower than it is. Frames
+queued behind others continue in the packets already flowing and get no allowance. Predictions must use the same
+model (:class:`~slimsplit.edge.control.controllers.MpcController` does). With ``rtt`` unknown (0) the sample is
+conservative: an isolated frame's transfer time then includes the propagation delay; back-to-back frames are still
+exact (``dep_i - dep_prev``).
+
+Estimators (bits per second, ``None`` before the first sample)
+-------------------------------------------------------------
+* :class:`EwmaEstimator`: ``e <- alpha * sample + (1 - alpha) * e`` with ``alpha = 0.4`` (the slimmable-ensemble
+  paper's choice); the first sample initialises ``e``.
+* :class:`RobustHarmonicEstimator` (robustMPC, Yin et al., SIGCOMM 2015): ``hm = N / sum(1 / s_k)`` over the last
+  ``N`` samples; each new sample ``s`` first records the relative error of the previous (undiscounted) prediction,
+  ``err = min(|hm - s| / s, max_error)``; the estimate is ``hm / (1 + max(err over the last N))``. The error is
+  clipped at ``max_error`` (default 1, i.e. at most a halving): robustMPC's unclipped ratio explodes when a sample
+  is taken across an outage (``s`` near 0) and would freeze the estimate near zero long after the link came back.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+
+from slimsplit.edge.control.base import FrameFeedback
+from slimsplit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ThroughputSample:
+    frame_id: int
+    payload_bytes: int
+    transfer_s: float
+    bps: float
+    departed_at: float  # estimated time the last payload byte left the uplink bottleneck
+
+
+class TransferSampler:
+    """Computes throughput samples from frame feedback (formula in the module docstring)."""
+
+    __slots__ = ("_dep_prev", "_dep_prev_sent", "min_transfer_s", "packet_bytes", "rtt_s")
+
+    def __init__(self, rtt_s: float = 0.0, min_transfer_s: float = 0.001, packet_bytes: float = 0.0) -> None:
+        if rtt_s < 0 or min_transfer_s <= 0 or packet_bytes < 0:
+            raise ConfigError(
+                f"need rtt_s >= 0, min_transfer_s > 0, packet_bytes >= 0; got {rtt_s}, {min_transfer_s}, "
+                f"{packet_bytes}"
+            )
+        self.rtt_s = rtt_s
+        self.min_transfer_s = min_transfer_s
+        self.packet_bytes = packet_bytes
+        self._dep_prev = -math.inf
+        self._dep_prev_sent = -math.inf
+
+    @property
+    def last_departure(self) -> float:
+        """Estimated departure time of the most recent frame known to have left the uplink (-inf if none)."""
+        return self._dep_prev
+
+    def departure(self, fb: FrameFeedback) -> float:
+        return fb.completed_at - fb.server_ms / 1000.0 - self.rtt_s
+
+    def sample(self, fb: FrameFeedback) -> ThroughputSample | None:
+        """The sample of one completed frame, or ``None`` (failed frame, empty payload)."""
+        if not fb.ok or fb.payload_bytes <= 0:
+            return None
+        dep = self.departure(fb)
+        ahead = self._dep_prev if self._dep_prev_sent <= fb.sent_at else -math.inf
+        idle = fb.sent_at >= ahead
+        start = fb.sent_at if idle else ahead
+        transfer = max(dep - start, self.min_transfer_s)
+        if dep > self._dep_prev:
+            self._dep_prev = dep
+            self._dep_prev_sent = fb.sent_at
+        bits = 8.0 * (fb.payload_bytes + (self.packet_bytes if idle else 0.0))
+        return ThroughputSample(fb.frame_id, fb.payload_bytes, transfer, bits / transfer, dep)
+
+
+class ThroughputEstimator(ABC):
+    """A bandwidth predictor fed with throughput samples (bits per second)."""
+
+    @abstractmethod
+    def update(self, bps: float) -> None: ...
+
+    @abstractmethod
+    def estimate(self) -> float | None:
+        """The prediction for the next transfer, bits/s (``None`` before any sample)."""
+
+
+class EwmaEstimator(ThroughputEstimator):
+    """Exponentially weighted moving average, ``alpha`` = weight of the newest sample."""
+
+    __slots__ = ("_value", "alpha")
+
+    def __init__(self, alpha: float = 0.4) -> None:
+        if not 0 < alpha <= 1:
+            raise ConfigError(f"EWMA alpha must be in (0, 1], got {alpha}")
+        self.alpha = alpha
+        self._value: float | None = None
+
+    def update(self, bps: float) -> None:
+        self._value = bps if self._value is None else self.alpha * bps + (1.0 - self.alpha) * self._value
+
+    def estimate(self) -> float | None:
+        return self._value
+
+
+class RobustHarmonicEstimator(ThroughputEstimator):
+    """Harmonic mean of the last ``window`` samples divided by ``1 + max recent relative error`` (robustMPC)."""
+
+    __slots__ = ("_errors", "_estimate", "_history", "_inv_sum", "_samples", "max_error", "quantile", "window")
+
+    def __init__(self, window: int = 5, max_error: float = 1.0, quantile: float = 0.0,
+                 quantile_window: int = 20) -> None:
+        if window < 1 or max_error < 0 or not 0 <= quantile < 1 or quantile_window < 1:
+            raise ConfigError(
+                f"harmonic estimator: need window >= 1, max_error >= 0, 0 <= quantile < 1, quantile_window >= 1; "
+                f"got {window}, {max_error}, {quantile}, {quantile_window}"
+            )
+        self.window = window
+        self.max_error = max_error
+        self.quantile = quantile
+        self._samples: deque[float] = deque(maxlen=window)
+        self._errors: deque[float] = deque(maxlen=window)
+        self._history: deque[float] = deque(maxlen=quantile_window)
+        self._inv_sum = 0.0
+        self._estimate: float | None = None
+
+    def harmonic_mean(self) -> float | None:
+        if not self._samples:
+            return None
+        return len(self._samples) / self._inv_sum
+
+    def update(self, bps: float) -> None:
+        if bps <= 0 or not math.isfinite(bps):
+            return
+        hm = self.harmonic_mean()
+        if hm is not None:
+            self._errors.append(min(abs(hm - bps) / bps, self.max_error))
+        self._samples.append(bps)
+        self._inv_sum = sum(1.0 / x for x in self._samples)  # window is small: exact, no drift
+        est = len(self._samples) / self._inv_sum / (1.0 + self.max_recent_error())
+        if self.quantile > 0:
+            self._history.append(bps)
+            ordered = sorted(self._history)
+            est = min(est, ordered[int(self.quantile * (len(ordered) - 1))])
+        self._estimate = est
+
+    def peak(self) -> float | None:
+        """The largest sample in the window (an optimistic bound, for "can this possibly make it" tests)."""
+        return max(self._samples) if self._samples else None
+
+    def max_recent_error(self) -> float:
+        return max(self._errors) if self._errors else 0.0
+
+    def estimate(self) -> float | None:
+        return self._estimate
+
+
+def make_estimator(kind: str, **options: float) -> ThroughputEstimator:
+    """``"ewma"`` (option ``alpha``) or ``"harmonic"`` (options ``window``, ``max_error``)."""
+    if kind == "ewma":
+        return EwmaEstimator(alpha=float(options.get("alpha", 0.4)))
+    if kind == "harmonic":
+        return RobustHarmonicEstimator(
+            window=int(options.get("window", 5)), max_error=float(options.get("max_error", 1.0))
+        )
+    raise ConfigError(f"unknown estimator {kind!r}; use 'ewma' or 'harmonic'")
+
+
+__all__ = [
+    "EwmaEstimator",
+    "RobustHarmonicEstimator",
+    "ThroughputEstimator",
+    "ThroughputSample",
+    "TransferSampler",
+    "make_estimator",
+]

@@ -1,0 +1,311 @@
+"""The per-frame loop: source frame -> controller -> encoder -> gRPC -> :class:`FrameResult`.
+
+For each frame the pipeline waits for its capture time (``fps``) and a free in-flight slot, asks the
+controller for a mode (with the bytes and frames still in flight), switches the encoder to it (O(1)), encodes
+(in a one-thread executor so replies keep being read), and submits the payload over the stream (or one unary
+call). Every frame produces exactly one result, delivered to ``on_result`` as soon as it is known; the
+controller observes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from slimsplit.edge.client import EdgeClient, FrameStream, Outcome
+from slimsplit.edge.control.base import Controller, FrameFeedback
+from slimsplit.edge.results import OK, SKIPPED, FrameResult, ServerTiming
+from slimsplit.edge.sources import SourceFrame
+from slimsplit.errors import ConfigError
+from slimsplit.v1 import slimsplit_pb2 as pb
+
+_perf = time.perf_counter
+
+
+class EncodedLike(Protocol):
+    """What an encoder returns for one image (``slimsplit.edge.runtime.EncodedFrame`` satisfies it)."""
+
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def encoder_ms(self) -> float: ...
+    @property
+    def codec_ms(self) -> float: ...
+
+
+class Encoder(Protocol):
+    """The part of ``EncoderRuntime`` the pipeline uses."""
+
+    def set_mode(self, name: str) -> None: ...
+    def encode(self, image: npt.NDArray[np.uint8]) -> EncodedLike: ...
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """``fps`` = capture rate (0 = as fast as the slots allow; a late frame is sent at once, without catch-up
+    bursts). ``unary`` = one ``Infer`` call per frame instead of the stream. ``encode_in_thread`` = run the
+    encoder in a worker thread so replies are time-stamped while the next frame encodes (off: encode on the
+    loop)."""
+
+    model: str
+    model_version: str = ""
+    fps: float = 0.0
+    unary: bool = False
+    encode_in_thread: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.fps >= 0 or not math.isfinite(self.fps):
+            raise ConfigError(f"fps must be a finite number >= 0, got {self.fps}")
+        if not self.model:
+            raise ConfigError("the pipeline needs a model name (the bundle's manifest name)")
+
+
+@dataclass
+class RunReport:
+    """All results of a run (in frame order) and its wall time."""
+
+    results: list[FrameResult] = field(default_factory=list)
+    wall_s: float = 0.0
+    reconnects: int = 0
+    late_replies: int = 0
+
+
+def _server_timing(p: pb.Prediction) -> ServerTiming:
+    t = p.timing
+    return ServerTiming(
+        queue_ms=t.queue_ms,
+        decode_ms=t.decode_ms,
+        tail_ms=t.tail_ms,
+        total_ms=t.total_ms,
+        device_ms=t.device_ms,
+        device_cycles=t.device_cycles,
+        backend=t.backend,
+        batch_size=t.batch_size,
+    )
+
+
+class _Frame:
+    """Bookkeeping of one frame between submit and result."""
+
+    __slots__ = ("captured", "encoded", "frame_id", "reason", "source")
+
+    def __init__(self, source: SourceFrame, captured: float, reason: str) -> None:
+        self.source = source
+        self.captured = captured
+        self.reason = reason
+        self.frame_id = 0
+        self.encoded: EncodedLike | None = None
+
+
+class Pipeline:
+    """Runs frames through ``encoder`` and ``client`` under ``controller``; one instance per run."""
+
+    def __init__(
+        self,
+        client: EdgeClient,
+        encoder: Encoder,
+        controller: Controller,
+        config: PipelineConfig,
+        on_result: Callable[[FrameResult], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.encoder = encoder
+        self.controller = controller
+        self.config = config
+        self.on_result = on_result
+        self._deadline_s = client.config.deadline_ms / 1e3
+        self._slots = asyncio.Semaphore(client.config.max_in_flight)
+        self._in_flight_bytes = 0
+        self._in_flight_frames = 0
+        self._results: list[FrameResult] = []
+        self._callback_error: BaseException | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, frames: Iterable[SourceFrame]) -> RunReport:
+        cfg = self.config
+        period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0
+        executor = (
+            ThreadPoolExecutor(1, thread_name_prefix="slimsplit-encode") if cfg.encode_in_thread else None
+        )
+        stream: FrameStream | None = None if cfg.unary else self.client.open_stream()
+        loop = asyncio.get_running_loop()
+        start = _perf()
+        next_at = start
+        try:
+            for source in frames:
+                if period:
+                    delay = next_at - _perf()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    next_at = max(next_at + period, _perf() - period)
+                # paced: the frame exists from its capture instant, waiting for a slot is part of its latency;
+                # unpaced: a frame is taken when a slot is free (the source would otherwise "wait" forever)
+                captured = _perf()
+                await self._slots.acquire()
+                now = _perf()
+                if not period:
+                    captured = now
+                decision = self.controller.choose(now, self._in_flight_bytes, self._in_flight_frames)
+                if decision.mode is None:
+                    self._slots.release()
+                    self._emit(
+                        FrameResult(
+                            0,
+                            source.index,
+                            "",
+                            SKIPPED,
+                            decision.reason,
+                            source.label,
+                            reason=decision.reason,
+                        )
+                    )
+                    continue
+                item = _Frame(source, captured, decision.reason)
+                mode = decision.mode
+                if executor is not None:
+                    encoded = await loop.run_in_executor(executor, self._encode, mode, source.image)
+                else:
+                    encoded = self._encode(mode, source.image)
+                item.encoded = encoded
+                msg = self.client.make_frame(
+                    mode=encoded.mode,
+                    payload=encoded.payload,
+                    model=cfg.model,
+                    model_version=cfg.model_version,
+                )
+                item.frame_id = msg.frame_id
+                self._in_flight_frames += 1
+                self._in_flight_bytes += len(encoded.payload)
+                self._idle.clear()
+                if stream is not None:
+                    await stream.submit(msg, self._deadline_s, functools.partial(self._complete, item))
+                else:
+                    task = loop.create_task(self._unary(msg, item))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                if self._callback_error is not None:
+                    break
+            await self._idle.wait()
+        finally:
+            if stream is not None:
+                await stream.aclose()
+            for task in list(self._tasks):
+                task.cancel()
+            if executor is not None:
+                executor.shutdown(wait=False)
+        wall = _perf() - start
+        if self._callback_error is not None:
+            raise self._callback_error
+        self._results.sort(key=lambda r: r.index)
+        return RunReport(
+            results=self._results,
+            wall_s=wall,
+            reconnects=stream.reconnects if stream is not None else 0,
+            late_replies=stream.late_replies if stream is not None else 0,
+        )
+
+    def _encode(self, mode: str, image: npt.NDArray[np.uint8]) -> EncodedLike:
+        self.encoder.set_mode(mode)
+        return self.encoder.encode(image)
+
+    async def _unary(self, msg: pb.FeatureFrame, item: _Frame) -> None:
+        outcome = await self.client.infer_outcome(msg, self._deadline_s)
+        self._complete(item, outcome)
+
+    def _complete(self, item: _Frame, outcome: Outcome) -> None:
+        t0 = _perf()
+        encoded = item.encoded
+        assert encoded is not None
+        nbytes = len(encoded.payload)
+        self._in_flight_frames -= 1
+        self._in_flight_bytes -= nbytes
+        self._slots.release()
+        rtt_ms = outcome.rtt_ms
+        prediction = outcome.prediction
+        server = _server_timing(prediction) if prediction is not None else None
+        self.controller.observe(
+            FrameFeedback(
+                frame_id=item.frame_id,
+                mode=encoded.mode,
+                payload_bytes=nbytes,
+                sent_at=outcome.sent_at,
+                completed_at=outcome.received_at,
+                server_ms=server.total_ms if server is not None else 0.0,
+                ok=outcome.ok,
+            )
+        )
+        source = item.source
+        if prediction is not None and server is not None:
+            result = FrameResult(
+                frame_id=item.frame_id,
+                index=source.index,
+                mode=encoded.mode,
+                status=OK,
+                label=source.label,
+                classes=tuple(prediction.classes),
+                scores=tuple(prediction.scores),
+                class_names=tuple(prediction.labels),
+                payload_bytes=nbytes,
+                encoder_ms=encoded.encoder_ms,
+                codec_ms=encoded.codec_ms,
+                rtt_ms=rtt_ms,
+                transfer_ms=rtt_ms - server.total_ms,
+                latency_ms=(outcome.received_at - item.captured) * 1e3,
+                response_ms=(_perf() - t0) * 1e3,
+                server=server,
+                attempt=outcome.attempt,
+                reason=item.reason,
+            )
+        else:
+            result = FrameResult(
+                frame_id=item.frame_id,
+                index=source.index,
+                mode=encoded.mode,
+                status=outcome.status,
+                error=outcome.message,
+                label=source.label,
+                payload_bytes=nbytes,
+                encoder_ms=encoded.encoder_ms,
+                codec_ms=encoded.codec_ms,
+                attempt=outcome.attempt,
+                reason=item.reason,
+            )
+        if self._in_flight_frames == 0:
+            self._idle.set()
+        self._emit(result)
+
+    def _emit(self, result: FrameResult) -> None:
+        self._results.append(result)
+        if self.on_result is not None and self._callback_error is None:
+            try:
+                self.on_result(result)
+            except Exception as exc:  # a display bug must not break the stream; re-raised after the run
+                self._callback_error = exc
+
+
+async def run_frames(
+    client: EdgeClient,
+    encoder: Encoder,
+    controller: Controller,
+    frames: Iterable[SourceFrame],
+    config: PipelineConfig,
+    on_result: Callable[[FrameResult], None] | None = None,
+) -> RunReport:
+    """Run ``frames`` through one fresh :class:`Pipeline` and return its report."""
+    return await Pipeline(client, encoder, controller, config, on_result).run(frames)
+
+
+__all__ = ["EncodedLike", "Encoder", "Pipeline", "PipelineConfig", "RunReport", "run_frames"]

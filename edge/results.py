@@ -1,0 +1,188 @@
+"""Per-frame results and the end-of-run summary (plain dataclasses; JSON-ready through ``to_dict``)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+OK = "OK"
+SKIPPED = "SKIPPED"
+
+
+@dataclass(frozen=True)
+class ServerTiming:
+    """The server's own account of where it spent its time on a frame (milliseconds)."""
+
+    queue_ms: float = 0.0
+    decode_ms: float = 0.0
+    tail_ms: float = 0.0
+    total_ms: float = 0.0
+    device_ms: float = 0.0
+    device_cycles: int = 0
+    backend: str = ""
+    batch_size: int = 0
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What happened to one frame.
+
+    Times in milliseconds: ``encoder_ms``/``codec_ms`` on the edge; ``rtt_ms`` from handing the frame to gRPC
+    to its reply; ``transfer_ms`` = ``rtt_ms`` - server total (link + gRPC, both directions); ``latency_ms``
+    from the frame's capture (paced sources; unpaced: from when an in-flight slot freed up for it) to its
+    reply, so it includes waiting for a slot and encoding. ``status`` is ``"OK"``, a gRPC status name
+    (``"DEADLINE_EXCEEDED"`` for a frame whose reply missed its deadline) or ``"SKIPPED"`` (the controller
+    chose no mode). ``label`` is the ground truth when the source knows it.
+    """
+
+    frame_id: int
+    index: int
+    mode: str
+    status: str = OK
+    error: str = ""
+    label: int | None = None
+    classes: tuple[int, ...] = ()
+    scores: tuple[float, ...] = ()
+    class_names: tuple[str, ...] = ()
+    payload_bytes: int = 0
+    encoder_ms: float = 0.0
+    codec_ms: float = 0.0
+    rtt_ms: float = math.nan
+    transfer_ms: float = math.nan
+    latency_ms: float = math.nan
+    response_ms: float = 0.0  # client-side reply handling (parse + bookkeeping)
+    server: ServerTiming | None = None
+    attempt: int = 0  # which (re)connection of the stream carried it; 0 for unary calls
+    reason: str = ""  # the controller's reason for the mode
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    @property
+    def top1(self) -> int | None:
+        return self.classes[0] if self.classes else None
+
+    @property
+    def top1_name(self) -> str:
+        return self.class_names[0] if self.class_names else ""
+
+    @property
+    def correct(self) -> bool | None:
+        if not self.ok or self.label is None or not self.classes:
+            return None
+        return self.classes[0] == self.label
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        d["top1"] = self.top1
+        d["correct"] = self.correct
+        for key, value in list(d.items()):
+            if isinstance(value, float) and not math.isfinite(value):
+                d[key] = None
+        return d
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile ``q`` in [0, 100] of ``values`` (NaN when empty)."""
+    data = sorted(v for v in values if math.isfinite(v))
+    if not data:
+        return math.nan
+    if len(data) == 1:
+        return data[0]
+    pos = (len(data) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    p50: float = math.nan
+    p95: float = math.nan
+    p99: float = math.nan
+    mean: float = math.nan
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> LatencyStats:
+        finite = [v for v in values if math.isfinite(v)]
+        mean = sum(finite) / len(finite) if finite else math.nan
+        return cls(percentile(finite, 50), percentile(finite, 95), percentile(finite, 99), mean)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Aggregate of a run: counts, accuracy over labelled OK frames, latency, bytes and rate."""
+
+    frames: int
+    ok: int
+    wall_s: float
+    fps: float
+    accuracy: float | None
+    labelled: int
+    latency_ms: LatencyStats
+    rtt_ms: LatencyStats
+    transfer_ms: LatencyStats
+    server_ms: LatencyStats
+    encoder_ms: LatencyStats
+    codec_ms: LatencyStats
+    bytes_per_frame: float
+    errors: dict[str, int] = field(default_factory=dict)
+    modes: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = _finite(asdict(self))
+        return out
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def summarize(results: Iterable[FrameResult], wall_s: float) -> Summary:
+    """Summarize a run that took ``wall_s`` seconds."""
+    items = list(results)
+    done = [r for r in items if r.ok]
+    judged = [r.correct for r in done if r.correct is not None]
+    errors = Counter(r.status for r in items if not r.ok)
+    modes = Counter(r.mode for r in done)
+    sent = [r for r in items if r.payload_bytes > 0]
+    return Summary(
+        frames=len(items),
+        ok=len(done),
+        wall_s=wall_s,
+        fps=len(done) / wall_s if wall_s > 0 else math.nan,
+        accuracy=(sum(judged) / len(judged)) if judged else None,
+        labelled=len(judged),
+        latency_ms=LatencyStats.of([r.latency_ms for r in done]),
+        rtt_ms=LatencyStats.of([r.rtt_ms for r in done]),
+        transfer_ms=LatencyStats.of([r.transfer_ms for r in done]),
+        server_ms=LatencyStats.of([r.server.total_ms for r in done if r.server is not None]),
+        encoder_ms=LatencyStats.of([r.encoder_ms for r in sent]),
+        codec_ms=LatencyStats.of([r.codec_ms for r in sent]),
+        bytes_per_frame=(sum(r.payload_bytes for r in sent) / len(sent)) if sent else 0.0,
+        errors=dict(sorted(errors.items())),
+        modes=dict(sorted(modes.items())),
+    )
+
+
+__all__ = [
+    "OK",
+    "SKIPPED",
+    "FrameResult",
+    "LatencyStats",
+    "ServerTiming",
+    "Summary",
+    "percentile",
+    "summarize",
+]

@@ -1,0 +1,403 @@
+"""The transport-neutral inference core: validate -> decode -> batch -> tail -> prediction.
+
+The gRPC servicer is a thin adapter over :class:`InferenceCore`; tests, benchmarks and the load tester call
+the core in-process and get the same behaviour, errors included (every failure is a
+:class:`~slimsplit.errors.SlimsplitError` whose ``grpc_status`` the adapter reports).
+
+Per frame, in order: protocol version (UnsupportedVersion), model and version (UnknownModel), mode
+(UnknownMode), the codec header against the mode (bits, shape [width, H, W]) and the payload length
+(InvalidFrame/CodecError), decode, finite values (InvalidFrame), then the batcher (Overloaded when its queue
+is full), the tail, and top-k.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import numpy.typing as npt
+
+from slimsplit.bundle import Bundle, Manifest, ModeSpec
+from slimsplit.codec import DecodeLimits, decode_features, peek_header
+from slimsplit.errors import (
+    BundleError,
+    DeadlineExceeded,
+    InvalidFrame,
+    SlimsplitError,
+    Unavailable,
+    UnknownMode,
+    UnknownModel,
+    UnsupportedVersion,
+)
+from slimsplit.server.backends.base import Backend, TailRunner
+from slimsplit.server.batcher import BatchResult, ModeBatcher
+from slimsplit.server.config import BatchingConfig, ServerConfig
+from slimsplit.server.metrics import ServerMetrics
+from slimsplit.server.repository import discover_all, newest
+
+log = logging.getLogger("slimsplit.server")
+
+PROTOCOL_VERSION = 1
+"""The wire protocol revision this server speaks (``FeatureFrame.protocol_version``)."""
+
+_UNKNOWN_LABEL = "_unknown"
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """One frame, independent of the transport (mirrors ``slimsplit.v1.FeatureFrame``)."""
+
+    model: str
+    mode: str
+    features: bytes
+    model_version: str = ""  # empty = the newest loaded version
+    frame_id: int = 0
+    top_k: int = 0  # 0 = the server's default
+    protocol_version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class ServerTimingInfo:
+    """Where the server spent its time on one frame (mirrors ``slimsplit.v1.ServerTiming``)."""
+
+    queue_ms: float
+    decode_ms: float
+    tail_ms: float
+    total_ms: float
+    device_cycles: int
+    device_ms: float
+    backend: str
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """The prediction for one frame (mirrors ``slimsplit.v1.Prediction``); ``logits`` is the full row."""
+
+    frame_id: int
+    model: str
+    model_version: str
+    mode: str
+    classes: tuple[int, ...]
+    scores: tuple[float, ...]
+    labels: tuple[str, ...]
+    timing: ServerTimingInfo
+    logits: npt.NDArray[np.float32] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A bundle whose tails are loaded on a backend."""
+
+    bundle: Bundle
+    runner: TailRunner
+    limits: DecodeLimits  # the widest header this model accepts (before the per-mode check)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    @classmethod
+    def load(cls, bundle: Bundle, backend: Backend) -> LoadedModel:
+        m = bundle.manifest
+        # Any bit depth passes this first check, so a frame of the wrong depth gets a message naming the mode.
+        limits = DecodeLimits.for_shape((m.feature.max_channels, m.feature.height, m.feature.width))
+        return cls(bundle=bundle, runner=backend.load(bundle), limits=limits)
+
+
+def top_k(logits: npt.NDArray[np.float32], k: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The ``k`` best classes (ties: lower index first) and their softmax probabilities."""
+    z = logits.astype(np.float64)
+    e = np.exp(z - z.max())
+    p = e / e.sum()
+    order = np.argsort(-p, kind="stable")[:k]
+    return tuple(int(i) for i in order), tuple(float(p[i]) for i in order)
+
+
+class InferenceCore:
+    """Serves frames for a set of loaded models on one backend. Use it from one asyncio event loop.
+
+    Build it with :meth:`from_config` (loads bundles; blocking) or from :class:`LoadedModel` objects. Call
+    :meth:`infer` for each frame, :meth:`drain` to stop accepting frames and finish the queued ones, and
+    :meth:`aclose` to release the tails.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[LoadedModel],
+        *,
+        backend_name: str,
+        backend_info: dict[str, str] | None = None,
+        batching: BatchingConfig | None = None,
+        default_top_k: int = 5,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        if not models:
+            raise BundleError("the inference core needs at least one loaded model")
+        self.backend_name = backend_name
+        self.backend_info = dict(backend_info or {"backend": backend_name})
+        self.batching = batching or BatchingConfig()
+        self.default_top_k = default_top_k
+        self.metrics = metrics
+        self._models: dict[str, dict[str, LoadedModel]] = {}
+        for model in models:
+            m = model.manifest
+            self._models.setdefault(m.name, {})[m.version] = model
+        self._latest = {name: newest(list(versions)) for name, versions in self._models.items()}
+        self._executor = ThreadPoolExecutor(self.batching.executor_threads, thread_name_prefix="slimsplit-tail")
+        self._batchers: dict[tuple[str, str, str], ModeBatcher] = {}
+        self._accepting = True
+        self._in_flight = 0
+
+    @classmethod
+    def from_config(
+        cls, config: ServerConfig, *, backend: Backend | None = None, metrics: ServerMetrics | None = None
+    ) -> InferenceCore:
+        """Load every bundle under ``config.model_paths()`` on ``backend`` (default: ``config.backend``)."""
+        if backend is None:
+            from slimsplit.server.backends.registry import create_backend
+
+            backend = create_backend(config.backend)
+        bundles = discover_all(config.model_paths())
+        loaded: list[LoadedModel] = []
+        try:
+            for bundle in bundles:
+                loaded.append(LoadedModel.load(bundle, backend))
+                m = bundle.manifest
+                log.info(
+                    "loaded %s %s (%d modes) from %s on %s",
+                    m.name,
+                    m.version,
+                    len(m.modes),
+                    bundle.root,
+                    backend.name,
+                )
+        except BaseException:
+            for model in loaded:
+                model.runner.close()
+            raise
+        return cls(
+            loaded,
+            backend_name=backend.name,
+            backend_info=backend.describe(),
+            batching=config.batching,
+            default_top_k=config.default_top_k,
+            metrics=metrics,
+        )
+
+    # ------------------------------------------------------------------------------------------- lookups
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def in_flight(self) -> int:
+        """Frames inside :meth:`infer` right now."""
+        return self._in_flight
+
+    def models(self) -> tuple[LoadedModel, ...]:
+        return tuple(m for versions in self._models.values() for m in versions.values())
+
+    def model(self, name: str, version: str = "") -> LoadedModel:
+        versions = self._models.get(name)
+        if versions is None:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise UnknownModel(f"no model named {name!r} is loaded (loaded: {known})", model=name)
+        if not version:
+            version = self._latest[name]
+        loaded = versions.get(version)
+        if loaded is None:
+            raise UnknownModel(
+                f"model {name!r} has no version {version!r} (loaded versions: {', '.join(sorted(versions))})",
+                model=name,
+                version=version,
+            )
+        return loaded
+
+    def describe(self, model: str = "") -> tuple[Manifest, ...]:
+        """Manifests of the loaded models (one model's versions when ``model`` is given)."""
+        if model:
+            self.model(model)  # raises UnknownModel
+            return tuple(v.manifest for v in self._models[model].values())
+        return tuple(m.manifest for m in self.models())
+
+    # ------------------------------------------------------------------------------------------- validation
+    def validate(self, request: InferRequest) -> tuple[LoadedModel, ModeSpec, npt.NDArray[np.float32]]:
+        """Check a frame against the manifest and decode it (synchronous; raises SlimsplitError)."""
+        if request.protocol_version != PROTOCOL_VERSION:
+            raise UnsupportedVersion(
+                f"protocol_version {request.protocol_version} is not supported; this server speaks {PROTOCOL_VERSION}",
+                field="protocol_version",
+                value=request.protocol_version,
+            )
+        loaded = self.model(request.model, request.model_version)
+        m = loaded.manifest
+        try:
+            spec = m.mode(request.mode)
+        except UnknownMode:
+            raise UnknownMode(
+                f"model {m.name!r} version {m.version!r} has no mode {request.mode!r} "
+                f"(modes: {', '.join(m.mode_names)})",
+                model=m.name,
+                mode=request.mode,
+            ) from None
+        header = peek_header(request.features, loaded.limits)
+        expected = m.feature.shape(spec.width)
+        if header.bits != spec.bits:
+            raise InvalidFrame(
+                f"the frame header says {header.bits} bits but mode {spec.name} uses {spec.bits}",
+                field="bits",
+                value=header.bits,
+                expected=spec.bits,
+            )
+        if header.shape != expected:
+            raise InvalidFrame(
+                f"the frame header says shape {list(header.shape)} but mode {spec.name} sends "
+                f"{list(expected)} (channels, height, width)",
+                field="shape",
+                value=header.shape,
+                expected=expected,
+            )
+        decoded = decode_features(request.features, DecodeLimits.for_shape(expected, frozenset((spec.bits,))))
+        x = decoded.array
+        if not np.isfinite(x).all():
+            raise InvalidFrame("the decoded features contain NaN or infinite values", field="features")
+        return loaded, spec, x
+
+    def _batcher(self, loaded: LoadedModel, spec: ModeSpec) -> ModeBatcher:
+        m = loaded.manifest
+        key = (m.name, m.version, spec.name)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            hook = None
+            if self.metrics is not None:
+                hook = partial(self.metrics.batch_ran, m.name, spec.name)
+            batcher = ModeBatcher(
+                f"{m.name}:{m.version}:{spec.name}",
+                partial(loaded.runner.run, spec.name),
+                self.batching,
+                self._executor,
+                hook,
+            )
+            self._batchers[key] = batcher
+        return batcher
+
+    # ------------------------------------------------------------------------------------------- serving
+    async def infer(
+        self, request: InferRequest, *, timeout: float | None = None, received: float | None = None
+    ) -> InferResult:
+        """Serve one frame. ``timeout``: seconds the caller will wait (frames past it are not run and raise
+        DeadlineExceeded); ``received``: ``time.perf_counter()`` when the transport got the frame."""
+        t0 = time.perf_counter() if received is None else received
+        self._in_flight += 1
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
+        try:
+            return await self._infer(request, t0, timeout)
+        except SlimsplitError as exc:
+            self._count_failure(request, exc.grpc_status)
+            raise
+        except asyncio.CancelledError:
+            self._count_failure(request, "CANCELLED")
+            raise
+        except Exception:
+            self._count_failure(request, "INTERNAL")
+            raise
+        finally:
+            self._in_flight -= 1
+            if self.metrics is not None:
+                self.metrics.in_flight.dec()
+
+    async def _infer(self, request: InferRequest, t0: float, timeout: float | None) -> InferResult:
+        if not self._accepting:
+            raise Unavailable("the server is shutting down; retry on another replica or later")
+        loaded, spec, x = self.validate(request)
+        t_decoded = time.perf_counter()
+        deadline = None if timeout is None else t0 + timeout
+        if deadline is not None and t_decoded >= deadline:
+            raise DeadlineExceeded("the frame's deadline passed before it could be queued")
+        fut = self._batcher(loaded, spec).submit(x, deadline)
+        if deadline is None:
+            res: BatchResult = await fut
+        else:
+            try:
+                async with asyncio.timeout(deadline - time.perf_counter()):
+                    res = await fut
+            except TimeoutError:
+                raise DeadlineExceeded(f"the frame missed its deadline of {(deadline - t0) * 1e3:.1f} ms") from None
+        m = loaded.manifest
+        k = min(request.top_k or self.default_top_k, len(m.classes))
+        classes, scores = top_k(res.logits, k)
+        t_end = time.perf_counter()
+        timing = ServerTimingInfo(
+            queue_ms=res.queue_s * 1e3,
+            decode_ms=(t_decoded - t0) * 1e3,
+            tail_ms=res.tail_s * 1e3,
+            total_ms=(t_end - t0) * 1e3,
+            device_cycles=res.device_cycles or 0,
+            device_ms=res.device_ms or 0.0,
+            backend=self.backend_name,
+            batch_size=res.batch_size,
+        )
+        if self.metrics is not None:
+            self.metrics.frame_ok(
+                m.name,
+                spec.name,
+                total_s=t_end - t0,
+                queue_s=res.queue_s,
+                tail_s=res.tail_s,
+                payload=len(request.features),
+            )
+        return InferResult(
+            frame_id=request.frame_id,
+            model=m.name,
+            model_version=m.version,
+            mode=spec.name,
+            classes=classes,
+            scores=scores,
+            labels=tuple(m.classes[i] for i in classes),
+            timing=timing,
+            logits=res.logits,
+        )
+
+    def _count_failure(self, request: InferRequest, status: str) -> None:
+        if self.metrics is None:
+            return
+        # Label values come from the client: fold names that are not loaded so the label set stays bounded.
+        versions = self._models.get(request.model)
+        model = request.model if versions is not None else _UNKNOWN_LABEL
+        modes: Iterable[str] = ()
+        if versions is not None:
+            modes = {name for v in versions.values() for name in v.manifest.mode_names}
+        mode = request.mode if request.mode in modes else _UNKNOWN_LABEL
+        self.metrics.frame_failed(model, mode, status)
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+    def stop_accepting(self) -> None:
+        """New frames are refused with Unavailable from now on; frames already queued are still served."""
+        self._accepting = False
+
+    async def drain(self) -> None:
+        """Stop accepting and wait until every queued frame has been answered."""
+        self.stop_accepting()
+        for batcher in list(self._batchers.values()):
+            await batcher.drain()
+
+    async def aclose(self) -> None:
+        """Stop the batchers (queued frames get Unavailable), close the tails and the executor."""
+        self.stop_accepting()
+        for batcher in list(self._batchers.values()):
+            await batcher.aclose()
+        self._batchers.clear()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, partial(self._executor.shutdown, wait=True, cancel_futures=True))
+        for model in self.models():
+            with contextlib.suppress(Exception):
+                model.runner.close()

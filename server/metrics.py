@@ -1,0 +1,109 @@
+"""Prometheus metrics of the serving path, registered on a caller-supplied ``CollectorRegistry`` (no globals).
+
+Names (all prefixed ``slimsplit_``):
+
+* ``frames_total{model,mode,status}``: frames answered, by gRPC status name (``OK``, ``INVALID_ARGUMENT``,
+  ...)
+* ``frame_latency_seconds{model,mode}``: receipt to answer, per frame
+* ``queue_seconds{model,mode}`` / ``tail_seconds{model,mode}``: waiting for a batch / the tail's share of a
+  batch
+* ``batch_size{model,mode}``: frames per tail call
+* ``payload_bytes{model,mode}``: encoded feature bytes per frame
+* ``in_flight``: frames being served right now
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS: Sequence[float] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+)  # fmt: skip
+_BATCH_BUCKETS: Sequence[float] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_BYTES_BUCKETS: Sequence[float] = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536, 262144, 1048576)
+
+
+@dataclass(frozen=True)
+class _ModeMetrics:
+    latency: Histogram
+    queue: Histogram
+    tail: Histogram
+    batch: Histogram
+    payload: Histogram
+
+
+class ServerMetrics:
+    """The server's instruments. Thread-safe; children per model/mode are cached to keep the per-frame cost
+    low."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        labels = ("model", "mode")
+        self.frames = Counter("slimsplit_frames", "Frames answered, by status", (*labels, "status"), registry=r)
+        self.latency = Histogram(
+            "slimsplit_frame_latency_seconds",
+            "Receipt to answer",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue = Histogram(
+            "slimsplit_queue_seconds", "Wait for a batch", labels, buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.tail = Histogram(
+            "slimsplit_tail_seconds",
+            "Tail compute share per frame",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch = Histogram(
+            "slimsplit_batch_size", "Frames per tail call", labels, buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.payload = Histogram(
+            "slimsplit_payload_bytes",
+            "Encoded feature bytes per frame",
+            labels,
+            buckets=_BYTES_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("slimsplit_in_flight", "Frames being served", registry=r)
+        self._children: dict[tuple[str, str], _ModeMetrics] = {}
+        self._lock = threading.Lock()
+
+    def _mode(self, model: str, mode: str) -> _ModeMetrics:
+        key = (model, mode)
+        child = self._children.get(key)
+        if child is None:
+            with self._lock:
+                child = self._children.get(key)
+                if child is None:
+                    child = _ModeMetrics(
+                        latency=self.latency.labels(model, mode),
+                        queue=self.queue.labels(model, mode),
+                        tail=self.tail.labels(model, mode),
+                        batch=self.batch.labels(model, mode),
+                        payload=self.payload.labels(model, mode),
+                    )
+                    self._children[key] = child
+        return child
+
+    def frame_ok(self, model: str, mode: str, *, total_s: float, queue_s: float, tail_s: float, payload: int) -> None:
+        c = self._mode(model, mode)
+        self.frames.labels(model, mode, "OK").inc()
+        c.latency.observe(total_s)
+        c.queue.observe(queue_s)
+        c.tail.observe(tail_s)
+        c.payload.observe(payload)
+
+    def frame_failed(self, model: str, mode: str, status: str) -> None:
+        # model/mode come from the client: unknown names are folded so a client cannot grow the label set.
+        self.frames.labels(model, mode, status).inc()
+
+    def batch_ran(self, model: str, mode: str, size: int) -> None:
+        self._mode(model, mode).batch.observe(size)

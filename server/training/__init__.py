@@ -1,0 +1,1 @@
+"""Training (torch): data rendering, the three-stage slimmable recipe, and the ``slimsplit-train`` CLI."""

@@ -1,0 +1,65 @@
+"""A bundle on disk: its folder, its manifest, and checked paths to its files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from slimsplit.bundle.manifest import Manifest, ModeSpec, read_manifest
+from slimsplit.errors import BundleError
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: Manifest
+
+    @classmethod
+    def open(cls, root: Path | str) -> Bundle:
+        """Open a bundle folder, validate its manifest and check that every file it names exists."""
+        root = Path(root)
+        if not root.exists():
+            raise BundleError(f"bundle folder {root} does not exist", path=str(root))
+        manifest = read_manifest(root)
+        bundle = cls(root=root, manifest=manifest)
+        missing = [p for p in bundle.referenced_files() if not (root / p).is_file()]
+        if missing:
+            raise BundleError(
+                f"bundle {root} is incomplete: missing {', '.join(sorted(set(missing)))}", path=str(root)
+            )
+        return bundle
+
+    def referenced_files(self) -> list[str]:
+        files = [self.manifest.encoder.file, *(m.tail for m in self.manifest.modes)]
+        if self.manifest.baseline_model is not None:
+            files.append(self.manifest.baseline_model)
+        return files
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.root / self.manifest.encoder.file
+
+    def tail_path(self, mode: ModeSpec | str) -> Path:
+        spec = self.manifest.mode(mode) if isinstance(mode, str) else mode
+        return self.root / spec.tail
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        ckpt = self.manifest.torch_checkpoint
+        if ckpt is None:
+            return None
+        p = self.root / ckpt
+        return p if p.is_file() else None
+
+
+def default_bundle_path() -> Path:
+    """The shipped default bundle (inside the installed package)."""
+    return Path(__file__).resolve().parent.parent / "assets" / "default_bundle"
+
+
+def default_samples_path() -> Path:
+    """The shipped sample of rendered test images (uint8 NCHW + labels, ``.npz``)."""
+    return Path(__file__).resolve().parent.parent / "assets" / "samples.npz"

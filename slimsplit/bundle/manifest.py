@@ -1,0 +1,313 @@
+"""The model bundle manifest: the one artifact that ties edge and server together.
+
+A bundle is a folder::
+
+    <bundle>/
+      manifest.json          this schema (``SCHEMA_VERSION``)
+      encoder.onnx           head + slimmable bottleneck encoder; inputs ``image`` [N,3,H,W] and ``width`` [1] int64
+      tails/w<W>.onnx        decoder + tail for one width (shared by every bit depth of that width)
+      model.pt               torch checkpoint of the whole split model (server's PyTorch backend, fine-tuning)
+      baseline/backbone.onnx the unsplit backbone (teacher), for baselines (optional)
+
+The manifest is parsed into frozen dataclasses and validated field by field; anything wrong is a
+:class:`~slimsplit.errors.BundleError` that names the field. This module needs only the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimsplit.errors import BundleError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the encoder expects and how raw uint8 RGB images are turned into it."""
+
+    channels: int = 3
+    height: int = 64
+    width: int = 64
+    color: str = "RGB"
+    layout: str = "NCHW"
+    # x = (pixel / 255 - mean[c]) / std[c]
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.25, 0.25, 0.25)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Where the backbone was cut: block names on each side, as data."""
+
+    backbone: str
+    head: tuple[str, ...]
+    tail: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The bottleneck tensor that crosses the network (per frame, batch dimension excluded)."""
+
+    max_channels: int
+    height: int
+    width: int
+
+    def shape(self, width: int) -> tuple[int, int, int]:
+        return (width, self.height, self.width)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    file: str = "encoder.onnx"
+    image_input: str = "image"
+    width_input: str = "width"
+    output: str = "features"
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    """One operating mode: a bottleneck width and a quantization bit depth, with measured figures."""
+
+    name: str
+    width: int
+    bits: int
+    tail: str  # path of the tail ONNX file, relative to the bundle
+    accuracy: float | None = None  # top-1 on the full test set, a fraction
+    payload_bytes_mean: float | None = None  # real encoded bytes at batch size 1, header included
+    encoder_ms_p50: float | None = None  # ORT, 1 thread, on the machine that exported the bundle
+    tail_ms_p50: float | None = None  # ORT tail on the exporting machine, 1 thread
+
+    @staticmethod
+    def make_name(width: int, bits: int) -> str:
+        return f"w{width}b{bits}"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    classes: tuple[str, ...]
+    input: InputSpec
+    split: SplitSpec
+    feature: FeatureSpec
+    encoder: EncoderSpec
+    modes: tuple[ModeSpec, ...]
+    torch_checkpoint: str | None = "model.pt"
+    # the unsplit backbone (teacher) as ONNX, input ``image`` -> ``logits``: the baseline benchmarks compare with
+    baseline_model: str | None = None
+    codec: str = "slimsplit-feature"
+    schema_version: int = SCHEMA_VERSION
+    notes: Mapping[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ lookups
+    def mode(self, name: str) -> ModeSpec:
+        for m in self.modes:
+            if m.name == name:
+                return m
+        from slimsplit.errors import UnknownMode
+
+        raise UnknownMode(
+            f"model {self.name!r} has no mode {name!r}; known modes: {', '.join(m.name for m in self.modes)}",
+            model=self.name,
+            mode=name,
+        )
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(sorted({m.width for m in self.modes}))
+
+    @property
+    def bit_depths(self) -> tuple[int, ...]:
+        return tuple(sorted({m.bits for m in self.modes}))
+
+    @property
+    def mode_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.modes)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["notes"] = dict(self.notes)
+        return json.dumps(d, indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "<manifest>") -> Manifest:
+        return _parse_manifest(raw, source)
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def _req(raw: Mapping[str, Any], key: str, where: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise BundleError(f"{where}: expected an object, got {type(raw).__name__}", field=where)
+    if key not in raw:
+        raise BundleError(f"{where}: missing required field {key!r}", field=f"{where}.{key}")
+    return raw[key]
+
+
+def _int(v: Any, where: str, lo: int = 0, hi: int = 1 << 30) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise BundleError(f"{where}: expected an integer in [{lo}, {hi}], got {v!r}", field=where)
+    return v
+
+
+def _str(v: Any, where: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise BundleError(f"{where}: expected a non-empty string, got {v!r}", field=where)
+    return v
+
+
+def _opt_float(v: Any, where: str) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(float(v)):
+        raise BundleError(f"{where}: expected a finite number or null, got {v!r}", field=where)
+    return float(v)
+
+
+def _floats(v: Any, where: str, n: int) -> tuple[float, ...]:
+    if not isinstance(v, Sequence) or isinstance(v, str) or len(v) != n:
+        raise BundleError(f"{where}: expected a list of {n} numbers, got {v!r}", field=where)
+    out = tuple(_opt_float(x, where) for x in v)
+    if any(x is None for x in out):
+        raise BundleError(f"{where}: null is not allowed here", field=where)
+    return tuple(float(x) for x in out if x is not None)
+
+
+def _rel_path(v: Any, where: str) -> str:
+    s = _str(v, where)
+    p = Path(s)
+    if p.is_absolute() or ".." in p.parts:
+        raise BundleError(
+            f"{where}: file paths must be relative to the bundle and stay inside it: {s!r}", field=where
+        )
+    return s
+
+
+def _parse_manifest(raw: Mapping[str, Any], source: str) -> Manifest:
+    if not isinstance(raw, Mapping):
+        raise BundleError(f"{source}: the manifest must be a JSON object")
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{source}: unsupported manifest schema_version {version!r}; this slimsplit reads version "
+            f"{SCHEMA_VERSION} (re-export the bundle with a matching slimsplit)",
+            field="schema_version",
+        )
+    inp = _req(raw, "input", "manifest")
+    channels = _int(_req(inp, "channels", "input"), "input.channels", 1, 16)
+    input_spec = InputSpec(
+        channels=channels,
+        height=_int(_req(inp, "height", "input"), "input.height", 1, 8192),
+        width=_int(_req(inp, "width", "input"), "input.width", 1, 8192),
+        color=_str(inp.get("color", "RGB"), "input.color"),
+        layout=_str(inp.get("layout", "NCHW"), "input.layout"),
+        mean=_floats(_req(inp, "mean", "input"), "input.mean", channels),
+        std=_floats(_req(inp, "std", "input"), "input.std", channels),
+    )
+    if input_spec.layout != "NCHW":
+        raise BundleError(
+            f"{source}: input.layout must be 'NCHW', got {input_spec.layout!r}", field="input.layout"
+        )
+    if any(s <= 0 for s in input_spec.std):
+        raise BundleError(f"{source}: input.std must be positive", field="input.std")
+    sp = _req(raw, "split", "manifest")
+    split = SplitSpec(
+        backbone=_str(_req(sp, "backbone", "split"), "split.backbone"),
+        head=tuple(_str(x, "split.head[]") for x in _req(sp, "head", "split")),
+        tail=tuple(_str(x, "split.tail[]") for x in _req(sp, "tail", "split")),
+    )
+    ft = _req(raw, "feature", "manifest")
+    feature = FeatureSpec(
+        max_channels=_int(_req(ft, "max_channels", "feature"), "feature.max_channels", 1, 4096),
+        height=_int(_req(ft, "height", "feature"), "feature.height", 1, 4096),
+        width=_int(_req(ft, "width", "feature"), "feature.width", 1, 4096),
+    )
+    en = _req(raw, "encoder", "manifest")
+    encoder = EncoderSpec(
+        file=_rel_path(_req(en, "file", "encoder"), "encoder.file"),
+        image_input=_str(en.get("image_input", "image"), "encoder.image_input"),
+        width_input=_str(en.get("width_input", "width"), "encoder.width_input"),
+        output=_str(en.get("output", "features"), "encoder.output"),
+    )
+    raw_modes = _req(raw, "modes", "manifest")
+    if not isinstance(raw_modes, Sequence) or isinstance(raw_modes, str) or not raw_modes:
+        raise BundleError(f"{source}: 'modes' must be a non-empty list", field="modes")
+    modes: list[ModeSpec] = []
+    seen: set[str] = set()
+    for i, m in enumerate(raw_modes):
+        where = f"modes[{i}]"
+        width = _int(_req(m, "width", where), f"{where}.width", 1, feature.max_channels)
+        bits = _int(_req(m, "bits", where), f"{where}.bits", 1, 16)
+        name = _str(m.get("name", ModeSpec.make_name(width, bits)), f"{where}.name")
+        if name in seen:
+            raise BundleError(f"{source}: duplicate mode name {name!r}", field=f"{where}.name")
+        seen.add(name)
+        acc = _opt_float(m.get("accuracy"), f"{where}.accuracy")
+        if acc is not None and not 0.0 <= acc <= 1.0:
+            raise BundleError(
+                f"{where}.accuracy must be a fraction in [0, 1], got {acc}", field=f"{where}.accuracy"
+            )
+        modes.append(
+            ModeSpec(
+                name=name,
+                width=width,
+                bits=bits,
+                tail=_rel_path(_req(m, "tail", where), f"{where}.tail"),
+                accuracy=acc,
+                payload_bytes_mean=_opt_float(m.get("payload_bytes_mean"), f"{where}.payload_bytes_mean"),
+                encoder_ms_p50=_opt_float(m.get("encoder_ms_p50"), f"{where}.encoder_ms_p50"),
+                tail_ms_p50=_opt_float(m.get("tail_ms_p50"), f"{where}.tail_ms_p50"),
+            )
+        )
+    classes = _req(raw, "classes", "manifest")
+    if not isinstance(classes, Sequence) or isinstance(classes, str) or len(classes) < 2:
+        raise BundleError(f"{source}: 'classes' must list at least two class names", field="classes")
+    ckpt = raw.get("torch_checkpoint")
+    baseline = raw.get("baseline_model")
+    notes = raw.get("notes", {})
+    if not isinstance(notes, Mapping):
+        raise BundleError(f"{source}: 'notes' must be an object", field="notes")
+    return Manifest(
+        name=_str(_req(raw, "name", "manifest"), "name"),
+        version=_str(str(_req(raw, "version", "manifest")), "version"),
+        classes=tuple(_str(c, "classes[]") for c in classes),
+        input=input_spec,
+        split=split,
+        feature=feature,
+        encoder=encoder,
+        modes=tuple(modes),
+        torch_checkpoint=None if ckpt is None else _rel_path(ckpt, "torch_checkpoint"),
+        baseline_model=None if baseline is None else _rel_path(baseline, "baseline_model"),
+        codec=_str(raw.get("codec", "slimsplit-feature"), "codec"),
+        schema_version=SCHEMA_VERSION,
+        notes=dict(notes),
+    )
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Read and validate ``manifest.json`` (``path`` may be the file or the bundle folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(
+            f"no bundle manifest at {path} (a bundle folder holds {MANIFEST_NAME})", path=str(path)
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON: {exc}", path=str(path)) from exc
+    return _parse_manifest(raw, str(path))

@@ -1,0 +1,51 @@
+"""bench/codec.py runs end to end on a tiny configuration and writes the JSON the lead reports from."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "codec.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_codec", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_writes_json_for_synthetic_features(tmp_path: Path) -> None:
+    out = tmp_path / "codec.json"
+    args = ["--frames", "3", "--channels", "2,4", "--bits", "1,8", "--families", "relu", "--out", str(out)]
+    assert _load().main([*args, "--plot", str(tmp_path / "codec.png")]) == 0
+    result = json.loads(out.read_text())
+    assert result["header_bytes"] == 14
+    rows = result["results"]
+    assert {r["coder"] for r in rows} == {"none", "zlib", "lzma", "auto", "max", "bz2 (ref)"}
+    assert len(rows) == 2 * 2 * 6
+    for r in rows:
+        assert r["frames"] == 3
+        assert r["bytes_mean"] == r["payload_bytes_mean"] + 14
+        if r["coder"] == "none":
+            assert r["bytes_mean"] == 14 + r["packed_bytes"]
+        if r["coder"] == "auto":
+            assert abs(sum(r["chosen"].values()) - 1) < 1e-9
+    assert len(result["summary"]) == 4
+
+
+def test_bench_reads_real_features(tmp_path: Path) -> None:
+    feats = np.maximum(np.random.default_rng(0).standard_normal((4, 3, 5, 6)), 0).astype(np.float32)
+    np.save(tmp_path / "f.npy", feats)
+    out = tmp_path / "real.json"
+    assert _load().main(["--features", str(tmp_path / "f.npy"), "--bits", "4", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    seen = {(r["channels"], r["height"], r["width"], r["bits"], r["frames"]) for r in rows}
+    assert seen == {(3, 5, 6, 4, 4)}
