@@ -47,11 +47,11 @@ from tqdm import tqdm
 
 from slimsplit.bundle import Bundle, default_bundle_path
 from slimsplit.codec import encode_features
-from slimsplit.edge.client import EdgeClient, FixedController, Outcome
+from slimsplit.edge.client import EdgeClient, Outcome
 from slimsplit.edge.config import ClientConfig
 from slimsplit.edge.pipeline import PipelineConfig, run_frames
 from slimsplit.edge.results import FrameResult, percentile
-from slimsplit.edge.run import default_mode
+from slimsplit.edge.run import default_mode, make_controller
 from slimsplit.edge.runtime import EncoderRuntime
 from slimsplit.edge.sources import SourceFrame, load_sample
 
@@ -145,8 +145,9 @@ async def breakdown(address: str, bundle: Bundle, mode: str, frames: list[Source
     pipe = PipelineConfig(model=bundle.manifest.name, unary=unary)
     async with EdgeClient(cfg) as client:
         await client.wait_ready(30)
-        await run_frames(client, runtime, FixedController(mode), frames[:20], pipe)  # warm-up
-        report = await run_frames(client, runtime, FixedController(mode), frames, pipe)
+        controller, table = make_controller("fixed", bundle.manifest, mode=mode, max_in_flight=1)
+        await run_frames(client, runtime, controller, table, frames[:20], pipe)  # warm-up
+        report = await run_frames(client, runtime, controller, table, frames, pipe)
     ok = [r for r in report.results if r.ok]
     per = [_components(r) for r in ok]
     keys = (*COMPONENTS, "total")
@@ -277,18 +278,18 @@ def print_tables(console: Console, doc: dict[str, Any]) -> None:
     console.print(ov)
 
     for backend, sweep in doc["concurrency"].items():
-        t = Table(title=f"Concurrency sweep, {backend} tail (round trip ms; frames/s)")
-        t.add_column("in flight", justify="right")
+        sw = Table(title=f"Concurrency sweep, {backend} tail (round trip ms; frames/s)")
+        sw.add_column("in flight", justify="right")
         for transport in ("unary", "stream"):
-            t.add_column(f"{transport} fps", justify="right")
-            t.add_column(f"{transport} p50", justify="right")
-            t.add_column(f"{transport} p99", justify="right")
+            sw.add_column(f"{transport} fps", justify="right")
+            sw.add_column(f"{transport} p50", justify="right")
+            sw.add_column(f"{transport} p99", justify="right")
         for u, s in zip(sweep["unary"], sweep["stream"], strict=True):
-            t.add_row(
+            sw.add_row(
                 str(u["concurrency"]),
                 *(_f(p[k], 0 if k == "fps" else 2) for p in (u, s) for k in ("fps", "p50_ms", "p99_ms")),
             )
-        console.print(t)
+        console.print(sw)
     console.print("targets: " + json.dumps(doc["targets"]))
 
 

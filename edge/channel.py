@@ -17,28 +17,26 @@ def _duration(seconds: float) -> str:
 
 
 def service_config(config: ChannelConfig) -> str:
-    """The JSON service config: a retry policy for ``Infer`` and ``Describe`` (gRPC never retries streams)."""
+    """The JSON service config: a retry policy for ``Infer`` and ``Describe`` (gRPC never retries streams).
+
+    ``retry.max_attempts == 1`` turns retries off (gRPC rejects a policy with fewer than 2 attempts).
+    """
     retry = config.retry
-    policy = {
-        "maxAttempts": retry.max_attempts,
-        "initialBackoff": _duration(retry.initial_backoff_s),
-        "maxBackoff": _duration(retry.max_backoff_s),
-        "backoffMultiplier": retry.multiplier,
-        "retryableStatusCodes": list(retry.retryable_status_codes),
+    method: dict[str, object] = {
+        "name": [
+            {"service": SERVICE_NAME, "method": "Infer"},
+            {"service": SERVICE_NAME, "method": "Describe"},
+        ]
     }
-    return json.dumps(
-        {
-            "methodConfig": [
-                {
-                    "name": [
-                        {"service": SERVICE_NAME, "method": "Infer"},
-                        {"service": SERVICE_NAME, "method": "Describe"},
-                    ],
-                    "retryPolicy": policy,
-                }
-            ]
+    if retry.max_attempts >= 2:
+        method["retryPolicy"] = {
+            "maxAttempts": retry.max_attempts,
+            "initialBackoff": _duration(retry.initial_backoff_s),
+            "maxBackoff": _duration(retry.max_backoff_s),
+            "backoffMultiplier": retry.multiplier,
+            "retryableStatusCodes": list(retry.retryable_status_codes),
         }
-    )
+    return json.dumps({"methodConfig": [method]})
 
 
 def channel_options(config: ChannelConfig) -> list[tuple[str, str | int]]:

@@ -2,7 +2,7 @@
 
 Exit status: 0 = every frame answered (missed deadlines and skipped frames allowed); 1 = some frames failed;
 2 = a usage problem found before connecting (bad address, missing bundle, unknown mode, unreadable source);
-3 = the server could not be reached or does not serve this bundle; 130 = interrupted.
+3 = the server could not be reached or does not serve this bundle; 130 = interrupted; 141 = output pipe closed.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from typing import TextIO
 
 from slimsplit.bundle import Bundle, default_bundle_path
 from slimsplit.edge.config import DEFAULT_PORT, ClientConfig, parse_address
-from slimsplit.edge.display import make_display
+from slimsplit.edge.display import make_display, silence_stdout
 from slimsplit.edge.run import (
     CONTROLLER_NAMES,
     EdgeRun,
     client_meta,
+    default_mode,
     exit_status,
     make_controller,
     run_edge,
@@ -34,6 +35,7 @@ PROG = "slimsplit-edge"
 EXIT_USAGE = 2
 EXIT_SERVER = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -55,9 +57,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address of the slimsplit server (default: %(default)s; IPv6 as [::1]:PORT)",
     )
-    net.add_argument(
-        "--unary", action="store_true", help="one Infer call per frame instead of one InferStream"
-    )
+    net.add_argument("--unary", action="store_true", help="one Infer call per frame instead of one InferStream")
     net.add_argument(
         "--max-in-flight",
         type=int,
@@ -79,9 +79,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         metavar="S",
         help="how long to wait for the server at start (default: %(default)s)",
     )
-    net.add_argument(
-        "--top-k", type=int, default=5, metavar="K", help="classes per prediction (default: %(default)s)"
-    )
+    net.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per prediction (default: %(default)s)")
 
     model = p.add_argument_group("model")
     model.add_argument(
@@ -101,7 +99,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--controller",
         default="fixed",
         choices=CONTROLLER_NAMES,
-        help="how the mode is chosen per frame (default: %(default)s = always --mode)",
+        help="how the mode is chosen per frame: fixed = always --mode (default); ewma-greedy and mpc adapt it "
+        "to the measured link (they need the manifest's measured figures)",
     )
     model.add_argument(
         "--threads",
@@ -130,7 +129,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--fps",
         type=float,
         default=0.0,
-        help="capture rate in frames per second (default: 0 = as fast as possible)",
+        help="capture rate in frames per second; a paced frame that finds --max-in-flight frames in flight is "
+        "skipped, as a camera must (default: 0 = as fast as slots free up; frames then wait)",
     )
 
     out = p.add_argument_group("output")
@@ -172,9 +172,18 @@ def _prepare(args: argparse.Namespace) -> _Prepared:
     )
     bundle = Bundle.open(args.bundle if args.bundle is not None else default_bundle_path())
     manifest = bundle.manifest
-    controller = make_controller(args.controller, manifest, args.mode)
-    modes = (args.mode,) if args.mode else tuple(m.name for m in manifest.modes)
-    mode = args.mode or controller.choose(0.0, 0, 0).mode or ""
+    fixed = args.controller == "fixed"
+    if args.mode and not fixed:
+        raise ConfigError(f"--mode fixes the mode; it cannot be combined with --controller {args.controller}")
+    mode = manifest.mode(args.mode).name if args.mode else default_mode(manifest).name
+    controller, table = make_controller(
+        args.controller,
+        manifest,
+        mode=mode,
+        deadline_ms=args.deadline_ms,
+        max_in_flight=args.max_in_flight,
+        fps=args.fps,
+    )
     source = open_source(args.source, manifest.input, manifest.classes)
     from slimsplit.edge.runtime import EncoderConfig, EncoderRuntime  # onnxruntime: import only when needed
 
@@ -183,14 +192,15 @@ def _prepare(args: argparse.Namespace) -> _Prepared:
         manifest=manifest,
         encoder=encoder,
         controller=controller,
+        mode_table=table,
         frames=source.take(args.frames, cycle=True),
         target=target,
         client=client,
         fps=args.fps,
         unary=args.unary,
-        modes=(mode,) if args.controller == "fixed" else modes,
+        modes=(mode,) if fixed else manifest.mode_names,
     )
-    return _Prepared(run, source.description, source.notes, mode)
+    return _Prepared(run, source.description, source.notes, mode if fixed else "adaptive")
 
 
 def _error(out: TextIO, message: str) -> None:
@@ -198,9 +208,7 @@ def _error(out: TextIO, message: str) -> None:
     out.flush()
 
 
-def main(
-    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
-) -> int:
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     args = build_parser().parse_args(argv)
@@ -212,9 +220,7 @@ def main(
     for note in prepared.notes:
         err.write(f"{PROG}: note: {note}\n")
     run = prepared.run
-    display = make_display(
-        out, quiet=args.quiet, live=False if args.plain else None, class_names=run.manifest.classes
-    )
+    display = make_display(out, quiet=args.quiet, live=False if args.plain else None, class_names=run.manifest.classes)
     transport = "Infer (unary)" if run.unary else "InferStream"
     header = (
         f"slimsplit edge -> {run.target} over {transport}  model {run.manifest.name} {run.manifest.version}  "
@@ -225,6 +231,9 @@ def main(
     except KeyboardInterrupt:
         _error(err, "interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the output went into a pipe that closed (| head): stop quietly
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
     except SlimsplitError as exc:
         _error(err, str(exc))
         return EXIT_SERVER

@@ -30,7 +30,6 @@ import grpc.aio
 
 from slimsplit.edge.channel import insecure_channel
 from slimsplit.edge.config import PROTOCOL_VERSION, ClientConfig, ReconnectPolicy
-from slimsplit.edge.control.base import Controller, Decision, FrameFeedback
 from slimsplit.edge.status import error_from_rpc, error_from_status
 from slimsplit.errors import Unavailable
 from slimsplit.v1 import slimsplit_pb2 as pb
@@ -345,7 +344,7 @@ class EdgeClient:
     def open(self) -> None:
         if self._channel is None:
             self._channel = insecure_channel(self.target, self.config.channel)
-            self._stub = pb_grpc.SplitInferenceStub(self._channel)  # type: ignore[no-untyped-call]
+            self._stub = pb_grpc.SplitInferenceStub(self._channel)
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -372,27 +371,24 @@ class EdgeClient:
             await asyncio.wait_for(self._channel.channel_ready(), timeout)
         except TimeoutError:
             raise Unavailable(
-                f"cannot reach a server at {self.target} within {timeout:g} s "
-                "(is slimsplit-server running there?)",
+                f"cannot reach a server at {self.target} within {timeout:g} s (is slimsplit-server running there?)",
                 target=self.target,
             ) from None
 
     async def describe(self, model: str = "", timeout_s: float = 5.0) -> pb.DescribeResponse:
         try:
-            response: pb.DescribeResponse = await self.stub.Describe(
-                pb.DescribeRequest(model=model), timeout=timeout_s
-            )
+            response: pb.DescribeResponse = await self.stub.Describe(pb.DescribeRequest(model=model), timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, target=self.target) from None
         return response
 
     def make_frame(
-        self, *, mode: str, payload: bytes, model: str, model_version: str = ""
+        self, *, mode: str, payload: bytes, model: str, model_version: str = "", frame_id: int | None = None
     ) -> pb.FeatureFrame:
-        """A :class:`FeatureFrame` with a fresh frame id (the send timestamp is set when it is sent)."""
+        """A :class:`FeatureFrame` (a fresh frame id unless given; the send timestamp is set when it is sent)."""
         return pb.FeatureFrame(
             protocol_version=PROTOCOL_VERSION,
-            frame_id=self.next_frame_id(),
+            frame_id=self.next_frame_id() if frame_id is None else frame_id,
             model=model,
             model_version=model_version,
             mode=mode,
@@ -422,19 +418,4 @@ class EdgeClient:
         return FrameStream(self.stub, self.config.reconnect, seed=seed)
 
 
-class FixedController(Controller):
-    """Always the same mode (``--mode``); the adaptive controllers live in ``slimsplit.edge.control``."""
-
-    name = "fixed"
-
-    def __init__(self, mode: str) -> None:
-        self._decision = Decision(mode=mode, reason="fixed")
-
-    def choose(self, now: float, in_flight_bytes: int, in_flight_frames: int) -> Decision:
-        return self._decision
-
-    def observe(self, feedback: FrameFeedback) -> None:
-        return None
-
-
-__all__ = ["OK", "Done", "EdgeClient", "FixedController", "FrameStream", "Outcome"]
+__all__ = ["OK", "Done", "EdgeClient", "FrameStream", "Outcome"]

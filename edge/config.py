@@ -30,9 +30,7 @@ class ReconnectPolicy:
 
     def __post_init__(self) -> None:
         if not 0 < self.initial_s <= self.max_s:
-            raise ConfigError(
-                f"reconnect backoff: need 0 < initial_s <= max_s, got {self.initial_s}, {self.max_s}"
-            )
+            raise ConfigError(f"reconnect backoff: need 0 < initial_s <= max_s, got {self.initial_s}, {self.max_s}")
         if self.multiplier < 1.0:
             raise ConfigError(f"reconnect backoff: multiplier must be >= 1, got {self.multiplier}")
         if not 0.0 <= self.jitter < 1.0:
@@ -55,6 +53,14 @@ class UnaryRetryPolicy:
     max_backoff_s: float = 0.5
     multiplier: float = 2.0
     retryable_status_codes: tuple[str, ...] = ("UNAVAILABLE",)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_attempts <= 5:
+            raise ConfigError(f"unary retry: max_attempts must be in 1..5 (1 = no retries), got {self.max_attempts}")
+        if not 0 < self.initial_backoff_s <= self.max_backoff_s or self.multiplier <= 0:
+            raise ConfigError("unary retry: need 0 < initial_backoff_s <= max_backoff_s and multiplier > 0")
+        if not self.retryable_status_codes:
+            raise ConfigError("unary retry: retryable_status_codes must not be empty")
 
 
 @dataclass(frozen=True)

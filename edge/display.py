@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ _DIM = "\x1b[2m"
 _BOLD = "\x1b[1m"
 _RESET = "\x1b[0m"
 _CLEAR_LINE = "\x1b[2K"
+_OK_MARK = "ok"
 
 
 def _ms(v: float) -> str:
@@ -40,7 +42,7 @@ def _bytes(n: float) -> str:
 
 
 def format_frame(r: FrameResult, class_names: Sequence[str] = (), color: bool = False) -> str:
-    """One line for one frame."""
+    """One line for one frame: what was sent, what came back (first, so narrow terminals keep it), then times."""
 
     def paint(text: str, code: str) -> str:
         return f"{code}{text}{_RESET}" if color else text
@@ -49,21 +51,21 @@ def format_frame(r: FrameResult, class_names: Sequence[str] = (), color: bool = 
     if not r.ok:
         why = f"{r.status}: {r.error}" if r.error else r.status
         return f"{head} {paint(why, _YELLOW if r.status in ('DEADLINE_EXCEEDED', 'SKIPPED') else _RED)}"
-    name = r.top1_name or (
-        class_names[r.top1] if r.top1 is not None and r.top1 < len(class_names) else str(r.top1)
-    )
+    name = r.top1_name or (class_names[r.top1] if r.top1 is not None and r.top1 < len(class_names) else str(r.top1))
     score = r.scores[0] if r.scores else math.nan
     srv = r.server.total_ms if r.server is not None else math.nan
-    line = (
-        f"{head} {r.payload_bytes:>6d} B  enc {_ms(r.encoder_ms + r.codec_ms)} ms  "
-        f"xfer {_ms(r.transfer_ms)}  srv {_ms(srv)}  e2e {_ms(r.latency_ms)} ms  "
-        f"-> {name:<12.12s} {score:4.2f}"
-    )
+    verdict = ""
     if r.correct is not None:
         truth = class_names[r.label] if r.label is not None and r.label < len(class_names) else str(r.label)
-        mark = paint("ok", _GREEN) if r.correct else paint(f"WRONG (is {truth})", _RED)
-        line += f"  {mark}"
-    return line
+        verdict = _OK_MARK if r.correct else f"WRONG (is {truth:.12s})"
+    verdict_text = f"{verdict:<22s}"
+    if color and verdict:
+        verdict_text = verdict_text.replace(verdict, paint(verdict, _GREEN if r.correct else _RED))
+    return (
+        f"{head} {r.payload_bytes:>6d} B  -> {name:<12.12s} {score:4.2f}  {verdict_text}  "
+        f"e2e {_ms(r.latency_ms)}  enc {_ms(r.encoder_ms + r.codec_ms)}  xfer {_ms(r.transfer_ms)}  "
+        f"srv {_ms(srv)} ms"
+    )
 
 
 def _stats_line(stats: LatencyStats) -> str:
@@ -108,6 +110,20 @@ def format_summary(summary: Summary, results: Sequence[FrameResult] = (), title:
     return "\n".join(lines)
 
 
+def _fit(line: str, width: int, result: FrameResult) -> str:
+    """Cut a plain line to ``width`` columns, then colour its verdict (escape codes take no columns)."""
+    line = line[:width]
+    if not result.ok:
+        head, sep, why = line.partition(result.status)
+        code = _YELLOW if result.status in ("DEADLINE_EXCEEDED", "SKIPPED") else _RED
+        return f"{head}{code}{sep}{why}{_RESET}" if sep else line
+    for mark, code in (("WRONG", _RED), (_OK_MARK, _GREEN)):
+        head, sep, tail = line.partition(f"  {mark}")
+        if sep:
+            return f"{head}  {code}{mark}{_RESET}{tail}"
+    return line
+
+
 class Display(Protocol):
     def start(self, header: str) -> None: ...
     def frame(self, result: FrameResult) -> None: ...
@@ -147,10 +163,10 @@ class LineDisplay(QuietDisplay):
 class LiveDisplay(QuietDisplay):
     """A block of the last ``rows`` frames and a running status line, redrawn in place."""
 
-    def __init__(
-        self, out: TextIO, class_names: Sequence[str] = (), rows: int = 12, refresh_hz: float = 12.0
-    ) -> None:
+    def __init__(self, out: TextIO, class_names: Sequence[str] = (), rows: int = 12, refresh_hz: float = 12.0) -> None:
         super().__init__(out, class_names)
+        # lines must not wrap, or moving the cursor back over the drawing would land on the wrong row
+        self._width = max(20, shutil.get_terminal_size((120, 24)).columns - 1)
         self._recent: deque[str] = deque(maxlen=rows)
         self._period = 1.0 / refresh_hz
         self._last_draw = 0.0
@@ -171,7 +187,7 @@ class LiveDisplay(QuietDisplay):
         self._start = time.perf_counter()
 
     def frame(self, result: FrameResult) -> None:
-        self._recent.append(format_frame(result, self.class_names, color=True))
+        self._recent.append(_fit(format_frame(result, self.class_names), self._width, result))
         self._done += 1
         self._mode = result.mode or self._mode
         if result.ok:
@@ -194,12 +210,12 @@ class LiveDisplay(QuietDisplay):
         acc = f"{100 * self._right / self._judged:5.1f} %" if self._judged else "  -  "
         per = self._bytes / self._ok if self._ok else 0.0
         return (
-            f"{_DIM}frames {self._done}  ok {self._ok}  errors {self._errors}  mode {self._mode}  "
-            f"acc {acc}  e2e p50 {_ms(p50)} ms  {_bytes(per)}/frame  {self._ok / elapsed:6.1f} fps{_RESET}"
+            f"frames {self._done}  ok {self._ok}  errors {self._errors}  mode {self._mode}  "
+            f"acc {acc}  e2e p50 {_ms(p50)} ms  {_bytes(per)}/frame  {self._ok / elapsed:6.1f} fps"
         )
 
     def _draw(self, now: float) -> None:
-        lines = [*self._recent, self._status(now)]
+        lines = [*self._recent, f"{_DIM}{self._status(now)[: self._width]}{_RESET}"]
         parts = []
         if self._drawn:
             parts.append(f"\x1b[{self._drawn}F")  # back to the first line of the previous drawing
@@ -212,6 +228,18 @@ class LiveDisplay(QuietDisplay):
     def finish(self, summary: Summary, results: Sequence[FrameResult]) -> None:
         self._draw(time.perf_counter())
         super().finish(summary, results)
+
+
+def silence_stdout() -> None:
+    """After a BrokenPipeError (output piped into ``head``): point stdout at /dev/null so Python's exit-time
+    flush does not raise again."""
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def wants_live(out: TextIO) -> bool:
@@ -243,5 +271,6 @@ __all__ = [
     "format_frame",
     "format_summary",
     "make_display",
+    "silence_stdout",
     "wants_live",
 ]

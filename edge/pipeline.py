@@ -1,10 +1,16 @@
 """The per-frame loop: source frame -> controller -> encoder -> gRPC -> :class:`FrameResult`.
 
-For each frame the pipeline waits for its capture time (``fps``) and a free in-flight slot, asks the
-controller for a mode (with the bytes and frames still in flight), switches the encoder to it (O(1)), encodes
-(in a one-thread executor so replies keep being read), and submits the payload over the stream (or one unary
-call). Every frame produces exactly one result, delivered to ``on_result`` as soon as it is known; the
-controller observes it.
+The controller is driven through :class:`~slimsplit.edge.control.loop.ControlLoop` (the same three calls the
+discrete-event simulator makes: ``decide`` at capture, ``sent`` when the payload is handed to gRPC, ``completed``
+when the prediction or error arrives), which keeps the in-flight accounting and the in-flight limit K.
+
+* Paced sources (``fps > 0``, a camera): a frame is captured on its tick whatever happens; at the limit K the
+  loop skips it (reported ``SKIPPED`` with the reason), like a real-time system must.
+* Unpaced sources (``fps == 0``, a data set): the next frame waits for a free slot instead.
+
+An admitted frame is encoded in a one-thread executor (so replies keep being read and time-stamped meanwhile) and
+submitted over the stream (or one unary call). Every frame produces exactly one result, delivered to
+``on_result`` as soon as it is known.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,7 +28,8 @@ import numpy as np
 import numpy.typing as npt
 
 from slimsplit.edge.client import EdgeClient, FrameStream, Outcome
-from slimsplit.edge.control.base import Controller, FrameFeedback
+from slimsplit.edge.control.base import Controller, Decision, ModeOption
+from slimsplit.edge.control.loop import ControlLoop
 from slimsplit.edge.results import OK, SKIPPED, FrameResult, ServerTiming
 from slimsplit.edge.sources import SourceFrame
 from slimsplit.errors import ConfigError
@@ -98,12 +105,12 @@ def _server_timing(p: pb.Prediction) -> ServerTiming:
 class _Frame:
     """Bookkeeping of one frame between submit and result."""
 
-    __slots__ = ("captured", "encoded", "frame_id", "reason", "source")
+    __slots__ = ("captured", "decision", "encoded", "frame_id", "source")
 
-    def __init__(self, source: SourceFrame, captured: float, reason: str) -> None:
+    def __init__(self, source: SourceFrame, captured: float, decision: Decision) -> None:
         self.source = source
         self.captured = captured
-        self.reason = reason
+        self.decision = decision
         self.frame_id = 0
         self.encoded: EncodedLike | None = None
 
@@ -116,6 +123,7 @@ class Pipeline:
         client: EdgeClient,
         encoder: Encoder,
         controller: Controller,
+        modes: Sequence[ModeOption],
         config: PipelineConfig,
         on_result: Callable[[FrameResult], None] | None = None,
     ) -> None:
@@ -124,10 +132,10 @@ class Pipeline:
         self.controller = controller
         self.config = config
         self.on_result = on_result
-        self._deadline_s = client.config.deadline_ms / 1e3
-        self._slots = asyncio.Semaphore(client.config.max_in_flight)
-        self._in_flight_bytes = 0
-        self._in_flight_frames = 0
+        cc = client.config
+        self.control = ControlLoop(controller, modes, cc.deadline_ms, cc.max_in_flight, keep_records=False)
+        self._deadline_s = cc.deadline_ms / 1e3
+        self._slots = asyncio.Semaphore(cc.max_in_flight)
         self._results: list[FrameResult] = []
         self._callback_error: BaseException | None = None
         self._idle = asyncio.Event()
@@ -137,11 +145,10 @@ class Pipeline:
     async def run(self, frames: Iterable[SourceFrame]) -> RunReport:
         cfg = self.config
         period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0
-        executor = (
-            ThreadPoolExecutor(1, thread_name_prefix="slimsplit-encode") if cfg.encode_in_thread else None
-        )
+        executor = ThreadPoolExecutor(1, thread_name_prefix="slimsplit-encode") if cfg.encode_in_thread else None
         stream: FrameStream | None = None if cfg.unary else self.client.open_stream()
         loop = asyncio.get_running_loop()
+        control = self.control
         start = _perf()
         next_at = start
         try:
@@ -151,29 +158,31 @@ class Pipeline:
                     if delay > 0:
                         await asyncio.sleep(delay)
                     next_at = max(next_at + period, _perf() - period)
-                # paced: the frame exists from its capture instant, waiting for a slot is part of its latency;
-                # unpaced: a frame is taken when a slot is free (the source would otherwise "wait" forever)
+                else:
+                    await self._slots.acquire()
                 captured = _perf()
-                await self._slots.acquire()
-                now = _perf()
-                if not period:
-                    captured = now
-                decision = self.controller.choose(now, self._in_flight_bytes, self._in_flight_frames)
+                fid = self.client.next_frame_id()
+                decision = control.decide(fid, captured)
                 if decision.mode is None:
-                    self._slots.release()
+                    if not period:
+                        self._slots.release()
                     self._emit(
                         FrameResult(
-                            0,
+                            fid,
                             source.index,
                             "",
                             SKIPPED,
                             decision.reason,
                             source.label,
                             reason=decision.reason,
+                            estimate_bps=decision.estimate_bps,
                         )
                     )
                     continue
-                item = _Frame(source, captured, decision.reason)
+                if period:
+                    await self._slots.acquire()  # free at once: the loop admitted the frame below its limit
+                item = _Frame(source, captured, decision)
+                item.frame_id = fid
                 mode = decision.mode
                 if executor is not None:
                     encoded = await loop.run_in_executor(executor, self._encode, mode, source.image)
@@ -185,11 +194,10 @@ class Pipeline:
                     payload=encoded.payload,
                     model=cfg.model,
                     model_version=cfg.model_version,
+                    frame_id=fid,
                 )
-                item.frame_id = msg.frame_id
-                self._in_flight_frames += 1
-                self._in_flight_bytes += len(encoded.payload)
                 self._idle.clear()
+                control.sent(fid, len(encoded.payload), _perf())
                 if stream is not None:
                     await stream.submit(msg, self._deadline_s, functools.partial(self._complete, item))
                 else:
@@ -198,7 +206,8 @@ class Pipeline:
                     task.add_done_callback(self._tasks.discard)
                 if self._callback_error is not None:
                     break
-            await self._idle.wait()
+            if control.in_flight_frames:
+                await self._idle.wait()
         finally:
             if stream is not None:
                 await stream.aclose()
@@ -230,22 +239,12 @@ class Pipeline:
         encoded = item.encoded
         assert encoded is not None
         nbytes = len(encoded.payload)
-        self._in_flight_frames -= 1
-        self._in_flight_bytes -= nbytes
         self._slots.release()
         rtt_ms = outcome.rtt_ms
         prediction = outcome.prediction
         server = _server_timing(prediction) if prediction is not None else None
-        self.controller.observe(
-            FrameFeedback(
-                frame_id=item.frame_id,
-                mode=encoded.mode,
-                payload_bytes=nbytes,
-                sent_at=outcome.sent_at,
-                completed_at=outcome.received_at,
-                server_ms=server.total_ms if server is not None else 0.0,
-                ok=outcome.ok,
-            )
+        self.control.completed(
+            item.frame_id, outcome.received_at, server.total_ms if server is not None else 0.0, outcome.ok
         )
         source = item.source
         if prediction is not None and server is not None:
@@ -267,7 +266,8 @@ class Pipeline:
                 response_ms=(_perf() - t0) * 1e3,
                 server=server,
                 attempt=outcome.attempt,
-                reason=item.reason,
+                reason=item.decision.reason,
+                estimate_bps=item.decision.estimate_bps,
             )
         else:
             result = FrameResult(
@@ -281,9 +281,10 @@ class Pipeline:
                 encoder_ms=encoded.encoder_ms,
                 codec_ms=encoded.codec_ms,
                 attempt=outcome.attempt,
-                reason=item.reason,
+                reason=item.decision.reason,
+                estimate_bps=item.decision.estimate_bps,
             )
-        if self._in_flight_frames == 0:
+        if self.control.in_flight_frames == 0:
             self._idle.set()
         self._emit(result)
 
@@ -300,12 +301,13 @@ async def run_frames(
     client: EdgeClient,
     encoder: Encoder,
     controller: Controller,
+    modes: Sequence[ModeOption],
     frames: Iterable[SourceFrame],
     config: PipelineConfig,
     on_result: Callable[[FrameResult], None] | None = None,
 ) -> RunReport:
     """Run ``frames`` through one fresh :class:`Pipeline` and return its report."""
-    return await Pipeline(client, encoder, controller, config, on_result).run(frames)
+    return await Pipeline(client, encoder, controller, modes, config, on_result).run(frames)
 
 
 __all__ = ["EncodedLike", "Encoder", "Pipeline", "PipelineConfig", "RunReport", "run_frames"]

@@ -56,7 +56,8 @@ class FrameResult:
     response_ms: float = 0.0  # client-side reply handling (parse + bookkeeping)
     server: ServerTiming | None = None
     attempt: int = 0  # which (re)connection of the stream carried it; 0 for unary calls
-    reason: str = ""  # the controller's reason for the mode
+    reason: str = ""  # the controller's reason for the mode (or for skipping the frame)
+    estimate_bps: float | None = None  # the controller's bandwidth estimate when it decided
 
     @property
     def ok(self) -> bool:

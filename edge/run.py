@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from slimsplit.bundle import Manifest, ModeSpec
-from slimsplit.edge.client import EdgeClient, FixedController
+from slimsplit.edge.client import EdgeClient
 from slimsplit.edge.config import PROTOCOL_VERSION, ClientConfig
-from slimsplit.edge.control.base import Controller
+from slimsplit.edge.control.base import Controller, ModeOption
+from slimsplit.edge.control.controllers import make_controller as build_controller
+from slimsplit.edge.control.modes import modes_from_manifest
 from slimsplit.edge.display import Display
 from slimsplit.edge.pipeline import Encoder, PipelineConfig, RunReport, run_frames
 from slimsplit.edge.results import Summary, summarize
@@ -33,34 +35,75 @@ from slimsplit.v1 import slimsplit_pb2 as pb
 
 Route = Callable[[str], AbstractAsyncContextManager[str]]
 
-#: ``--controller`` names this build knows.
-CONTROLLER_NAMES = ("fixed",)
+#: ``--controller`` names the live edge accepts (``oracle`` plans from a link trace: evaluation only).
+CONTROLLER_NAMES = ("fixed", "ewma-greedy", "mpc")
 
 
 def default_mode(manifest: Manifest) -> ModeSpec:
-    """The mode used when none is given: the most accurate one (ties and unknown accuracy: the biggest)."""
+    """The mode used when none is given: the most accurate one, the smaller payload on ties (as the ``fixed``
+    controller picks); modes without measured figures count as least accurate."""
     return max(
         manifest.modes,
-        key=lambda m: (m.accuracy if m.accuracy is not None else -1.0, m.width, m.bits),
+        key=lambda m: (
+            m.accuracy if m.accuracy is not None else -1.0,
+            -(m.payload_bytes_mean if m.payload_bytes_mean is not None else float(m.width * m.bits)),
+        ),
     )
 
 
-def make_controller(name: str, manifest: Manifest, mode: str | None) -> Controller:
-    """The controller called ``name`` for this bundle (``mode`` is the fixed mode / the starting mode)."""
-    chosen = manifest.mode(mode).name if mode else default_mode(manifest).name
+def mode_options(manifest: Manifest, *, strict: bool = False) -> tuple[ModeOption, ...]:
+    """The controller's mode table from the manifest. Adaptive controllers need every figure measured
+    (``strict``: ConfigError otherwise); a fixed mode does not, so unmeasured figures count as 0 there."""
+    try:
+        return modes_from_manifest(manifest)
+    except ConfigError:
+        if strict:
+            raise
+    return tuple(
+        ModeOption(
+            name=m.name,
+            width=m.width,
+            bits=m.bits,
+            accuracy=m.accuracy or 0.0,
+            payload_bytes=m.payload_bytes_mean or 0.0,
+            encoder_ms=m.encoder_ms_p50 or 0.0,
+            server_ms=m.tail_ms_p50 or 0.0,
+        )
+        for m in manifest.modes
+    )
+
+
+def make_controller(
+    name: str,
+    manifest: Manifest,
+    *,
+    mode: str | None = None,
+    deadline_ms: float = 1000.0,
+    max_in_flight: int = 4,
+    fps: float = 0.0,
+) -> tuple[Controller, tuple[ModeOption, ...]]:
+    """The controller called ``name`` for this bundle, and the mode table it plans with.
+
+    ``mode``: the fixed mode (default :func:`default_mode`); adaptive controllers choose among all modes.
+    """
+    if name not in CONTROLLER_NAMES:
+        raise ConfigError(f"unknown controller {name!r}; available: {', '.join(CONTROLLER_NAMES)}", key="controller")
     if name == "fixed":
-        return FixedController(chosen)
-    raise ConfigError(
-        f"unknown controller {name!r}; available: {', '.join(CONTROLLER_NAMES)}", key="controller"
-    )
+        modes = mode_options(manifest)
+        chosen = manifest.mode(mode).name if mode else default_mode(manifest).name
+        return build_controller(name, modes, deadline_ms, mode=chosen, max_in_flight=max_in_flight), modes
+    modes = mode_options(manifest, strict=True)
+    options: dict[str, object] = {"max_in_flight": max_in_flight}
+    if name == "mpc" and fps > 0:
+        options["fps"] = fps
+    return build_controller(name, modes, deadline_ms, **options), modes
 
 
 def check_server(response: pb.DescribeResponse, manifest: Manifest, modes: Iterable[str], target: str) -> str:
     """Check the server serves this bundle and these modes; return the model version to put in frames."""
     if response.protocol_version and response.protocol_version != PROTOCOL_VERSION:
         raise UnsupportedVersion(
-            f"the server at {target} speaks protocol {response.protocol_version}, this client speaks "
-            f"{PROTOCOL_VERSION}"
+            f"the server at {target} speaks protocol {response.protocol_version}, this client speaks {PROTOCOL_VERSION}"
         )
     served = [m for m in response.models if m.name == manifest.name]
     if not served:
@@ -103,6 +146,7 @@ class EdgeRun:
     manifest: Manifest
     encoder: Encoder
     controller: Controller
+    mode_table: tuple[ModeOption, ...]
     frames: Iterable[SourceFrame]
     target: str
     client: ClientConfig
@@ -131,7 +175,9 @@ async def _run(run: EdgeRun, dial: str, display: Display, header: str) -> tuple[
             version = check_server(response, manifest, run.modes, run.target)
         pipeline = PipelineConfig(model=manifest.name, model_version=version, fps=run.fps, unary=run.unary)
         display.start(header or f"slimsplit edge -> {run.target}  model {manifest.name} {version}")
-        report = await run_frames(client, run.encoder, run.controller, run.frames, pipeline, display.frame)
+        report = await run_frames(
+            client, run.encoder, run.controller, run.mode_table, run.frames, pipeline, display.frame
+        )
     summary = summarize(report.results, report.wall_s)
     display.finish(summary, report.results)
     return report, summary
@@ -172,6 +218,7 @@ __all__ = [
     "default_mode",
     "exit_status",
     "make_controller",
+    "mode_options",
     "run_edge",
     "write_json",
 ]

@@ -103,9 +103,7 @@ def resize_bilinear(image: Image, height: int, width: int) -> Image:
 def fit_image(image: npt.NDArray[Any], spec: InputSpec, where: str) -> Image:
     """One image as uint8 [spec.height, spec.width, spec.channels]; DatasetError naming ``where`` if not."""
     arr = np.asarray(image)
-    if arr.dtype == np.bool_ or not (
-        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    ):
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise DatasetError(f"{where}: pixels must be numbers, got dtype {arr.dtype}", where=where)
     if np.issubdtype(arr.dtype, np.floating):
         raise DatasetError(
@@ -156,9 +154,7 @@ def _npz_images_layout(images: npt.NDArray[Any], spec: InputSpec, where: str) ->
         return images
     if images.shape[1] in (1, 3, 4):
         return np.moveaxis(images, 1, -1)
-    raise DatasetError(
-        f"{where}: cannot tell the channel axis of 'images' with shape {images.shape}", where=where
-    )
+    raise DatasetError(f"{where}: cannot tell the channel axis of 'images' with shape {images.shape}", where=where)
 
 
 def from_arrays(
@@ -325,9 +321,7 @@ def open_source(spec_text: str, input_spec: InputSpec, class_names: Sequence[str
         elif path.exists():
             raise DatasetError(f"--source {spec_text}: expected a folder of images, an .npz file or 'sample'")
         else:
-            raise DatasetError(
-                f"--source {spec_text}: no such file or folder (or use 'sample')", path=str(path)
-            )
+            raise DatasetError(f"--source {spec_text}: no such file or folder (or use 'sample')", path=str(path))
     return _align_classes(source, tuple(class_names))
 
 
@@ -347,9 +341,7 @@ def _align_classes(source: FrameSource, class_names: tuple[str, ...]) -> FrameSo
             for f in source.frames
         )
         return FrameSource(source.description, frames, class_names, source.notes)
-    note = (
-        "the source's class names differ from the model's, so labels are dropped and accuracy is not reported"
-    )
+    note = "the source's class names differ from the model's, so labels are dropped and accuracy is not reported"
     frames = tuple(SourceFrame(f.index, f.image, None, f.name) for f in source.frames)
     return FrameSource(source.description, frames, class_names, (*source.notes, note))
 

@@ -6,8 +6,9 @@ the two directions cannot drift apart.
 
 Several classes share a status (``InvalidFrame`` and ``CodecError`` are both ``INVALID_ARGUMENT``). Without
 more information the edge picks the most general of them (the one most of the others derive from; ties go to
-a per-frame error, i.e. an ``InvalidFrame``, then to the class defined first). When the server names the exact class - in the trailing metadata key
-:data:`ERROR_CLASS_KEY` - and that class really travels as the received status, the exact class is used.
+a per-frame error, i.e. an ``InvalidFrame``, then to the class defined first). When the server names the
+exact class - in the trailing metadata key :data:`ERROR_CLASS_KEY` - and that class really travels as the
+received status, the exact class is used.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from typing import TextIO
 from slimsplit.bundle import Bundle, Manifest, ModeSpec, default_bundle_path
 from slimsplit.edge.config import ClientConfig
 from slimsplit.edge.control.base import Controller, Decision, FrameFeedback
-from slimsplit.edge.display import make_display, wants_live
-from slimsplit.edge.run import EdgeRun, exit_status, run_edge
+from slimsplit.edge.display import make_display, silence_stdout, wants_live
+from slimsplit.edge.run import EdgeRun, exit_status, mode_options, run_edge
 from slimsplit.edge.sources import SAMPLE, open_source
 from slimsplit.errors import SlimsplitError
 
@@ -76,9 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--mode", default=None, metavar="NAME", help="one fixed mode (default: sweep a few modes)")
-    p.add_argument(
-        "--modes", type=int, default=3, metavar="N", help="how many modes the sweep visits (default 3)"
-    )
+    p.add_argument("--modes", type=int, default=3, metavar="N", help="how many modes the sweep visits (default 3)")
     p.add_argument(
         "--frames",
         type=int,
@@ -93,18 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="capture rate (default: 30 on a terminal so frames can be watched, else unpaced)",
     )
     p.add_argument("--unary", action="store_true", help="one Infer call per frame instead of InferStream")
-    p.add_argument(
-        "--bundle", type=Path, default=None, metavar="PATH", help="bundle (default: the shipped one)"
-    )
+    p.add_argument("--bundle", type=Path, default=None, metavar="PATH", help="bundle (default: the shipped one)")
     p.add_argument("--backend", default="onnxruntime", help="server backend (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     return p
 
 
-def main(
-    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
-) -> int:
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     args = build_parser().parse_args(argv)
@@ -142,6 +136,7 @@ def main(
             manifest=manifest,
             encoder=encoder,
             controller=SweepController(modes, per_mode),
+            mode_table=mode_options(manifest),
             frames=source.take(total, cycle=True),
             target=server.address,
             client=replace(ClientConfig(), target=server.address, max_in_flight=4, deadline_ms=2000.0),
@@ -159,6 +154,9 @@ def main(
     except KeyboardInterrupt:
         err.write(f"{PROG}: interrupted\n")
         return 130
+    except BrokenPipeError:  # | head
+        silence_stdout()
+        return 141
     except SlimsplitError as exc:
         err.write(f"{PROG}: error: {exc}\n")
         return 3

@@ -19,9 +19,10 @@ import pytest
 from slimsplit.bundle import Bundle, default_bundle_path
 from slimsplit.codec import decode_features, encode_features
 from slimsplit.demo import demo_modes
-from slimsplit.edge.client import EdgeClient, FixedController
+from slimsplit.edge.client import EdgeClient
 from slimsplit.edge.config import ClientConfig
 from slimsplit.edge.pipeline import PipelineConfig, RunReport, run_frames
+from slimsplit.edge.run import make_controller
 from slimsplit.edge.runtime import EncoderRuntime
 from slimsplit.edge.sources import SourceFrame, load_sample
 from slimsplit.server.app import ServerThread
@@ -81,21 +82,19 @@ def in_process(bundle: Bundle, mode: str, frames: list[SourceFrame]) -> list[Ref
     return refs
 
 
-def run_edge(
-    server: ServerThread, bundle: Bundle, mode: str, frames: list[SourceFrame], unary: bool
-) -> RunReport:
+def run_edge(server: ServerThread, bundle: Bundle, mode: str, frames: list[SourceFrame], unary: bool) -> RunReport:
     async def go() -> RunReport:
         config = ClientConfig(target=server.address, max_in_flight=4, deadline_ms=10_000)
         async with EdgeClient(config) as client:
             await client.wait_ready()
+            controller, table = make_controller("fixed", bundle.manifest, mode=mode, max_in_flight=4)
             return await run_frames(
                 client,
                 EncoderRuntime(bundle),
-                FixedController(mode),
+                controller,
+                table,
                 frames,
-                PipelineConfig(
-                    model=bundle.manifest.name, model_version=bundle.manifest.version, unary=unary
-                ),
+                PipelineConfig(model=bundle.manifest.name, model_version=bundle.manifest.version, unary=unary),
             )
 
     return asyncio.run(go())
@@ -140,9 +139,7 @@ def test_predictions_equal_the_in_process_split_model(
     assert report.reconnects == 0
 
 
-def test_labels_and_class_names_come_back(
-    server: ServerThread, bundle: Bundle, frames: list[SourceFrame]
-) -> None:
+def test_labels_and_class_names_come_back(server: ServerThread, bundle: Bundle, frames: list[SourceFrame]) -> None:
     mode = bundle.manifest.modes[-1].name
     report = run_edge(server, bundle, mode, frames[:3], unary=False)
     classes = bundle.manifest.classes

@@ -33,9 +33,7 @@ def server() -> Iterator[ServerThread]:
 
 @pytest.fixture(scope="module")
 def dead_address() -> str:
-    srv = ServerThread(
-        ServerConfig(grpc=GrpcConfig(port=0), log_level="warning"), backend=NullBackend()
-    ).start()
+    srv = ServerThread(ServerConfig(grpc=GrpcConfig(port=0), log_level="warning"), backend=NullBackend()).start()
     address = srv.address
     srv.stop()
     return address
@@ -92,6 +90,20 @@ def test_unary_quiet_run_prints_only_the_summary(server: ServerThread) -> None:
     code, out, _err = run_cli("--server", server.address, "--frames", "3", "--unary", "--quiet")
     assert code == 0
     assert out.startswith("Summary") and "3 total, 3 answered" in out
+
+
+def test_an_adaptive_controller_plugs_in(server: ServerThread, tmp_path: Path) -> None:
+    out_path = tmp_path / "mpc.json"
+    code, _out, err = run_cli(
+        "--server", server.address, "--controller", "mpc", "--frames", "12", "--quiet", "--json-out", str(out_path)
+    )
+    assert code == 0, err
+    doc = json.loads(out_path.read_text())
+    names = set(Bundle.open(default_bundle_path()).manifest.mode_names)
+    assert doc["summary"]["frames"] == 12
+    assert all(f["mode"] in names and f["reason"] for f in doc["frames"] if f["status"] != "SKIPPED")
+    code, _out, err = run_cli("--controller", "mpc", "--mode", "w2b1")
+    assert code == 2 and "cannot be combined" in err
 
 
 def test_the_server_not_serving_the_mode_is_a_clear_error(tmp_path: Path, server: ServerThread) -> None:

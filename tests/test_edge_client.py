@@ -19,6 +19,7 @@ from slimsplit.edge.client import EdgeClient, FrameStream, Outcome
 from slimsplit.edge.config import ClientConfig, ReconnectPolicy
 from slimsplit.edge.control.base import Controller, Decision, FrameFeedback
 from slimsplit.edge.pipeline import PipelineConfig, run_frames
+from slimsplit.edge.run import mode_options
 from slimsplit.edge.sources import SourceFrame
 from slimsplit.edge.status import status_of
 from slimsplit.server.app import ServerThread
@@ -80,9 +81,7 @@ def payload(bundle: Bundle, mode: str) -> bytes:
 
 def frame(client: EdgeClient, bundle: Bundle, mode: str, **overrides: object) -> pb.FeatureFrame:
     m = bundle.manifest
-    msg = client.make_frame(
-        mode=mode, payload=payload(bundle, mode) if mode in m.mode_names else b"", model=m.name
-    )
+    msg = client.make_frame(mode=mode, payload=payload(bundle, mode) if mode in m.mode_names else b"", model=m.name)
     for key, value in overrides.items():
         setattr(msg, key, value)
     return msg
@@ -99,9 +98,7 @@ class Collector:
         self.outcomes[outcome.frame_id] = outcome
 
 
-def test_stream_errors_travel_per_frame_and_the_stream_goes_on(
-    slow_server: ServerThread, bundle: Bundle
-) -> None:
+def test_stream_errors_travel_per_frame_and_the_stream_goes_on(slow_server: ServerThread, bundle: Bundle) -> None:
     fast = bundle.manifest.modes[-1].name
 
     async def go() -> tuple[list[str], list[int], list[str]]:
@@ -216,9 +213,7 @@ class ConstantEncoder:
         return EncodedFrame(payload(self.bundle, self.mode), self.mode, 0.0, 0.0)
 
 
-def test_in_flight_frames_stay_bounded_and_every_frame_is_observed(
-    slow_server: ServerThread, bundle: Bundle
-) -> None:
+def test_in_flight_frames_stay_bounded_and_every_frame_is_observed(slow_server: ServerThread, bundle: Bundle) -> None:
     slow = bundle.manifest.modes[0].name
     controller = RecordingController(slow)
     images = [SourceFrame(i, np.zeros((64, 64, 3), np.uint8)) for i in range(5)]
@@ -230,6 +225,7 @@ def test_in_flight_frames_stay_bounded_and_every_frame_is_observed(
                 client,
                 ConstantEncoder(bundle),  # type: ignore[arg-type]
                 controller,
+                mode_options(bundle.manifest),
                 images,
                 PipelineConfig(model=bundle.manifest.name),
             )
@@ -239,9 +235,7 @@ def test_in_flight_frames_stay_bounded_and_every_frame_is_observed(
     assert statuses == ["OK"] * 5
     assert max(controller.in_flight) == 1  # decided with one frame in flight: the second slot of two
     assert controller.in_flight[0] == 0
-    assert sorted(f.frame_id for f in controller.observed) == sorted(
-        {f.frame_id for f in controller.observed}
-    )
+    assert sorted(f.frame_id for f in controller.observed) == sorted({f.frame_id for f in controller.observed})
     assert len(controller.observed) == 5 and all(f.ok and f.payload_bytes > 0 for f in controller.observed)
 
 
@@ -353,3 +347,28 @@ def test_wait_ready_names_the_address_when_nothing_listens(bundle: Bundle) -> No
                 await client.wait_ready()
 
     asyncio.run(go())
+
+
+def test_a_paced_source_skips_frames_at_the_in_flight_limit(slow_server: ServerThread, bundle: Bundle) -> None:
+    slow = bundle.manifest.modes[0].name
+    controller = RecordingController(slow)
+    images = [SourceFrame(i, np.zeros((64, 64, 3), np.uint8)) for i in range(4)]
+
+    async def go() -> list[tuple[str, str]]:
+        cfg = ClientConfig(target=slow_server.address, max_in_flight=1, deadline_ms=5000)
+        async with EdgeClient(cfg) as client:
+            report = await run_frames(
+                client,
+                ConstantEncoder(bundle),  # type: ignore[arg-type]
+                controller,
+                mode_options(bundle.manifest),
+                images,
+                PipelineConfig(model=bundle.manifest.name, fps=200.0),  # a camera: frames do not wait
+            )
+        return [(r.status, r.reason) for r in report.results]
+
+    results = asyncio.run(go())
+    assert results[0][0] == "OK"  # the first frame holds the only slot for 0.4 s ...
+    skipped = [reason for status, reason in results[1:] if status == "SKIPPED"]
+    assert skipped and all("in-flight limit" in reason for reason in skipped)  # ... so the next ones are skipped
+    assert len(controller.in_flight) == 1 + sum(1 for s, _ in results[1:] if s != "SKIPPED")

@@ -30,9 +30,7 @@ def test_reverse_table_agrees_with_every_error_class() -> None:
     classes = [
         obj
         for obj in vars(errors).values()
-        if isinstance(obj, type)
-        and issubclass(obj, errors.SlimsplitError)
-        and obj is not errors.SlimsplitError
+        if isinstance(obj, type) and issubclass(obj, errors.SlimsplitError) and obj is not errors.SlimsplitError
     ]
     for cls in classes:
         # every status a class travels as maps back to a class that travels as that same status
@@ -247,9 +245,7 @@ def test_percentile_interpolates() -> None:
 
 def test_summary_counts_accuracy_latency_and_errors() -> None:
     results = [_ok(i, label=i % 2, top=0, latency=float(i + 1)) for i in range(10)]
-    results.append(
-        FrameResult(frame_id=99, index=10, mode="w4b4", status="DEADLINE_EXCEEDED", payload_bytes=100)
-    )
+    results.append(FrameResult(frame_id=99, index=10, mode="w4b4", status="DEADLINE_EXCEEDED", payload_bytes=100))
     results.append(FrameResult(frame_id=100, index=11, mode="w4b4", status="UNAVAILABLE", error="down"))
     s = summarize(results, wall_s=2.0)
     assert s.frames == 12 and s.ok == 10

@@ -197,7 +197,8 @@ BAD_CASES: dict[str, tuple[Callable[[TinyBundle], pb.FeatureFrame], grpc.StatusC
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     "garbage payload": (
-        lambda t: frame(t, "w4b8", features=os.urandom(80)),
+        # random bytes after a first byte that is no codec magic (0xA_ would read as "another codec version")
+        lambda t: frame(t, "w4b8", features=b"\x5a" + os.urandom(79)),
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     "no features": (lambda t: frame(t, "w4b8", features=b""), grpc.StatusCode.INVALID_ARGUMENT),

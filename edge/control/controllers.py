@@ -8,17 +8,14 @@ evaluation only. :func:`make_controller` builds any of them by name.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from slimsplit.edge.control.base import Controller, Decision, FrameFeedback, ModeOption
-from slimsplit.edge.control.estimators import (
-    EwmaEstimator,
-    RobustHarmonicEstimator,
-    ThroughputEstimator,
-    TransferSampler,
-)
+from slimsplit.edge.control.estimators import EwmaEstimator, TransferSampler
 from slimsplit.edge.control.modes import check_modes, pareto_modes
 from slimsplit.errors import ConfigError, UnknownMode
 
@@ -30,8 +27,9 @@ class FixedController(Controller):
 
     name = "fixed"
 
-    def __init__(self, modes: Sequence[ModeOption], deadline_ms: float, mode: str | None = None,
-                 max_in_flight: int = 4) -> None:
+    def __init__(
+        self, modes: Sequence[ModeOption], deadline_ms: float, mode: str | None = None, max_in_flight: int = 4
+    ) -> None:
         check_modes(modes)
         if mode is None:
             self.mode = max(modes, key=lambda m: (m.accuracy, -m.payload_bytes)).name
@@ -62,9 +60,16 @@ class EwmaGreedyController(Controller):
 
     name = "ewma-greedy"
 
-    def __init__(self, modes: Sequence[ModeOption], deadline_ms: float, alpha: float = 0.4,
-                 budget_fraction: float = 0.8, rtt_ms: float = 0.0, max_in_flight: int = 4,
-                 initial_bps: float | None = None) -> None:
+    def __init__(
+        self,
+        modes: Sequence[ModeOption],
+        deadline_ms: float,
+        alpha: float = 0.4,
+        budget_fraction: float = 0.8,
+        rtt_ms: float = 0.0,
+        max_in_flight: int = 4,
+        initial_bps: float | None = None,
+    ) -> None:
         check_modes(modes)
         self.modes = tuple(sorted(modes, key=lambda m: (-m.accuracy, m.payload_bytes)))
         self.lightest = min(modes, key=lambda m: (m.encoder_ms + m.payload_bytes * 1e-3, -m.accuracy))
@@ -96,66 +101,79 @@ class EwmaGreedyController(Controller):
 
 @dataclass(frozen=True)
 class MpcConfig:
-    """Options of :class:`MpcController` (see its docstring for how each one enters the decision)."""
+    """Options of :class:`MpcController` (its docstring says how each one enters the decision)."""
 
-    horizon: int = 0  # frames planned (this one + horizon-1 followers); 0 = ceil(deadline * fps) + 1
-    fps: float = 0.0  # frame rate; 0 = learn it from the spacing of choose() calls
-    margin: float = 0.9  # plan every frame to finish within margin * deadline
-    switch_penalty: float = 0.002  # accuracy charged for changing mode (hysteresis against estimate noise)
-    window: int = 5  # harmonic-mean window (samples)
-    max_error: float = 1.0  # clip of the relative prediction error (discount at most 1 / (1 + max_error))
-    quantile: float = 0.0  # also bound the estimate by this quantile of the last quantile_window samples (0 = off)
-    quantile_window: int = 20
+    samples: int = 8  # throughput samples that form the forecast distribution
+    quantiles: int = 8  # evaluate this many evenly spaced quantiles of them (0 = every sample)
+    margin: float = 1.0  # a frame counts as in time in a scenario if it finishes within margin * deadline
+    late_penalty: float | None = None  # frames' worth of accuracy charged per late frame; None = 1 when one
+    #                                    frame at a time (a late frame blocks the next one), else 0 (the
+    #                                    follower term already charges the delay a frame causes)
+    follower_penalty: float = 1.0  # frames' worth lost when the next frame could not make it behind this one
+    switch_penalty: float = 0.001  # accuracy charged for changing mode (hysteresis against forecast noise)
     rtt_ms: float = 0.0  # round-trip propagation time, measured by the client (0 = unknown, conservative)
     max_in_flight: int = 4  # never more frames than this in flight
-    probe_interval_ms: float = 0.0  # with nothing in flight and nothing fitting, send the lightest mode at most
-    #                                 this often (0 = every such frame: skipping it is a sure miss anyway)
-    initial_bps: float = 0.0  # bandwidth assumed before the first sample (0 = lightest mode until then)
-    stall_detection: bool = True  # bound the estimate by the progress of the oldest frame in flight
+    fps: float = 0.0  # frame rate (spacing of the follower frame); 0 = learn it from the spacing of choose()
     packet_bytes: float = 1500.0  # packetisation allowance of a transfer that starts on an idle link (0 = fluid)
+    stall_detection: bool = True  # bound the scenarios by the progress of the oldest frame in flight
+    stall_fraction: float = 0.5  # share of the scenarios (slowest first) the stall bound applies to: the rest
+    #                              keep "the link may come back now" alive, so a stall does not starve cheap frames
+    horizon: int = 0  # frames planned: this one + horizon-1 followers; 0 = ceil(deadline * fps) + 1
 
     def __post_init__(self) -> None:
-        if self.horizon < 0 or self.fps < 0 or not 0 < self.margin <= 1.5 or self.switch_penalty < 0:
+        if self.samples < 1 or self.quantiles < 0 or not 0 < self.margin <= 2 or self.switch_penalty < 0:
             raise ConfigError(f"bad MPC options: {self}")
-        if self.max_in_flight < 1 or self.window < 1 or self.rtt_ms < 0 or self.probe_interval_ms < 0:
+        if (self.late_penalty or 0.0) < 0 or self.follower_penalty < 0 or self.max_in_flight < 1 or self.rtt_ms < 0:
+            raise ConfigError(f"bad MPC options: {self}")
+        if self.fps < 0 or self.packet_bytes < 0 or self.horizon < 0 or not 0 <= self.stall_fraction <= 1:
             raise ConfigError(f"bad MPC options: {self}")
 
 
 class MpcController(Controller):
-    """Model-predictive mode selection over a fluid model of the uplink queue.
+    """Risk-aware model-predictive mode selection over a queue model of the uplink.
 
-    **Bandwidth.** ``bw`` = robustMPC estimate (harmonic mean of the last ``window`` throughput samples divided
-    by ``1 + max recent relative error``; samples per :class:`TransferSampler`, i.e. excluding server time,
-    propagation delay and the time a frame waited behind earlier frames). *Stall bound:* if the oldest frame in
-    flight started transmitting at ``s0`` (``max(sent, last known departure)``) and has not completed although
-    ``e = now - s0 - rtt - server_ms > 0``, the link has carried fewer than its ``b0`` bytes in ``e`` seconds, so
-    ``bw <= 8 b0 / e``. This reacts to an outage within a frame or two instead of waiting for completions that
-    never come.
+    **Forecast.** Each completed frame yields a throughput sample (:class:`TransferSampler`: server time,
+    propagation delay and the wait behind earlier frames excluded; a frame that found the link idle is credited
+    ``packet_bytes`` for the wait for the next delivery opportunity). The last ``samples`` of them, reduced to
+    ``quantiles`` evenly spaced quantiles ``s_1..s_Q``, are the scenarios for the next transfer: the forecast is a
+    distribution, not a point (the cellular traces move by 10x within a second, so one number cannot be both safe
+    and accurate; this replaces robustMPC's single discounted harmonic mean). *Stall bound:* if the oldest frame in
+    flight started transmitting at ``t0`` (``max(sent, last known departure)``) and has not completed although
+    ``e = now - t0 - rtt - server > 0``, the link carried fewer than its ``b0`` bytes in ``e`` seconds, so the
+    slowest ``stall_fraction`` of the scenarios are capped at ``8 b0 / e``: an outage is seen within a frame or
+    two, without waiting for completions that never come, while the other scenarios keep "the link comes back
+    now" possible (outages end without warning, and a cheap frame sent just before that is a hit).
 
-    **Queue.** The bytes still in flight are drained through a FIFO at ``bw``: starting from the last known
-    departure ``d``, each frame in flight (in send order) departs at ``d = max(d, sent) + 8 b / bw``; bytes
-    admitted but not yet sent are added at ``now``. The result ``q`` is when the uplink becomes free.
+    **Queue (awareness of bytes in flight).** In scenario ``s`` the frames in flight drain FIFO at ``s`` from the
+    last known departure ``d``: ``d = sent + 8 (b + packet) / s`` for a frame that found the link idle, else
+    ``d + 8 b / s`` (send order; bytes admitted but not yet sent join at ``now``). ``r = d - now`` is how long the
+    uplink stays busy.
 
-    **Prediction.** For mode ``m``: ``dep_m = max(q, now + enc_m) + 8 p_m / bw`` and the latency
-    ``L_m = dep_m + rtt + server_m - now``. Mode ``m`` is admissible when ``L_m <= margin * deadline``.
+    **Prediction.** Mode ``m``: latency ``L = enc_m + 8 (p_m + packet) / s + rtt + server_m`` if the encoder
+    finishes after the queue drained (``enc_m >= r``), else ``r + 8 p_m / s + rtt + server_m``. In time iff
+    ``L <= margin * deadline``.
 
-    **Horizon.** The next ``H - 1`` frames (spacing ``T = 1 / fps``) are assumed to use one steady mode ``m'``.
-    Frame ``j`` then departs ``max(dep_{j-1}, now + jT + enc') + x'`` (``x' = 8 p' / bw``); its latency is worst
-    either for ``j = 1`` or, when ``x' > T`` (``m'`` not sustainable), for the last frame, giving
-    ``L' = max(dep_m - now - T, enc') + x' + rtt + server' + max(0, (H - 2)(x' - T))``. ``R(m)`` is the accuracy
-    of the best ``m'`` with ``L' <= margin * deadline`` (none: the followers would be skipped).
+    **Horizon.** The next ``H - 1`` frames (``H = ceil(deadline * fps) + 1`` unless ``horizon`` is set; spacing
+    ``T = 1 / fps``) are assumed to use one steady mode ``k``. Their worst latency is
+    ``max(dep - now - T, enc_k) + x_k + rtt + server_k + max(0, (H - 2)(x_k - T))`` with ``x_k = 8 p_k / s`` and
+    ``dep`` this frame's departure (the first follower waits for it; if ``x_k > T`` the queue grows frame after
+    frame). ``R_s(m)`` is the accuracy of the best ``k`` that keeps them in time, ``-follower_penalty * A`` if none
+    does. Precomputed per scenario as a step function of ``dep`` (one bisection per mode).
 
-    **Objective.** ``V(m) = (1 + acc_m) + (H - 1) * [1 + R(m) if some m' fits else 0] - penalty * [m != previous]``:
-    the constant 1 per in-time frame makes delivering frames lexicographically more important than accuracy, so
-    the current frame never takes a mode that would starve its followers, and among modes that keep them
-    feasible the sum of accuracies decides. The switching penalty adds hysteresis against estimate noise.
+    **Objective.** ``U(m) = mean_s( [L <= budget] * acc_m - [L > budget] * late_penalty * A + (H - 1) * R_s(m) )
+    - switch_penalty * [m != previous]``, with ``A`` the running mean accuracy of the chosen modes. *Skipping is
+    an option of the same objective*: ``U(skip) = mean_s((H - 1) * R_s(skip))``, the followers facing only the
+    bytes already in flight. The controller takes the best of the modes and skip, so a frame is skipped exactly
+    when its bytes would cost its followers more than it can deliver itself (and the reason names the prediction).
+    The follower term is the uncertainty-aware replacement for a fixed safety margin; ``late_penalty`` charges a
+    late frame for the frames it delays (with one frame in flight it costs the next frame outright). This adapts
+    to the mode table: where one more bit buys a lot of accuracy it accepts more risk, where the gain is small it
+    stays safe. The switching penalty adds hysteresis against forecast noise.
 
-    **Skipping.** No admissible mode: the frame is skipped with the reason (prediction, estimate, bytes in
-    flight), except that with nothing in flight and nothing sent for ``probe_interval`` the lightest mode is sent
-    as a probe, so that the estimate recovers when capacity returns (there is no other traffic to learn from).
-    At ``max_in_flight`` frames in flight it always skips.
-
-    Cost: O(M * (M + K)) arithmetic for M Pareto modes and K frames in flight, no allocation of arrays.
+    With no sample yet it sends the lightest mode; with nothing in flight and a forecast that nothing fits it still
+    sends the lightest mode (the forecast only learns from frames, and a skipped frame is a certain miss). At
+    ``max_in_flight`` frames in flight it always skips. Cost: O(Q * (K + M log M)) arithmetic per decision with
+    per-scenario tables cached between samples (Q scenarios, K frames in flight, M modes).
     """
 
     name = "mpc"
@@ -166,36 +184,56 @@ class MpcController(Controller):
             raise ConfigError(f"deadline_ms must be positive, got {deadline_ms}")
         self.config = cfg = config or MpcConfig()
         self.modes = pareto_modes(modes)  # most accurate first
-        self.lightest = min(self.modes, key=lambda m: (m.encoder_ms + m.server_ms, m.payload_bytes))
+        self.lightest = min(self.modes, key=lambda m: (m.payload_bytes, m.encoder_ms + m.server_ms))
         self.deadline_s = deadline_ms / 1000.0
         self.budget_s = cfg.margin * self.deadline_s
         self.rtt_s = cfg.rtt_ms / 1000.0
-        self.probe_interval_s = cfg.probe_interval_ms / 1000.0
         self.sampler = TransferSampler(rtt_s=self.rtt_s, packet_bytes=cfg.packet_bytes)
-        self.estimator: ThroughputEstimator = RobustHarmonicEstimator(
-            cfg.window, cfg.max_error, cfg.quantile, cfg.quantile_window
-        )
-        self._pkt_bits = 8.0 * cfg.packet_bytes
+        self._samples: deque[float] = deque(maxlen=cfg.samples)
+        self._scenarios: list[float] = []
         self._server_s = {m.name: m.server_ms / 1000.0 for m in modes}
-        # per Pareto mode: (name, accuracy, encoder s, server s, payload bits)
-        self._table = [(m.name, m.accuracy, m.encoder_ms / 1000.0, m.server_ms / 1000.0, 8.0 * m.payload_bytes)
-                       for m in self.modes]
+        self._pkt_bits = 8.0 * cfg.packet_bytes
+        # per Pareto mode (most accurate first), as flat lists for the inner loop
+        self._names = [m.name for m in self.modes]
+        self._acc = [m.accuracy for m in self.modes]
+        self._enc = [m.encoder_ms / 1000.0 for m in self.modes]
+        self._bits = [8.0 * m.payload_bytes for m in self.modes]
+        self._post = [self.rtt_s + m.server_ms / 1000.0 for m in self.modes]  # after departure: rtt + server
+        self._slack = [self.budget_s - p for p in self._post]  # budget left for the transfer of a follower
+        self._light_j = self._names.index(self.lightest.name)
+        self._cache: dict[float, tuple[float, list[float], list[float], list[float], list[float]]] = {}
+        self._cache_key: tuple[float, int] | None = None
         self._in_flight: dict[int, tuple[float, int, float]] = {}  # frame id -> (sent_at, bytes, server s)
         self._prev: str | None = None
-        self._last_send = -math.inf
+        self._ref_acc = sorted(m.accuracy for m in self.modes)[len(self.modes) // 2]
         self._last_now: float | None = None
         self._period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0
 
     # ------------------------------------------------------------------ feedback
     def on_sent(self, frame_id: int, mode: str, payload_bytes: int, sent_at: float) -> None:
         self._in_flight[frame_id] = (sent_at, payload_bytes, self._server_s.get(mode, 0.0))
-        self._last_send = max(self._last_send, sent_at)
 
     def observe(self, feedback: FrameFeedback) -> None:
         self._in_flight.pop(feedback.frame_id, None)
         s = self.sampler.sample(feedback)
-        if s is not None:
-            self.estimator.update(s.bps)
+        if s is not None and s.bps > 0 and math.isfinite(s.bps):
+            self._samples.append(s.bps)
+            ordered = sorted(self._samples)
+            q = self.config.quantiles
+            n = len(ordered)
+            if len(self._cache) > 4 * n + 8:  # keep the tables of rates still in use; bounded
+                keep = set(ordered)
+                self._cache = {k: v for k, v in self._cache.items() if k in keep}
+            if q <= 0 or n <= q:
+                self._scenarios = ordered
+            else:
+                self._scenarios = [ordered[int((i + 0.5) * n / q)] for i in range(q)]
+
+    def estimate_bps(self) -> float | None:
+        """Harmonic mean of the recent samples (for display)."""
+        if not self._samples:
+            return None
+        return len(self._samples) / sum(1.0 / x for x in self._samples)
 
     # ------------------------------------------------------------------ decision
     def _frame_period(self, now: float) -> float:
@@ -209,93 +247,139 @@ class MpcController(Controller):
 
     def choose(self, now: float, in_flight_bytes: int, in_flight_frames: int) -> Decision:
         cfg = self.config
-        period = self._frame_period(now)
+        period = round(self._frame_period(now), 3)  # ms resolution keeps the per-scenario tables cacheable
         if in_flight_frames >= cfg.max_in_flight:
             return Decision(None, f"in-flight limit ({cfg.max_in_flight} frames)")
-        est = self.estimator.estimate()
-        bw = est if est is not None else (cfg.initial_bps or None)
-        if bw is None:
-            return self._send(self.lightest.name, now, "no estimate yet: lightest mode", None, None)
+        if not self._scenarios:
+            return self._send(self.lightest.name, "no estimate yet: lightest mode", None, None)
         rtt = self.rtt_s
-        # stall bound from the oldest frame in flight
         pkt = self._pkt_bits
-        if self._in_flight and cfg.stall_detection:
-            d0 = self.sampler.last_departure
-            sent0, b0, srv0 = next(iter(self._in_flight.values()))
+        d0 = self.sampler.last_departure
+        in_flight = list(self._in_flight.values())
+        cap = math.inf
+        if in_flight and cfg.stall_detection:
+            sent0, b0, srv0 = in_flight[0]
             elapsed = now - max(d0, sent0) - rtt - srv0
             if elapsed > 0:
-                bw = min(bw, (8.0 * b0 + (pkt if sent0 >= d0 else 0.0)) / elapsed)
-        d = self._queue_end(now, bw, in_flight_bytes)
+                cap = (8.0 * b0 + (pkt if sent0 >= d0 else 0.0)) / elapsed
+        unsent_bits = 8.0 * in_flight_bytes
+        for _, nbytes, _ in in_flight:
+            unsent_bits -= 8.0 * nbytes
         budget = self.budget_s
-        # steady followers: threshold on (dep_m - now - T) for each m', most permissive first
+        ref = self._ref_acc
+        late_penalty = cfg.late_penalty if cfg.late_penalty is not None else (1.0 if cfg.max_in_flight == 1 else 0.0)
+        late_cost = late_penalty * ref
         h = cfg.horizon or (math.ceil(self.deadline_s / period - 1e-9) + 1)
-        followers: list[tuple[float, float]] = []  # (threshold, accuracy)
-        if h > 1:
-            grow = h - 2
-            for _, acc, enc, srv, bits in self._table:
-                x = bits / bw
-                theta = budget - (x + rtt + srv + (grow * (x - period) if x > period else 0.0))
-                if enc <= theta:
-                    followers.append((theta, acc))
-        best: tuple[float, str, float] | None = None  # (value, mode, latency)
-        for name, acc, enc, srv, bits in self._table:
-            send = now + enc
-            dep = (send + (bits + pkt) / bw) if send >= d else (d + bits / bw)
-            lat = dep + rtt + srv - now
-            if lat > budget:
-                continue
-            value = 1.0 + acc
-            if h > 1:
-                z = dep - now - period
-                rest = -1.0
-                for theta, acc2 in followers:
-                    if theta >= z and acc2 > rest:
-                        rest = acc2
-                if rest >= 0:
-                    value += (h - 1) * (1.0 + rest)
-            if self._prev is not None and name != self._prev:
-                value -= cfg.switch_penalty
-            if best is None or value > best[0] + 1e-12:
-                best = (value, name, lat)
-        if best is not None:
-            return self._send(best[1], now, "mpc", bw, best[2])
-        # Nothing is safe at the conservative estimate. Skip only if even the recent peak rate cannot deliver the
-        # lightest mode in time; otherwise send it: a skipped frame is a certain miss, the lightest mode is cheap.
-        light = self.lightest
-        peak = self.estimator.peak() if isinstance(self.estimator, RobustHarmonicEstimator) else None
-        bw_opt = max(peak or bw, bw)
-        d_opt = self._queue_end(now, bw_opt, in_flight_bytes)
-        send = now + light.encoder_ms / 1000.0
-        bits = 8.0 * light.payload_bytes
-        dep = (send + (bits + pkt) / bw_opt) if send >= d_opt else (d_opt + bits / bw_opt)
-        lat_opt = dep + rtt + light.server_ms / 1000.0 - now
-        if lat_opt > self.deadline_s:
+        followers = h - 1
+        grow = max(0, h - 2)
+        rest_none = -cfg.follower_penalty * ref
+        accs, encs, posts = self._acc, self._enc, self._post
+        n_modes = len(accs)
+        modes_range = range(n_modes)
+        gain = [0.0] * n_modes
+        lat_sum = [0.0] * n_modes
+        skip_gain = 0.0
+        one_at_a_time = cfg.max_in_flight == 1
+        key = (period, h)
+        if self._cache_key != key:
+            self._cache = {}
+            self._cache_key = key
+        cache = self._cache
+        # distinct scenarios with their multiplicity (all those above a stall cap collapse into one)
+        distinct: list[list[float]] = []
+        n_capped = math.ceil(cfg.stall_fraction * len(self._scenarios) - 1e-9)
+        for i, s0 in enumerate(self._scenarios):
+            s = s0 if (s0 < cap or i >= n_capped) else cap
+            if distinct and distinct[-1][0] == s:
+                distinct[-1][1] += 1.0
+            else:
+                distinct.append([s, 1.0])
+        for s, w in distinct:
+            entry = cache.get(s)
+            if entry is None:
+                entry = self._scenario_table(s, period, grow, followers > 0)
+                if s < cap:
+                    cache[s] = entry
+            inv, idle_lat, queued_off, neg_thetas, best_acc = entry
+            d = d0
+            for sent, nbytes, _ in in_flight:
+                d = (sent + (8.0 * nbytes + pkt) * inv) if sent >= d else (d + 8.0 * nbytes * inv)
+            if unsent_bits > 0:
+                d = (now + (unsent_bits + pkt) * inv) if now >= d else (d + unsent_bits * inv)
+            r = d - now  # the uplink is busy for r more seconds in this scenario
+            if followers:  # skipping is an option too: the followers then face only the bytes already in flight
+                c = bisect_right(neg_thetas, period - (r if r > 0 else 0.0))
+                skip_gain += w * followers * (best_acc[c - 1] if c else rest_none)
+            for j in modes_range:
+                lat = idle_lat[j] if encs[j] >= r else r + queued_off[j]
+                lat_sum[j] += w * lat
+                g = accs[j] if lat <= budget else -late_cost
+                if followers:  # followers fit iff (their start) - next capture <= theta; they start when this
+                    # frame has left the uplink (dep = lat - post), or, one frame at a time, when it has completed
+                    c = bisect_right(neg_thetas, period + (0.0 if one_at_a_time else posts[j]) - lat)
+                    g += followers * (best_acc[c - 1] if c else rest_none)
+                gain[j] += w * g
+        n = float(len(self._scenarios))
+        best_j = -1
+        best_u = skip_gain / n
+        prev = self._prev
+        for j in modes_range:
+            u = gain[j] / n
+            if prev is not None and self._names[j] != prev:
+                u -= cfg.switch_penalty
+            if u > best_u + 1e-12:
+                best_u, best_j = u, j
+        est = self.estimate_bps()
+        if est is not None and cap < est:
+            est = cap
+        light_lat = lat_sum[self._light_j] / n * 1e3
+        if best_j < 0 and in_flight_frames == 0:
+            # an idle link and a forecast that says nothing makes it: the forecast may be stale (it only learns
+            # from frames), and a skipped frame is a certain miss, so send the lightest mode
+            return self._send(
+                self.lightest.name, "probe: forecast says nothing fits, link idle", est, lat_sum[self._light_j] / n
+            )
+        if best_j < 0:
             return Decision(
                 None,
-                f"cannot make the deadline: lightest needs {lat_opt * 1e3:.0f} ms even at the recent peak "
-                f"{bw_opt / 1e3:.0f} kbit/s ({in_flight_bytes} B in flight)",
-                bw,
-                lat_opt * 1e3,
+                f"no mode is worth sending (lightest ~{light_lat:.0f} ms for a {self.deadline_s * 1e3:.0f} ms "
+                f"deadline; estimate {(est or 0) / 1e3:.0f} kbit/s, {in_flight_bytes} B in flight)",
+                est,
             )
-        return self._send(light.name, now, "best effort: nothing is safe, lightest mode", bw, lat_opt)
+        self._ref_acc = 0.95 * self._ref_acc + 0.05 * accs[best_j]
+        return self._send(self._names[best_j], "mpc", est, lat_sum[best_j] / n)
 
-    def _queue_end(self, now: float, bw: float, in_flight_bytes: int) -> float:
-        """When the uplink finishes the bytes in flight, draining them FIFO at ``bw`` from the last known departure."""
+    def _scenario_table(
+        self, s: float, period: float, grow: int, followers: bool
+    ) -> tuple[float, list[float], list[float], list[float], list[float]]:
+        """Per-scenario constants (cached until the samples change): ``1 / s``; per mode the latency on an idle
+        link (``enc + (bits + packet) / s + rtt + server``) and the offset added to the busy time when queued
+        (``bits / s + rtt + server``); and the followers' step function: mode k keeps the next frames in time iff
+        ``dep - next_capture <= theta_k``, so the best follower accuracy for a given departure is the prefix maximum
+        over thresholds sorted in descending order (returned as -thresholds ascending, prefix max accuracy)."""
+        inv = 1.0 / s
         pkt = self._pkt_bits
-        d = self.sampler.last_departure
-        sent_bits = 0.0
-        for sent, nbytes, _ in self._in_flight.values():
-            bits = 8.0 * nbytes
-            d = (sent + (bits + pkt) / bw) if sent >= d else (d + bits / bw)
-            sent_bits += bits
-        unsent_bits = 8.0 * in_flight_bytes - sent_bits
-        if unsent_bits > 0:
-            d = (now + (unsent_bits + pkt) / bw) if now >= d else (d + unsent_bits / bw)
-        return d
+        idle_lat = [e + (b + pkt) * inv + p for e, b, p in zip(self._enc, self._bits, self._post, strict=True)]
+        queued_off = [b * inv + p for b, p in zip(self._bits, self._post, strict=True)]
+        pairs = []
+        if followers:
+            for k in range(len(self._acc)):
+                x = self._bits[k] * inv
+                theta = self._slack[k] - x - (grow * (x - period) if x > period else 0.0)
+                if self._enc[k] <= theta:
+                    pairs.append((-theta, self._acc[k]))
+            pairs.sort()
+        neg_thetas: list[float] = []
+        best_acc: list[float] = []
+        top = -math.inf
+        for neg, acc_k in pairs:
+            top = acc_k if acc_k > top else top
+            neg_thetas.append(neg)
+            best_acc.append(top)
+        return inv, idle_lat, queued_off, neg_thetas, best_acc
 
-    def _send(self, mode: str, now: float, reason: str, bw: float | None, lat: float | None) -> Decision:
+    def _send(self, mode: str, reason: str, bw: float | None, lat: float | None) -> Decision:
         self._prev = mode
-        self._last_send = max(self._last_send, now)
         return Decision(mode, reason, bw, None if lat is None else lat * 1e3)
 
 
@@ -349,11 +433,11 @@ def make_controller(name: str, modes: Sequence[ModeOption], deadline_ms: float, 
     if name == "fixed":
         return FixedController(modes, deadline_ms, **_take(opts, ("mode", "max_in_flight"), name))
     if name == "ewma-greedy":
-        allowed = ("alpha", "budget_fraction", "rtt_ms", "max_in_flight", "initial_bps")
-        return EwmaGreedyController(modes, deadline_ms, **_take(opts, allowed, name))
+        greedy_opts = ("alpha", "budget_fraction", "rtt_ms", "max_in_flight", "initial_bps")
+        return EwmaGreedyController(modes, deadline_ms, **_take(opts, greedy_opts, name))
     if name == "mpc":
-        allowed = tuple(f.name for f in fields(MpcConfig))
-        return MpcController(modes, deadline_ms, MpcConfig(**_take(opts, allowed, name)))
+        mpc_opts = tuple(f.name for f in fields(MpcConfig))
+        return MpcController(modes, deadline_ms, MpcConfig(**_take(opts, mpc_opts, name)))
     if name == "oracle":
         from slimsplit.edge.control.oracle import plan_oracle
 
@@ -365,6 +449,7 @@ def make_controller(name: str, modes: Sequence[ModeOption], deadline_ms: float, 
         plan = plan_oracle(modes, deadline_ms, t0=t0, **opts)
         return OracleController(plan.modes, float(opts["fps"]), t0)
     raise ConfigError(f"unknown controller {name!r}; available: {', '.join(CONTROLLER_NAMES)}")
+
 
 __all__ = [
     "CONTROLLER_NAMES",

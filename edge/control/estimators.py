@@ -65,8 +65,7 @@ class TransferSampler:
     def __init__(self, rtt_s: float = 0.0, min_transfer_s: float = 0.001, packet_bytes: float = 0.0) -> None:
         if rtt_s < 0 or min_transfer_s <= 0 or packet_bytes < 0:
             raise ConfigError(
-                f"need rtt_s >= 0, min_transfer_s > 0, packet_bytes >= 0; got {rtt_s}, {min_transfer_s}, "
-                f"{packet_bytes}"
+                f"need rtt_s >= 0, min_transfer_s > 0, packet_bytes >= 0; got {rtt_s}, {min_transfer_s}, {packet_bytes}"
             )
         self.rtt_s = rtt_s
         self.min_transfer_s = min_transfer_s
@@ -132,8 +131,9 @@ class RobustHarmonicEstimator(ThroughputEstimator):
 
     __slots__ = ("_errors", "_estimate", "_history", "_inv_sum", "_samples", "max_error", "quantile", "window")
 
-    def __init__(self, window: int = 5, max_error: float = 1.0, quantile: float = 0.0,
-                 quantile_window: int = 20) -> None:
+    def __init__(
+        self, window: int = 5, max_error: float = 1.0, quantile: float = 0.0, quantile_window: int = 20
+    ) -> None:
         if window < 1 or max_error < 0 or not 0 <= quantile < 1 or quantile_window < 1:
             raise ConfigError(
                 f"harmonic estimator: need window >= 1, max_error >= 0, 0 <= quantile < 1, quantile_window >= 1; "

@@ -74,7 +74,7 @@ class ControlLoop:
         self.time_decisions = time_decisions
         self.decision_ns: list[int] = []
         self.records: list[FrameRecord] = []
-        self._payload = {m.name: int(round(m.payload_bytes)) for m in modes}
+        self._payload = {m.name: round(m.payload_bytes) for m in modes}
         self._open: dict[int, FrameRecord] = {}
         self._in_flight_bytes = 0
 

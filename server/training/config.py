@@ -28,7 +28,7 @@ class TrainConfig:
     split_after: str = "stage1"
     bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)
     teacher: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=4, lr=3e-3))
-    student: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=3, lr=2e-3))
+    student: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=6, lr=2e-3))
     # student loss weights: head distillation (MSE to the teacher's split features) and logit distillation
     feature_weight: float = 1.0
     kd_temperature: float = 2.0

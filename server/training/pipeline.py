@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -61,6 +62,18 @@ def write_samples(path: Path, test: ImageSet, per_class: int = 16) -> None:
     )
 
 
+def _epoch_seconds(log_path: Path) -> float:
+    """Training time summed over every epoch in the log (a resumed run counts the epochs of earlier runs)."""
+    total = 0.0
+    latest: dict[tuple[str, int], float] = {}
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if "epoch" in rec and "seconds" in rec:
+            latest[(str(rec["stage"]), int(rec["epoch"]))] = float(rec["seconds"])
+    total = sum(latest.values())
+    return total
+
+
 def run(cfg: TrainConfig, samples_out: Path | None = None) -> Path:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -77,7 +90,7 @@ def run(cfg: TrainConfig, samples_out: Path | None = None) -> Path:
     student = train_student(cfg, teacher, train, test, norm, log)
     recalibrate_batch_norm(cfg, student, train, norm, log)
     student.save(cfg.out_dir / "student_final.pt")
-    train_seconds = time.perf_counter() - t_start
+    train_seconds = _epoch_seconds(cfg.out_dir / "train_log.jsonl")
 
     from slimsplit.server.export import write_bundle  # needs the codec; imported when it is needed
 

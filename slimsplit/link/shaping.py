@@ -72,8 +72,9 @@ class LinkDirection:
 
     __slots__ = ("_free_pos", "_last_t", "delay_s", "offset_s", "queue_bytes", "trace")
 
-    def __init__(self, trace: Trace | None, delay_s: float = 0.0, queue_bytes: int = DEFAULT_QUEUE_BYTES,
-                 offset_s: float = 0.0) -> None:
+    def __init__(
+        self, trace: Trace | None, delay_s: float = 0.0, queue_bytes: int = DEFAULT_QUEUE_BYTES, offset_s: float = 0.0
+    ) -> None:
         self.trace = trace
         self.delay_s = delay_s
         self.queue_bytes = queue_bytes

@@ -134,7 +134,7 @@ def _finish(chunks: Sequence[npt.NDArray[np.float64]], duration_s: float) -> Int
     ts = np.concatenate([np.empty(0, dtype=np.float64), *chunks])
     ms = np.ceil(ts * 1000.0).astype(np.int64)
     ms = np.clip(ms, 1, None)
-    end = int(round(duration_s * 1000.0))
+    end = round(duration_s * 1000.0)
     ms = ms[ms <= end]
     # Mahimahi wraps at the last timestamp: pin the period with one opportunity at the end
     out: IntArray = np.sort(np.concatenate((ms, np.asarray([end], dtype=np.int64))))
@@ -205,8 +205,9 @@ def shipped_models() -> tuple[ShippedTrace, ...]:
         ShippedTrace(
             "step-collapse.trace",
             "2 Mbit/s, collapse to 0.25 Mbit/s, 4 s outage, recovery; twice (deterministic spacing)",
-            PiecewiseModel(((20.0, 2e6), (15.0, 0.25e6), (4.0, 0.0), (21.0, 2e6), (10.0, 0.6e6), (3.0, 0.0),
-                            (17.0, 1.2e6))),
+            PiecewiseModel(
+                ((20.0, 2e6), (15.0, 0.25e6), (4.0, 0.0), (21.0, 2e6), (10.0, 0.6e6), (3.0, 0.0), (17.0, 1.2e6))
+            ),
         ),
     )
 

@@ -34,6 +34,9 @@ import numpy.typing as npt
 from slimsplit.errors import TraceError
 
 MAHIMAHI_PACKET_BYTES = 1500
+# query times are snapped to the nanosecond so that float sums such as 0.2 + 0.01 land on the millisecond
+# opportunity they mean (0.21000000000000002 s must not count the 210-ms opportunity as already past)
+_NS_DIGITS = 6
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -123,7 +126,7 @@ class Trace:
         """Capacity of every opportunity at an instant ``<= t_s`` (from trace time 0)."""
         if t_s < 0:
             return 0.0
-        t = t_s * 1000.0
+        t = round(t_s * 1000.0, _NS_DIGITS)
         p = self.period_ms
         k = math.floor(t / p)
         r = t - k * p
@@ -134,7 +137,7 @@ class Trace:
         """Capacity of every opportunity at an instant ``< t_s``."""
         if t_s <= 0:
             return 0.0
-        t = t_s * 1000.0
+        t = round(t_s * 1000.0, _NS_DIGITS)
         p = self.period_ms
         k = math.ceil(t / p) - 1
         r = t - k * p
@@ -143,7 +146,7 @@ class Trace:
 
     def bytes_before_array(self, t_s: FloatArray) -> FloatArray:
         """Vectorised :meth:`bytes_before` (``t_s`` > 0)."""
-        t = np.asarray(t_s, dtype=np.float64) * 1000.0
+        t = np.round(np.asarray(t_s, dtype=np.float64) * 1000.0, _NS_DIGITS)
         p = self.period_ms
         k = np.maximum(np.ceil(t / p) - 1.0, 0.0)
         r = t - k * p
@@ -172,7 +175,7 @@ class Trace:
     def capacity_series(self, bin_s: float = 1.0, duration_s: float | None = None) -> FloatArray:
         """Capacity in bits/s of consecutive bins of ``bin_s`` seconds (default: one period)."""
         duration = self.period_s if duration_s is None else duration_s
-        n = max(1, int(math.ceil(duration / bin_s - 1e-9)))
+        n = max(1, math.ceil(duration / bin_s - 1e-9))
         edges = [self.bytes_before(i * bin_s) for i in range(n + 1)]
         out: FloatArray = np.diff(np.asarray(edges, dtype=np.float64)) * 8.0 / bin_s
         return out

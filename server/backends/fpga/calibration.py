@@ -23,7 +23,8 @@ def synthetic_features(shape: tuple[int, ...], count: int, seed: int = 0) -> F32
     return np.random.default_rng(seed).standard_normal((count, *shape)).astype(np.float32)
 
 
-def _sample_images(path: Path, count: int) -> npt.NDArray[np.uint8]:
+def _sample_images(path: Path, count: int, channels: int) -> npt.NDArray[np.uint8]:
+    """uint8 images as NCHW (the shipped samples are NHWC; NCHW files are accepted too)."""
     if not path.is_file():
         raise BackendError(f"no sample images at {path}")
     with np.load(path) as data:
@@ -31,8 +32,11 @@ def _sample_images(path: Path, count: int) -> npt.NDArray[np.uint8]:
             if key in data.files:
                 arr = data[key]
                 if arr.dtype == np.uint8 and arr.ndim == 4:
-                    return np.asarray(arr[:count])
-    raise BackendError(f"{path}: no uint8 NCHW image array inside")
+                    arr = np.asarray(arr[:count])
+                    if arr.shape[1] != channels and arr.shape[-1] == channels:
+                        arr = arr.transpose(0, 3, 1, 2)
+                    return np.ascontiguousarray(arr)
+    raise BackendError(f"{path}: no uint8 image array (NHWC or NCHW) inside")
 
 
 def encoder_features(bundle: Bundle, width: int, count: int, samples_path: Path | None = None) -> F32:
@@ -40,7 +44,7 @@ def encoder_features(bundle: Bundle, width: int, count: int, samples_path: Path 
     import onnxruntime as ort
 
     spec = bundle.manifest
-    images = _sample_images(samples_path or default_samples_path(), count)
+    images = _sample_images(samples_path or default_samples_path(), count, spec.input.channels)
     mean = np.asarray(spec.input.mean, dtype=np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(spec.input.std, dtype=np.float32).reshape(1, -1, 1, 1)
     x = ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
@@ -55,9 +59,7 @@ def encoder_features(bundle: Bundle, width: int, count: int, samples_path: Path 
     return np.ascontiguousarray(out[:, :width])
 
 
-def calibration_features(
-    bundle: Bundle, width: int, shape: tuple[int, ...], config: FpgaConfig
-) -> tuple[F32, str]:
+def calibration_features(bundle: Bundle, width: int, shape: tuple[int, ...], config: FpgaConfig) -> tuple[F32, str]:
     """Features to calibrate one tail with, and a label saying where they came from."""
     if config.calibration in ("auto", "encoder"):
         try:

@@ -17,7 +17,8 @@ Execution patterns (InTAR's vocabulary):
 
 Assumptions, stated once:
 
-1. Every unit has initiation interval 1; a lane of width ``w`` retires ``w`` MACs per cycle.
+1. Every unit has initiation interval 1; a lane of width ``w`` retires ``w`` MACs per cycle; lanes are at most
+   ``d3`` wide and each task's lane width is picked for its shape (see :func:`mac_cycles`).
 2. MAC tasks are compute-bound on chip (operand reuse inside the PE array is enough); off-chip transfers are
    double-buffered and overlap compute, so a segment takes ``max(compute, transfer)`` plus fill latencies.
 3. Weights are read from off-chip memory once per run (never cached across runs) through a double-buffered tile.
@@ -41,6 +42,7 @@ from enum import StrEnum
 from slimsplit.server.backends.fpga.platform import Design
 from slimsplit.server.backends.fpga.tasks import InputAccess, Task, TaskGraph
 
+SPILL_TILE_BYTES = 64 * 1024  # on-chip tile of a spilled whole-tensor operand (double-buffered 32 KB)
 Edge = tuple[int, int, str, InputAccess]  # producer index, consumer index, tensor, consumer's access
 UnitCost = Callable[[int, int], int]  # (task index, allocation units) -> cycles
 
@@ -57,18 +59,24 @@ class Pattern(StrEnum):
 def mac_cycles(parallel: int, reduction: int, macs: int, vector_width: int) -> int:
     """Cycles of ``parallel`` dot products of length ``reduction`` on ``macs`` MAC units.
 
-    The units form ``n`` lanes of width ``w``: ``w = min(d3, m)``, ``n = floor(m / w)``. Each lane finishes one
-    ``w``-chunk of one dot product per cycle, so::
+    The units form ``n = floor(m / w)`` lanes of width ``w <= min(d3, m)``; each lane finishes one ``w``-chunk of
+    one dot product per cycle. The lane width is chosen per task (InTAR builds a task's PE arrangement into the
+    circuit, and so does a dataflow stage), so::
 
-        C = ceil(P / n) * ceil(R / w)
+        C = min over w in [1, min(d3, m)] of  ceil(P / floor(m / w)) * ceil(R / w)
 
-    The two ceilings are the tiling losses (a 3x3 single-channel convolution, R = 9, uses 9 of 16 multipliers).
+    The ceilings are the tiling losses: e.g. 32 MACs on 100 dot products of 9 terms give 34 cycles (three 9-wide
+    lanes), not the 100 * 9 / 32 = 28.1 of a perfect fit.
     """
     if parallel <= 0 or reduction <= 0:
         return 0
-    w = max(1, min(vector_width, macs))
-    n = max(1, macs // w)
-    return math.ceil(parallel / n) * math.ceil(reduction / w)
+    best = 0
+    for w in range(1, max(1, min(vector_width, macs)) + 1):
+        n = max(1, macs // w)
+        cycles = math.ceil(parallel / n) * math.ceil(reduction / w)
+        if best == 0 or cycles < best:
+            best = cycles
+    return best
 
 
 def vector_cycles(ops: int, units: int, vector_width: int, elements_per_cycle_cap: float | None = None) -> int:
@@ -164,9 +172,12 @@ class SegmentCost:
 class CostModel:
     """Costs of task groups of one graph on one design (memoises nothing; cheap enough for a DP over segments)."""
 
-    def __init__(self, graph: TaskGraph, design: Design) -> None:
+    def __init__(self, graph: TaskGraph, design: Design, balanced: bool = True) -> None:
+        """``balanced=False`` splits a group's MACs equally among its MAC tasks (a naive dataflow design, for
+        sensitivity studies) instead of in proportion to work with rebalancing (assumption 5)."""
         self.graph = graph
         self.design = design
+        self.balanced = balanced
         self.offchip_resident = self._residency()
 
     # -- residency (assumption 4)
@@ -289,13 +300,15 @@ class CostModel:
     def _split(self, members: Sequence[int], slots: int, cost: UnitCost) -> dict[int, int]:
         if not members:
             return {}
-        works = {i: max(1, self.graph.tasks[i].work) for i in members}
+        works = {i: max(1, self.graph.tasks[i].work) if self.balanced else 1 for i in members}
         total = sum(works.values())
         alloc = {i: max(1, int(slots * works[i] / total)) for i in members}
         while sum(alloc.values()) > slots:  # the max(1, .) floors may overshoot
             j = max((i for i in members if alloc[i] > 1), key=lambda i: alloc[i])
             alloc[j] -= 1
         cyc = {i: cost(i, alloc[i]) for i in members}
+        if not self.balanced:
+            return alloc
         for _ in range(slots - sum(alloc.values())):  # hand out the rounding leftovers
             j = max(members, key=lambda i: cyc[i])
             alloc[j] += 1
@@ -355,8 +368,15 @@ class CostModel:
                     reason=f"weight tiles and FIFOs need {fixed} bytes, more than {d.working_bytes} working bytes",
                 )
             start, finish = self._pipeline_times(members, dur, edges, spilled)
-            buffers = {k: v for k, v in self._edge_buffers(edges, start, dur, spilled).items() if k not in spilled}
-            total = fixed + sum(buffers.values())
+            total = fixed + sum(self._edge_buffers(edges, start, dur, spilled).values())  # spilled: window only
+            if total > d.working_bytes:
+                return SegmentCost(
+                    Pattern.DATAFLOW,
+                    lo,
+                    hi,
+                    False,
+                    reason=f"stream windows need {total} bytes even after spilling, more than {d.working_bytes}",
+                )
         traffic = self._boundary_bytes(lo, hi) + sum(2 * g.tensor_bytes(n) for n in spilled)
         makespan = max(finish.values())
         xfer = transfer_cycles(traffic, d)
@@ -429,13 +449,17 @@ class CostModel:
         spilled: set[str],
     ) -> dict[str, int]:
         """On-chip bytes per streamed tensor: the consumer's window, or what the producer emits before the consumer
-        starts reading (``bytes * (start_c - start_p) / D_p``, capped at the tensor) — e.g. a residual branch."""
+        starts reading (``bytes * (start_c - start_p) / D_p``, capped at the tensor) — e.g. a residual branch.
+
+        A spilled tensor is written to off-chip memory once and read back once (``2 * bytes`` of traffic); its
+        consumer keeps only its window, or a :data:`SPILL_TILE_BYTES` tile of a whole-tensor operand (assuming the
+        other operand can be walked again per tile — an approximation that does not charge re-reads)."""
         g = self.graph
         out: dict[str, int] = {}
         for p, c, name, acc in edges:
             nbytes = g.tensor_bytes(name)
-            if name in spilled:
-                need = min(nbytes, acc.window)
+            if name in spilled:  # read back from off-chip memory through a double-buffered tile
+                need = min(nbytes, acc.window if acc.lead < 1.0 else SPILL_TILE_BYTES)
             elif acc.lead >= 1.0:
                 need = nbytes
             else:

@@ -112,9 +112,8 @@ class FixedPointProgram:
         """Quantize ``tail`` using the value ranges it shows on ``samples`` [N, *input_shape]."""
         x = np.asarray(samples, dtype=np.float64)
         if x.ndim != len(tail.input_shape) + 1 or tuple(x.shape[1:]) != tuple(tail.input_shape):
-            raise BackendError(
-                f"{tail.name}: calibration samples have shape {x.shape}, expected [N, {', '.join(map(str, tail.input_shape))}]"
-            )
+            dims = ", ".join(map(str, tail.input_shape))
+            raise BackendError(f"{tail.name}: calibration samples have shape {x.shape}, expected [N, {dims}]")
         if x.shape[0] == 0:
             raise BackendError(f"{tail.name}: calibration needs at least one sample")
         max_abs: dict[str, float] = {}
@@ -202,7 +201,11 @@ def _quantize_node(node: Node, s_in: list[float], s_out: float, weight_bits: int
         if op is Op.CONV_TRANSPOSE:  # [Cin, Cout/g, kh, kw]: per output channel = per (group, axis 1)
             g = node.attrs.groups
             cin, og = w.shape[0], w.shape[1]
-            wt = w.reshape(g, cin // g, og, *w.shape[2:]).transpose(0, 2, 1, 3, 4).reshape(g * og, cin // g, *w.shape[2:])
+            wt = (
+                w.reshape(g, cin // g, og, *w.shape[2:])
+                .transpose(0, 2, 1, 3, 4)
+                .reshape(g * og, cin // g, *w.shape[2:])
+            )
             q_t, s_w = quantize_weights(wt, weight_bits, channel_axis=0)
             q = q_t.reshape(g, og, cin // g, *w.shape[2:]).transpose(0, 2, 1, 3, 4).reshape(w.shape)
         else:

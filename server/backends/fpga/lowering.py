@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from slimsplit.errors import BackendError
 from slimsplit.server.backends.fpga.graph_ir import CompiledTail, Op
+from slimsplit.server.backends.fpga.ops import pool_pads
 from slimsplit.server.backends.fpga.tasks import DType, GraphBuilder, TaskGraph, fuse_activations
 
 WEIGHT_DTYPES = {4: DType.INT4, 8: DType.INT8, 16: DType.INT16}
@@ -39,7 +40,8 @@ def to_task_graph(tail: CompiledTail, batch: int = 1, weight_bits: int = 8, fuse
         elif node.op is Op.MATMUL:
             got = b.matmul(node.name, x, node.inputs[1])
         elif node.op in (Op.MAXPOOL, Op.AVGPOOL):
-            got = b.pool(node.name, x, a.kernel, a.stride, a.pads, op=node.op.value)
+            full = pool_pads(b.shape(x)[2:], a.kernel, a.stride, a.pads, a.ceil_mode)  # ceil_mode as extra pad
+            got = b.pool(node.name, x, a.kernel, a.stride, full, op=node.op.value)
         elif node.op is Op.GLOBAL_AVGPOOL:
             got = b.global_pool(node.name, x)
             if not a.keepdims:

@@ -138,7 +138,9 @@ class _Importer:
         g = self.model.graph
         for init in g.initializer:
             self.consts[init.name] = numpy_helper.to_array(init)
-        unsupported = sorted({n.op_type for n in g.node if n.op_type not in SUPPORTED or n.domain not in ("", "ai.onnx")})
+        unsupported = sorted(
+            {n.op_type for n in g.node if n.op_type not in SUPPORTED or n.domain not in ("", "ai.onnx")}
+        )
         if unsupported:
             names = [n.name or n.op_type for n in g.node if n.op_type in unsupported][:5]
             raise BackendError(
@@ -213,7 +215,7 @@ class _Importer:
         a0 = args[0]
         assert a0 is not None
         if op == "Gather":
-            return np.take(a0, args[1], axis=int(_attr(node, "axis", 0)))
+            return np.take(a0, np.asarray(args[1], dtype=np.int64), axis=int(_attr(node, "axis", 0)))
         if op == "Unsqueeze":
             axes = _attr(node, "axes") if len(args) < 2 else [int(v) for v in np.asarray(args[1]).ravel()]
             out = a0
@@ -236,7 +238,7 @@ class _Importer:
         binary = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
         if op in binary and args[1] is not None:
             if op == "Div" and np.issubdtype(a0.dtype, np.integer):
-                return np.floor_divide(a0, args[1])
+                return np.asarray(np.floor_divide(a0, args[1]))
             return np.asarray(binary[op](a0, args[1]))
         if op == "Reshape" and args[1] is not None:
             return a0.reshape([int(v) for v in np.asarray(args[1]).ravel()])
@@ -255,7 +257,9 @@ class _Importer:
             ps = []
             for size, k, s, d in zip((h, w), kernel, strides, dil, strict=True):
                 total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
-                ps.append((total // 2, total - total // 2) if auto == "SAME_UPPER" else (total - total // 2, total // 2))
+                ps.append(
+                    (total // 2, total - total // 2) if auto == "SAME_UPPER" else (total - total // 2, total // 2)
+                )
             pads = (ps[0][0], ps[1][0], ps[0][1], ps[1][1])
         elif auto not in ("NOTSET", "VALID"):
             raise BackendError(f"{self.name}: {node.op_type} {name!r}: auto_pad={auto} is not supported")
@@ -422,8 +426,11 @@ class _Importer:
             raise BackendError(f"{self.name}: {node.op_type} {name!r} needs NCHW input")
         if sizes is not None:
             sz = [int(v) for v in np.asarray(sizes).ravel()]
-            if len(sz) != 4 or sz[1] != shape[0]:
-                raise BackendError(f"{self.name}: {node.op_type} {name!r}: only H and W may be resized")
+            if len(sz) != 4 or sz[1] != shape[0] or sz[0] != BATCH_SENTINEL:
+                raise BackendError(
+                    f"{self.name}: {node.op_type} {name!r}: sizes {sz} must keep N (taken from Shape) and C; "
+                    "only H and W may be resized"
+                )
             oh, ow = sz[2], sz[3]
         else:
             sc = [float(v) for v in (scales or [])]
@@ -433,7 +440,9 @@ class _Importer:
         mode = _text(_attr(node, "mode", "nearest"))
         if mode != "nearest":
             raise BackendError(f"{self.name}: {node.op_type} {name!r}: mode {mode!r} is not supported (nearest only)")
-        coord = _text(_attr(node, "coordinate_transformation_mode", "asymmetric" if node.op_type == "Upsample" else "half_pixel"))
+        coord = _text(
+            _attr(node, "coordinate_transformation_mode", "asymmetric" if node.op_type == "Upsample" else "half_pixel")
+        )
         nearest = _text(_attr(node, "nearest_mode", "floor" if node.op_type == "Upsample" else "round_prefer_floor"))
         attrs = Attrs(shape=(oh, ow), coordinate_mode=coord, nearest_mode=nearest)
         self.add(Node(name, Op.RESIZE, (x,), out_name(node), attrs))
@@ -460,9 +469,13 @@ class _Importer:
         per = self.shape(ins[0])
         if not target or target[0] not in (BATCH_SENTINEL, -1, 0, 1):
             raise BackendError(f"{self.name}: Reshape {name!r} to {target} mixes the batch axis with others")
-        rest = [per[i + 1 - 1] if v == 0 and i + 1 - 1 < len(per) else v for i, v in enumerate(target[1:])]
+        # ONNX: 0 copies the input's dimension at the same position (target[k] <-> per-sample dim k - 1)
+        rest = [per[k] if v == 0 and k < len(per) else v for k, v in enumerate(target[1:])]
         rest = [-1 if v == BATCH_SENTINEL else v for v in rest]
-        shape = np.empty((1, *per)).reshape((1, *rest)).shape[1:]
+        try:
+            shape = np.empty((1, *per)).reshape((1, *rest)).shape[1:]
+        except ValueError as exc:
+            raise BackendError(f"{self.name}: Reshape {name!r} of {per} to {target}: {exc}") from exc
         self.add(Node(name, Op.RESHAPE, (ins[0],), out, Attrs(shape=tuple(int(s) for s in shape))))
 
     def op_Gemm(self, node: onnx.NodeProto, name: str, ins: list[str], out: str) -> None:

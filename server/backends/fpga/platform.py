@@ -124,6 +124,7 @@ class ResourceBudget:
     bram36: int | None = None
     uram: int | None = None
     offchip_channels: int | None = None
+    offchip_port_bytes: int | None = None  # data width of the design's off-chip ports (bytes per cycle)
     intermediate_fraction: float = 0.5
 
 
@@ -180,6 +181,7 @@ class Design:
         bram = pick("BRAM36", budget.bram36, platform.bram36)
         uram = pick("URAM", budget.uram, platform.uram)
         channels = pick("off-chip channels", budget.offchip_channels, platform.offchip.channels, lo=1)
+        port_bytes = pick("off-chip port bytes", budget.offchip_port_bytes, platform.offchip.port_bytes, lo=1)
         if not 0.0 <= budget.intermediate_fraction < 1.0:
             raise ConfigError(
                 f"budget intermediate_fraction must be in [0, 1), got {budget.intermediate_fraction}",
@@ -193,7 +195,7 @@ class Design:
         macs = dsp * mpd
         cores = max(1, min(core.count, math.ceil(macs / core.macs)))
         clock_ghz = platform.clock_mhz / 1e3
-        per_channel = min(float(platform.offchip.port_bytes), platform.offchip.channel_gbps / clock_ghz)
+        per_channel = min(float(port_bytes), platform.offchip.channel_gbps / clock_ghz)
         intermediate = int(onchip * budget.intermediate_fraction)
         return cls(
             platform=platform,
@@ -261,9 +263,7 @@ def _num(table: Mapping[str, Any], key: str, where: str, source: str, *, integer
     ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
     if isinstance(value, bool) or not ok_type or not math.isfinite(float(value)) or value < lo:
         kind = "an integer" if integer else "a number"
-        raise ConfigError(
-            f"{source}: {where}.{key} must be {kind} >= {lo:g}, got {value!r}", field=f"{where}.{key}"
-        )
+        raise ConfigError(f"{source}: {where}.{key} must be {kind} >= {lo:g}, got {value!r}", field=f"{where}.{key}")
     return value
 
 

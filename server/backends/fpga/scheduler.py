@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from slimsplit.errors import ResourceLimitError
 from slimsplit.server.backends.fpga.cost import (
     CostModel,
-    Pattern,
     SegmentCost,
     TaskTiming,
     dsp_for_macs,
@@ -229,10 +228,10 @@ def schedule_intar(
     segs: list[SegmentCost] = []
     j = n
     while j > 0:
-        seg = choice[j]
-        assert seg is not None
-        segs.append(seg)
-        j = seg.lo
+        picked = choice[j]
+        assert picked is not None
+        segs.append(picked)
+        j = picked.lo
     dp = _assemble("intar", graph, design, list(reversed(segs)))
     whole = schedule_dataflow(graph, design, model)
     if whole is not None and whole.total_cycles < dp.total_cycles:
@@ -270,8 +269,9 @@ class Comparison:
         return self.sequential.total_cycles / max(1, self.intar.total_cycles)
 
 
-def compare(graph: TaskGraph, design: Design, max_group: int = DEFAULT_MAX_GROUP) -> Comparison:
-    model = CostModel(graph, design)
+def compare(graph: TaskGraph, design: Design, max_group: int = DEFAULT_MAX_GROUP, balanced: bool = True) -> Comparison:
+    """InTAR and both baselines under one cost model (``balanced``: see :class:`~.cost.CostModel`)."""
+    model = CostModel(graph, design, balanced=balanced)
     return Comparison(
         intar=schedule_intar(graph, design, model, max_group=max_group),
         dataflow=schedule_dataflow(graph, design, model),

@@ -105,7 +105,16 @@ def pack_program(program: FixedPointProgram) -> PackedProgram:
     tail = program.tail
     names = [tail.input] + [qn.node.output for qn in program.qnodes]
     ids = {name: i for i, name in enumerate(dict.fromkeys(names))}
-    header = [MAGIC, ABI_VERSION, len(program.qnodes), program.weight_bits, ids[tail.input], ids[tail.output], len(ids), 0]
+    header = [
+        MAGIC,
+        ABI_VERSION,
+        len(program.qnodes),
+        program.weight_bits,
+        ids[tail.input],
+        ids[tail.output],
+        len(ids),
+        0,
+    ]
     shapes: list[int] = []
     for name in ids:
         shp = list(tail.shapes[name])
@@ -121,21 +130,23 @@ def pack_program(program: FixedPointProgram) -> PackedProgram:
         rec[1] = ids[node.inputs[0]]
         rec[2] = ids[node.inputs[1]] if len(node.inputs) > 1 else -1
         rec[3] = ids[node.output]
-        rec[4:18] = [*a.kernel, *a.stride, *a.pads, *a.dilation, a.groups, *a.output_padding]
-        rec[18] = int(a.ceil_mode) | int(a.count_include_pad) << 1 | int(a.keepdims) << 2
-        rec[19] = a.axis
-        rec[20], rec[21] = qn.lo, qn.hi
+        rec[4:17] = [*a.kernel, *a.stride, *a.pads, *a.dilation, a.groups, *a.output_padding]
+        rec[17] = int(a.ceil_mode) | int(a.count_include_pad) << 1 | int(a.keepdims) << 2
+        rec[18] = a.axis
+        rec[19], rec[20] = qn.lo, qn.hi
         if qn.w is not None:
-            rec[22], rec[23] = params.add(_pack_weights(qn.w, program.weight_bits))
+            rec[21], rec[22] = params.add(_pack_weights(qn.w, program.weight_bits))
         if qn.b is not None:
-            rec[24], _ = params.add(qn.b.astype("<i8").tobytes())
+            rec[23], _ = params.add(qn.b.astype("<i8").tobytes())
         if qn.m is not None and qn.shift is not None:
-            rec[25], _ = params.add(np.atleast_1d(qn.m).astype("<i4").tobytes())
-            rec[26], _ = params.add(np.atleast_1d(qn.shift).astype("<i4").tobytes())
+            rec[24], _ = params.add(np.atleast_1d(qn.m).astype("<i4").tobytes())
+            rec[25], _ = params.add(np.atleast_1d(qn.shift).astype("<i4").tobytes())
         if qn.m_other is not None:
-            rec[27] = int(qn.m_other)
+            rec[26] = int(qn.m_other)
         if qn.const is not None:
-            rec[28], rec[29] = params.add(qn.const.astype("<i2").tobytes())
+            rec[27], rec[28] = params.add(qn.const.astype("<i2").tobytes())
+        if len(rec) != RECORD_WORDS:  # pragma: no cover - layout guard
+            raise BackendError(f"internal error: record of {len(rec)} words")
         records.extend(rec)
     table = np.asarray(header + shapes + records, dtype="<i4")
     return PackedProgram(program=table, params=bytes(params.buf) or b"\0", tensor_ids=ids)
