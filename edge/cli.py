@@ -1,8 +1,9 @@
 """``slimsplit-edge``: encode frames on this device and have a slimsplit server finish the inference.
 
 Exit status: 0 = every frame answered (missed deadlines and skipped frames allowed); 1 = some frames failed;
-2 = a usage problem found before connecting (bad address, missing bundle, unknown mode, unreadable source);
-3 = the server could not be reached or does not serve this bundle; 130 = interrupted; 141 = output pipe closed.
+2 = a usage problem found before connecting (bad address, missing bundle, unknown mode or controller, unreadable
+source or link trace); 3 = the server could not be reached or does not serve this bundle; 130 = interrupted;
+141 = output pipe closed.
 """
 
 from __future__ import annotations
@@ -18,18 +19,24 @@ from typing import TextIO
 from slimsplit.bundle import Bundle, default_bundle_path
 from slimsplit.edge.config import DEFAULT_PORT, ClientConfig, parse_address
 from slimsplit.edge.display import make_display, silence_stdout
+from slimsplit.edge.link import DEFAULT_DELAY_MS, DEFAULT_DOWNLINK, EmulatedLink, LinkOptions
 from slimsplit.edge.run import (
     CONTROLLER_NAMES,
+    ORACLE_REFUSAL,
     EdgeRun,
     client_meta,
+    controller_factory,
+    default_give_up_ms,
     default_mode,
     exit_status,
     make_controller,
+    modes_by_payload,
     run_edge,
     write_json,
 )
 from slimsplit.edge.sources import SAMPLE, open_source
 from slimsplit.errors import ConfigError, SlimsplitError
+from slimsplit.link.shaping import DEFAULT_QUEUE_BYTES
 
 PROG = "slimsplit-edge"
 EXIT_USAGE = 2
@@ -46,7 +53,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
             "Runtime), send the quantized features to a slimsplit server over gRPC and show its predictions."
         ),
         epilog=(
-            f"example: {prog} --server 127.0.0.1:{DEFAULT_PORT} --source sample --mode w8b4   "
+            f"examples: {prog} --server 127.0.0.1:{DEFAULT_PORT} --source sample --mode w8b4;   "
+            f"{prog} --controller mpc --deadline-ms 100 --fps 30 --frames 600 --link 2mbit   "
             "(start the server with slimsplit-server, or try everything at once with slimsplit-demo)"
         ),
     )
@@ -70,7 +78,24 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         type=float,
         default=1000.0,
         metavar="MS",
-        help="a frame not answered this long after sending is reported missed (default: %(default)s)",
+        help="latency target of a frame, from its capture to its prediction: a later answer counts as a miss, "
+        "and adaptive controllers pick modes to meet it (default: %(default)s)",
+    )
+    net.add_argument(
+        "--give-up-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="a frame with no reply this long after it was sent is dropped (DEADLINE_EXCEEDED) and its "
+        "in-flight slot freed (default: 10 x --deadline-ms, at least 2000; a late reply still measures the link)",
+    )
+    net.add_argument(
+        "--rtt-pings",
+        type=int,
+        default=5,
+        metavar="N",
+        help="measure the round trip at start as the fastest of N Describe calls; the adaptive controllers "
+        "use it (default: %(default)s; 0 = do not measure)",
     )
     net.add_argument(
         "--connect-timeout",
@@ -98,9 +123,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     model.add_argument(
         "--controller",
         default="fixed",
-        choices=CONTROLLER_NAMES,
-        help="how the mode is chosen per frame: fixed = always --mode (default); ewma-greedy and mpc adapt it "
-        "to the measured link (they need the manifest's measured figures)",
+        metavar="NAME",
+        help="how the mode is chosen per frame: fixed = always --mode (default); mpc (this project's "
+        "model-predictive controller) and ewma-greedy (the published baseline) adapt it to the measured link "
+        "and --deadline-ms (they need the manifest's measured figures). 'oracle' is offline only "
+        "(bench/controller.py)",
     )
     model.add_argument(
         "--threads",
@@ -129,8 +156,48 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--fps",
         type=float,
         default=0.0,
-        help="capture rate in frames per second; a paced frame that finds --max-in-flight frames in flight is "
-        "skipped, as a camera must (default: 0 = as fast as slots free up; frames then wait)",
+        help="capture rate in frames per second: a frame is captured on its tick and skipped (with the reason) "
+        "when --max-in-flight frames are in flight or the controller finds no mode worth sending, as a camera "
+        "must (default: 0 = as fast as slots free up; frames then wait)",
+    )
+
+    link = p.add_argument_group(
+        "link emulation",
+        "put a shaping proxy on 127.0.0.1 between this client and the server, so frames cross an emulated link",
+    )
+    link.add_argument(
+        "--link",
+        default="none",
+        metavar="SPEC",
+        help="uplink: a Mahimahi trace file (one line per 1500-byte delivery opportunity, ms timestamps), a rate "
+        "such as 2mbit or 800kbit, or none = no emulation (default: %(default)s)",
+    )
+    link.add_argument(
+        "--downlink",
+        default=DEFAULT_DOWNLINK,
+        metavar="SPEC",
+        help="downlink: trace file, rate or none = unshaped (default: %(default)s)",
+    )
+    link.add_argument(
+        "--link-delay-ms",
+        type=float,
+        default=DEFAULT_DELAY_MS,
+        metavar="MS",
+        help="one-way propagation delay, each direction (default: %(default)s)",
+    )
+    link.add_argument(
+        "--link-queue-bytes",
+        type=int,
+        default=DEFAULT_QUEUE_BYTES,
+        metavar="N",
+        help="bottleneck queue of each direction, bytes (default: %(default)s)",
+    )
+    link.add_argument(
+        "--link-offset-s",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="start this many seconds into the traces (default: %(default)s)",
     )
 
     out = p.add_argument_group("output")
@@ -143,6 +210,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     out.add_argument("--quiet", action="store_true", help="print only the summary")
     out.add_argument("--plain", action="store_true", help="plain lines even on a terminal (no live view)")
+    out.add_argument(
+        "--every",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="plain output: one line every S seconds (link, estimate, modes, deadline hits, skips) instead of "
+        "one per frame (default: 0 = one line per frame)",
+    )
     return p
 
 
@@ -152,6 +227,7 @@ class _Prepared:
     source_description: str
     notes: tuple[str, ...]
     mode: str
+    link: EmulatedLink | None
 
 
 def _prepare(args: argparse.Namespace) -> _Prepared:
@@ -163,20 +239,44 @@ def _prepare(args: argparse.Namespace) -> _Prepared:
         raise ConfigError(f"--fps must be >= 0, got {args.fps}")
     if args.threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {args.threads}")
+    if args.rtt_pings < 0:
+        raise ConfigError(f"--rtt-pings must be >= 0, got {args.rtt_pings}")
+    if args.every < 0:
+        raise ConfigError(f"--every must be >= 0, got {args.every}")
+    if args.controller == "oracle":
+        raise ConfigError(ORACLE_REFUSAL)
+    if args.controller not in CONTROLLER_NAMES:
+        raise ConfigError(f"unknown --controller {args.controller!r}; available: {', '.join(CONTROLLER_NAMES)}")
+    if not args.deadline_ms > 0:
+        raise ConfigError(f"--deadline-ms must be > 0, got {args.deadline_ms}")
     client = ClientConfig(
         target=target,
         max_in_flight=args.max_in_flight,
         deadline_ms=args.deadline_ms,
+        give_up_ms=args.give_up_ms if args.give_up_ms is not None else default_give_up_ms(args.deadline_ms),
         top_k=args.top_k,
         connect_timeout_s=args.connect_timeout,
     )
+    link_config = LinkOptions(
+        uplink=args.link,
+        downlink=args.downlink,
+        delay_ms=args.link_delay_ms,
+        queue_bytes=args.link_queue_bytes,
+        offset_s=args.link_offset_s,
+    ).config()
+    link = EmulatedLink(link_config) if link_config is not None else None
     bundle = Bundle.open(args.bundle if args.bundle is not None else default_bundle_path())
     manifest = bundle.manifest
     fixed = args.controller == "fixed"
     if args.mode and not fixed:
         raise ConfigError(f"--mode fixes the mode; it cannot be combined with --controller {args.controller}")
     mode = manifest.mode(args.mode).name if args.mode else default_mode(manifest).name
-    controller, table = make_controller(
+    # built once here so that a bad name or an unmeasured bundle fails before connecting; the run rebuilds it
+    # with the measured round trip
+    _, table = make_controller(
+        args.controller, manifest, mode=mode, deadline_ms=args.deadline_ms, max_in_flight=args.max_in_flight
+    )
+    factory = controller_factory(
         args.controller,
         manifest,
         mode=mode,
@@ -191,7 +291,7 @@ def _prepare(args: argparse.Namespace) -> _Prepared:
     run = EdgeRun(
         manifest=manifest,
         encoder=encoder,
-        controller=controller,
+        controller=factory,
         mode_table=table,
         frames=source.take(args.frames, cycle=True),
         target=target,
@@ -199,8 +299,25 @@ def _prepare(args: argparse.Namespace) -> _Prepared:
         fps=args.fps,
         unary=args.unary,
         modes=(mode,) if fixed else manifest.mode_names,
+        route=link.route if link is not None else None,
+        rtt_pings=args.rtt_pings,
     )
-    return _Prepared(run, source.description, source.notes, mode if fixed else "adaptive")
+    return _Prepared(run, source.description, source.notes, mode if fixed else "adaptive", link)
+
+
+def link_meta(link: EmulatedLink, args: argparse.Namespace) -> dict[str, object]:
+    """The emulated link as given and as understood, for the JSON output."""
+    c = link.config
+    return {
+        "uplink": args.link,
+        "downlink": args.downlink,
+        "delay_ms": c.delay_ms,
+        "queue_bytes": c.queue_bytes,
+        "offset_s": c.start_offset_s,
+        "uplink_mean_bps": c.uplink.mean_bps if c.uplink is not None else None,
+        "description": link.describe(),
+        "t_s": "frames' t_s is link time: seconds since the proxy started (trace time minus offset_s)",
+    }
 
 
 def _error(out: TextIO, message: str) -> None:
@@ -220,12 +337,24 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     for note in prepared.notes:
         err.write(f"{PROG}: note: {note}\n")
     run = prepared.run
-    display = make_display(out, quiet=args.quiet, live=False if args.plain else None, class_names=run.manifest.classes)
+    link = prepared.link
+    display = make_display(
+        out,
+        quiet=args.quiet,
+        live=False if args.plain or args.every > 0 else None,
+        class_names=run.manifest.classes,
+        every=args.every,
+        capacity=link.uplink_bps if link is not None else None,
+        mode_order=modes_by_payload(run.manifest),
+    )
     transport = "Infer (unary)" if run.unary else "InferStream"
     header = (
         f"slimsplit edge -> {run.target} over {transport}  model {run.manifest.name} {run.manifest.version}  "
-        f"controller {args.controller} ({prepared.mode})  source {prepared.source_description}"
+        f"controller {args.controller} ({prepared.mode})  deadline {args.deadline_ms:g} ms  "
+        f"source {prepared.source_description}"
     )
+    if link is not None:
+        header += f"\n  link: {link.describe()}"
     try:
         report, summary = asyncio.run(run_edge(run, display, header))
     except KeyboardInterrupt:
@@ -244,9 +373,14 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
             "version": run.manifest.version,
             "controller": args.controller,
             "mode": prepared.mode,
+            "deadline_ms": run.client.deadline_ms,
+            "give_up_ms": run.client.give_up_ms,
+            "max_in_flight": run.client.max_in_flight,
+            "rtt_ms": report.rtt_ms,
             "source": prepared.source_description,
             "unary": run.unary,
             "fps": run.fps,
+            "link": None if link is None else link_meta(link, args),
             "client": client_meta(run.client),
         }
         try:

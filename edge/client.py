@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import random
 import time
 from collections.abc import Callable
@@ -381,6 +382,19 @@ class EdgeClient:
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, target=self.target) from None
         return response
+
+    async def measure_rtt(self, model: str = "", pings: int = 5, timeout_s: float = 5.0) -> float:
+        """The round-trip time to the server, milliseconds: the fastest of ``pings`` ``Describe`` calls made one
+        after another over this channel (through the link emulator when there is one). The minimum filters out
+        scheduling noise and queueing; the server's own work in a ``Describe`` is negligible."""
+        if pings < 1:
+            raise ValueError(f"pings must be >= 1, got {pings}")
+        best = math.inf
+        for _ in range(pings):
+            t0 = _perf()
+            await self.describe(model, timeout_s)
+            best = min(best, _perf() - t0)
+        return best * 1e3
 
     def make_frame(
         self, *, mode: str, payload: bytes, model: str, model_version: str = "", frame_id: int | None = None

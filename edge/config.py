@@ -82,9 +82,12 @@ class ChannelConfig:
 class ClientConfig:
     """Everything the edge client needs besides the bundle and the frames.
 
-    ``deadline_ms``: a frame whose reply has not arrived this long after it was handed to gRPC is reported as
-    missed (``DEADLINE_EXCEEDED``) and its in-flight slot is freed; the stream goes on. ``max_in_flight``:
-    frames sent and not yet answered (or expired); the sender waits for a free slot.
+    ``deadline_ms``: the latency target of a frame, from its capture to its prediction; an answer that comes
+    later counts as a miss. ``give_up_ms``: a frame whose reply has not arrived this long after it was handed to
+    gRPC is abandoned, reported ``DEADLINE_EXCEEDED`` (dropped), and its in-flight slot is freed; the stream goes
+    on (``None`` = ``deadline_ms``: give up at the deadline; adaptive controllers want a longer wait, because a
+    late reply still measures the link). ``max_in_flight``: frames sent and not yet answered (or abandoned);
+    at that limit a paced source skips frames, an unpaced one waits for a free slot.
     """
 
     target: str = f"127.0.0.1:{DEFAULT_PORT}"
@@ -94,6 +97,7 @@ class ClientConfig:
     deadline_ms: float = 1000.0
     top_k: int = 5
     connect_timeout_s: float = 5.0
+    give_up_ms: float | None = None
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     channel: ChannelConfig = field(default_factory=ChannelConfig)
 
@@ -102,10 +106,17 @@ class ClientConfig:
             raise ConfigError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
         if not self.deadline_ms > 0:
             raise ConfigError(f"deadline_ms must be > 0, got {self.deadline_ms}")
+        if self.give_up_ms is not None and not self.give_up_ms > 0:
+            raise ConfigError(f"give_up_ms must be > 0, got {self.give_up_ms}")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
         if not self.connect_timeout_s > 0:
             raise ConfigError(f"connect_timeout_s must be > 0, got {self.connect_timeout_s}")
+
+    @property
+    def give_up_s(self) -> float:
+        """Seconds after sending at which a frame without a reply is abandoned."""
+        return (self.give_up_ms if self.give_up_ms is not None else self.deadline_ms) / 1e3
 
 
 def parse_address(text: str, default_port: int = DEFAULT_PORT) -> str:

@@ -4,9 +4,12 @@ The controller is driven through :class:`~slimsplit.edge.control.loop.ControlLoo
 discrete-event simulator makes: ``decide`` at capture, ``sent`` when the payload is handed to gRPC, ``completed``
 when the prediction or error arrives), which keeps the in-flight accounting and the in-flight limit K.
 
-* Paced sources (``fps > 0``, a camera): a frame is captured on its tick whatever happens; at the limit K the
-  loop skips it (reported ``SKIPPED`` with the reason), like a real-time system must.
-* Unpaced sources (``fps == 0``, a data set): the next frame waits for a free slot instead.
+* Paced sources (``fps > 0``, a camera): a frame is captured on its tick whatever happens and the controller is
+  asked at once (nothing blocks before the decision); at the limit K, or when the controller says no mode is
+  worth sending, the frame is skipped (reported ``SKIPPED`` with the reason), like a real-time system must.
+* Unpaced sources (``fps == 0``, a data set): the next frame waits for a free slot instead, and a frame the
+  controller would skip while frames are in flight waits for the next completion and is decided again (a data
+  set has no capture instant to miss).
 
 An admitted frame is encoded in a one-thread executor (so replies keep being read and time-stamped meanwhile) and
 submitted over the stream (or one unary call). Every frame produces exactly one result, delivered to
@@ -70,6 +73,7 @@ class PipelineConfig:
     fps: float = 0.0
     unary: bool = False
     encode_in_thread: bool = True
+    origin: float | None = None  # time.perf_counter() instant that results' ``t_s`` count from (None: run start)
 
     def __post_init__(self) -> None:
         if not self.fps >= 0 or not math.isfinite(self.fps):
@@ -86,6 +90,7 @@ class RunReport:
     wall_s: float = 0.0
     reconnects: int = 0
     late_replies: int = 0
+    rtt_ms: float | None = None  # round trip measured before the run (set by the caller that measured it)
 
 
 def _server_timing(p: pb.Prediction) -> ServerTiming:
@@ -134,12 +139,14 @@ class Pipeline:
         self.on_result = on_result
         cc = client.config
         self.control = ControlLoop(controller, modes, cc.deadline_ms, cc.max_in_flight, keep_records=False)
-        self._deadline_s = cc.deadline_ms / 1e3
-        self._slots = asyncio.Semaphore(cc.max_in_flight)
+        self._deadline_ms = cc.deadline_ms
+        self._give_up_s = cc.give_up_s
+        self._origin = 0.0
         self._results: list[FrameResult] = []
         self._callback_error: BaseException | None = None
-        self._idle = asyncio.Event()
+        self._idle = asyncio.Event()  # set while no frame is in flight
         self._idle.set()
+        self._progress = asyncio.Event()  # set by every completion
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, frames: Iterable[SourceFrame]) -> RunReport:
@@ -150,6 +157,8 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         control = self.control
         start = _perf()
+        self._origin = cfg.origin if cfg.origin is not None else start
+        limit = control.max_in_flight
         next_at = start
         try:
             for source in frames:
@@ -159,13 +168,16 @@ class Pipeline:
                         await asyncio.sleep(delay)
                     next_at = max(next_at + period, _perf() - period)
                 else:
-                    await self._slots.acquire()
+                    while control.in_flight_frames >= limit:
+                        await self._next_completion()
                 captured = _perf()
                 fid = self.client.next_frame_id()
                 decision = control.decide(fid, captured)
+                while decision.mode is None and not period and control.in_flight_frames:
+                    await self._next_completion()
+                    captured = _perf()
+                    decision = control.decide(fid, captured)
                 if decision.mode is None:
-                    if not period:
-                        self._slots.release()
                     self._emit(
                         FrameResult(
                             fid,
@@ -176,11 +188,12 @@ class Pipeline:
                             source.label,
                             reason=decision.reason,
                             estimate_bps=decision.estimate_bps,
+                            predicted_ms=decision.predicted_ms,
+                            deadline_ms=self._deadline_ms,
+                            t_s=captured - self._origin,
                         )
                     )
                     continue
-                if period:
-                    await self._slots.acquire()  # free at once: the loop admitted the frame below its limit
                 item = _Frame(source, captured, decision)
                 item.frame_id = fid
                 mode = decision.mode
@@ -199,7 +212,7 @@ class Pipeline:
                 self._idle.clear()
                 control.sent(fid, len(encoded.payload), _perf())
                 if stream is not None:
-                    await stream.submit(msg, self._deadline_s, functools.partial(self._complete, item))
+                    await stream.submit(msg, self._give_up_s, functools.partial(self._complete, item))
                 else:
                     task = loop.create_task(self._unary(msg, item))
                     self._tasks.add(task)
@@ -226,12 +239,16 @@ class Pipeline:
             late_replies=stream.late_replies if stream is not None else 0,
         )
 
+    async def _next_completion(self) -> None:
+        self._progress.clear()
+        await self._progress.wait()
+
     def _encode(self, mode: str, image: npt.NDArray[np.uint8]) -> EncodedLike:
         self.encoder.set_mode(mode)
         return self.encoder.encode(image)
 
     async def _unary(self, msg: pb.FeatureFrame, item: _Frame) -> None:
-        outcome = await self.client.infer_outcome(msg, self._deadline_s)
+        outcome = await self.client.infer_outcome(msg, self._give_up_s)
         self._complete(item, outcome)
 
     def _complete(self, item: _Frame, outcome: Outcome) -> None:
@@ -239,7 +256,6 @@ class Pipeline:
         encoded = item.encoded
         assert encoded is not None
         nbytes = len(encoded.payload)
-        self._slots.release()
         rtt_ms = outcome.rtt_ms
         prediction = outcome.prediction
         server = _server_timing(prediction) if prediction is not None else None
@@ -247,6 +263,8 @@ class Pipeline:
             item.frame_id, outcome.received_at, server.total_ms if server is not None else 0.0, outcome.ok
         )
         source = item.source
+        decision = item.decision
+        t_s = item.captured - self._origin
         if prediction is not None and server is not None:
             result = FrameResult(
                 frame_id=item.frame_id,
@@ -266,8 +284,11 @@ class Pipeline:
                 response_ms=(_perf() - t0) * 1e3,
                 server=server,
                 attempt=outcome.attempt,
-                reason=item.decision.reason,
-                estimate_bps=item.decision.estimate_bps,
+                reason=decision.reason,
+                estimate_bps=decision.estimate_bps,
+                predicted_ms=decision.predicted_ms,
+                deadline_ms=self._deadline_ms,
+                t_s=t_s,
             )
         else:
             result = FrameResult(
@@ -281,11 +302,15 @@ class Pipeline:
                 encoder_ms=encoded.encoder_ms,
                 codec_ms=encoded.codec_ms,
                 attempt=outcome.attempt,
-                reason=item.decision.reason,
-                estimate_bps=item.decision.estimate_bps,
+                reason=decision.reason,
+                estimate_bps=decision.estimate_bps,
+                predicted_ms=decision.predicted_ms,
+                deadline_ms=self._deadline_ms,
+                t_s=t_s,
             )
         if self.control.in_flight_frames == 0:
             self._idle.set()
+        self._progress.set()
         self._emit(result)
 
     def _emit(self, result: FrameResult) -> None:

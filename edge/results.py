@@ -6,6 +6,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from typing import Any
 
 OK = "OK"
@@ -58,10 +59,25 @@ class FrameResult:
     attempt: int = 0  # which (re)connection of the stream carried it; 0 for unary calls
     reason: str = ""  # the controller's reason for the mode (or for skipping the frame)
     estimate_bps: float | None = None  # the controller's bandwidth estimate when it decided
+    predicted_ms: float | None = None  # the controller's predicted capture-to-result latency of the mode
+    deadline_ms: float | None = None  # the latency target the frame was held to (capture -> prediction)
+    t_s: float = math.nan  # capture time, seconds since the run's origin (the link's time 0 on an emulated link)
 
     @property
     def ok(self) -> bool:
         return self.status == OK
+
+    @property
+    def sent(self) -> bool:
+        """The frame was encoded and handed to the transport (not skipped)."""
+        return self.status != SKIPPED and bool(self.mode)
+
+    @property
+    def hit(self) -> bool | None:
+        """Answered within ``deadline_ms`` of its capture (``None`` when the frame had no deadline)."""
+        if self.deadline_ms is None:
+            return None
+        return self.ok and self.latency_ms <= self.deadline_ms
 
     @property
     def top1(self) -> int | None:
@@ -82,6 +98,7 @@ class FrameResult:
         d["ok"] = self.ok
         d["top1"] = self.top1
         d["correct"] = self.correct
+        d["hit"] = self.hit
         for key, value in list(d.items()):
             if isinstance(value, float) and not math.isfinite(value):
                 d[key] = None
@@ -117,7 +134,15 @@ class LatencyStats:
 
 @dataclass(frozen=True)
 class Summary:
-    """Aggregate of a run: counts, accuracy over labelled OK frames, latency, bytes and rate."""
+    """Aggregate of a run: counts, accuracy over labelled OK frames, latency, bytes and rate; and, when the frames
+    had a deadline, the deadline accounting.
+
+    ``hit_rate`` = frames answered within the deadline / all frames (skipped and dropped ones count as misses);
+    ``late`` = answered, but after the deadline; ``skipped`` = frames never sent, by the kind of reason (the
+    controller's reason up to its first ``:`` or `` (``); ``dropped`` = frames sent and never answered, by status;
+    ``chosen`` = frames sent per mode and ``switches`` = mode changes between consecutive sent frames;
+    ``timely_accuracy`` = labelled frames answered correctly *and* in time / labelled frames (what the application
+    gets: a late or missing answer is no answer)."""
 
     frames: int
     ok: int
@@ -134,10 +159,25 @@ class Summary:
     bytes_per_frame: float
     errors: dict[str, int] = field(default_factory=dict)
     modes: dict[str, int] = field(default_factory=dict)
+    deadline_ms: float | None = None
+    hits: int = 0
+    hit_rate: float | None = None
+    late: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    chosen: dict[str, int] = field(default_factory=dict)
+    switches: int = 0
+    switches_per_min: float | None = None
+    timely_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = _finite(asdict(self))
         return out
+
+
+def reason_kind(reason: str) -> str:
+    """The category of a controller's reason: its text before the first ``:`` or `` (`` (figures follow there)."""
+    return reason.split(":")[0].split(" (")[0].strip() or "unspecified"
 
 
 def _finite(obj: Any) -> Any:
@@ -151,13 +191,20 @@ def _finite(obj: Any) -> Any:
 
 
 def summarize(results: Iterable[FrameResult], wall_s: float) -> Summary:
-    """Summarize a run that took ``wall_s`` seconds."""
+    """Summarize a run that took ``wall_s`` seconds (``results`` in frame order)."""
     items = list(results)
     done = [r for r in items if r.ok]
     judged = [r.correct for r in done if r.correct is not None]
     errors = Counter(r.status for r in items if not r.ok)
     modes = Counter(r.mode for r in done)
     sent = [r for r in items if r.payload_bytes > 0]
+    dispatched = [r for r in items if r.sent]
+    switches = sum(1 for a, b in pairwise(dispatched) if a.mode != b.mode)
+    deadlines = [r.deadline_ms for r in items if r.deadline_ms is not None]
+    deadline = max(deadlines) if deadlines else None
+    hits = sum(1 for r in items if r.hit)
+    labelled = [r for r in items if r.label is not None]
+    timely = sum(1 for r in labelled if r.hit and r.correct)
     return Summary(
         frames=len(items),
         ok=len(done),
@@ -174,6 +221,16 @@ def summarize(results: Iterable[FrameResult], wall_s: float) -> Summary:
         bytes_per_frame=(sum(r.payload_bytes for r in sent) / len(sent)) if sent else 0.0,
         errors=dict(sorted(errors.items())),
         modes=dict(sorted(modes.items())),
+        deadline_ms=deadline,
+        hits=hits,
+        hit_rate=hits / len(items) if deadline is not None and items else None,
+        late=sum(1 for r in done if r.hit is False),
+        skipped=dict(Counter(reason_kind(r.reason) for r in items if r.status == SKIPPED).most_common()),
+        dropped=dict(Counter(r.status for r in dispatched if not r.ok).most_common()),
+        chosen=dict(Counter(r.mode for r in dispatched).most_common()),
+        switches=switches,
+        switches_per_min=switches / (wall_s / 60.0) if wall_s > 0 else None,
+        timely_accuracy=timely / len(labelled) if deadline is not None and labelled else None,
     )
 
 
@@ -185,5 +242,6 @@ __all__ = [
     "ServerTiming",
     "Summary",
     "percentile",
+    "reason_kind",
     "summarize",
 ]

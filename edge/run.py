@@ -1,19 +1,24 @@
 """One edge run, as the CLI and the demo do it: connect, check the server, stream the frames, summarize.
 
-Extension points (both used by later issues):
+Extension points:
 
-* **controller** - any :class:`~slimsplit.edge.control.base.Controller`; :func:`make_controller` turns a
-  ``--controller`` name into one (only ``fixed`` today; adaptive ones are added to its table).
+* **controller** - any :class:`~slimsplit.edge.control.base.Controller`, or a factory that builds one from the
+  round-trip time measured at start (adaptive controllers need it); :func:`make_controller` turns a
+  ``--controller`` name into one (``fixed``, ``ewma-greedy``, ``mpc``; ``oracle`` is refused: it plans from the
+  link trace itself and belongs to the offline evaluation, ``bench/controller.py``).
 * **route** - a link emulator sits *between* the edge and the server: ``route(server_target)`` is an async
-  context
-  manager that starts a shaping proxy in front of ``server_target`` and yields the address the client must
-  dial instead (``None`` = dial the server directly).
+  context manager that starts a shaping proxy in front of ``server_target`` and yields the address the client
+  must dial instead (``None`` = dial the server directly); :class:`~slimsplit.edge.link.EmulatedLink` is one.
+
+A run: connect (through the route), check the server serves the bundle and modes (``Describe``), measure the
+round trip as the fastest of ``rtt_pings`` ``Describe`` calls, build the controller, stream the frames, summarize.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
@@ -34,9 +39,16 @@ from slimsplit.errors import BundleError, ConfigError, UnknownMode, UnknownModel
 from slimsplit.v1 import slimsplit_pb2 as pb
 
 Route = Callable[[str], AbstractAsyncContextManager[str]]
+#: Builds the controller once the round-trip time (milliseconds, 0 when not measured) is known.
+ControllerFactory = Callable[[float], Controller]
 
 #: ``--controller`` names the live edge accepts (``oracle`` plans from a link trace: evaluation only).
 CONTROLLER_NAMES = ("fixed", "ewma-greedy", "mpc")
+ORACLE_REFUSAL = (
+    "the oracle controller knows the link trace in advance, so it cannot run live; it is the upper bound of the "
+    "offline evaluation: run bench/controller.py (or slimsplit-link simulate --controller oracle). Live "
+    "controllers: " + ", ".join(CONTROLLER_NAMES)
+)
 
 
 def default_mode(manifest: Manifest) -> ModeSpec:
@@ -81,11 +93,16 @@ def make_controller(
     deadline_ms: float = 1000.0,
     max_in_flight: int = 4,
     fps: float = 0.0,
+    rtt_ms: float = 0.0,
 ) -> tuple[Controller, tuple[ModeOption, ...]]:
     """The controller called ``name`` for this bundle, and the mode table it plans with.
 
     ``mode``: the fixed mode (default :func:`default_mode`); adaptive controllers choose among all modes.
+    ``rtt_ms``: the measured round trip (``ewma-greedy`` and ``mpc`` take it out of their throughput samples);
+    ``fps``: the capture rate (``mpc`` plans the following frames with it; 0 = it learns the spacing).
     """
+    if name == "oracle":
+        raise ConfigError(ORACLE_REFUSAL, key="controller")
     if name not in CONTROLLER_NAMES:
         raise ConfigError(f"unknown controller {name!r}; available: {', '.join(CONTROLLER_NAMES)}", key="controller")
     if name == "fixed":
@@ -93,10 +110,45 @@ def make_controller(
         chosen = manifest.mode(mode).name if mode else default_mode(manifest).name
         return build_controller(name, modes, deadline_ms, mode=chosen, max_in_flight=max_in_flight), modes
     modes = mode_options(manifest, strict=True)
-    options: dict[str, object] = {"max_in_flight": max_in_flight}
+    options: dict[str, object] = {"max_in_flight": max_in_flight, "rtt_ms": max(0.0, rtt_ms)}
     if name == "mpc" and fps > 0:
         options["fps"] = fps
     return build_controller(name, modes, deadline_ms, **options), modes
+
+
+def default_give_up_ms(deadline_ms: float) -> float:
+    """How long a frame waits for its reply by default: long enough that a late reply still arrives (it measures
+    the link), short enough that a dead link frees the in-flight slots."""
+    return max(10.0 * deadline_ms, 2000.0)
+
+
+def controller_factory(
+    name: str, manifest: Manifest, *, mode: str, deadline_ms: float, max_in_flight: int, fps: float
+) -> ControllerFactory:
+    """Builds the named controller once the round trip is measured."""
+
+    def build(rtt_ms: float) -> Controller:
+        controller, _ = make_controller(
+            name,
+            manifest,
+            mode=mode,
+            deadline_ms=deadline_ms,
+            max_in_flight=max_in_flight,
+            fps=fps,
+            rtt_ms=rtt_ms,
+        )
+        return controller
+
+    return build
+
+
+def modes_by_payload(manifest: Manifest) -> tuple[str, ...]:
+    """The manifest's modes from the smallest payload to the largest (measured bytes, else width x bits)."""
+
+    def size(m: ModeSpec) -> float:
+        return m.payload_bytes_mean if m.payload_bytes_mean is not None else float(m.width * m.bits)
+
+    return tuple(m.name for m in sorted(manifest.modes, key=lambda m: (size(m), m.width, m.bits)))
 
 
 def check_server(response: pb.DescribeResponse, manifest: Manifest, modes: Iterable[str], target: str) -> str:
@@ -140,12 +192,13 @@ def check_server(response: pb.DescribeResponse, manifest: Manifest, modes: Itera
 
 @dataclass(frozen=True)
 class EdgeRun:
-    """Everything one run needs. ``modes`` = the modes the controller may pick (checked against the
-    server)."""
+    """Everything one run needs. ``modes`` = the modes the controller may pick (checked against the server);
+    ``controller`` = a controller, or a factory called with the measured round trip (ms); ``rtt_pings`` =
+    ``Describe`` calls whose fastest is the round trip (0 = do not measure; a factory then gets 0)."""
 
     manifest: Manifest
     encoder: Encoder
-    controller: Controller
+    controller: Controller | ControllerFactory
     mode_table: tuple[ModeOption, ...]
     frames: Iterable[SourceFrame]
     target: str
@@ -155,17 +208,19 @@ class EdgeRun:
     modes: tuple[str, ...] = ()
     route: Route | None = None
     check: bool = True
+    rtt_pings: int = 5
 
 
 async def run_edge(run: EdgeRun, display: Display, header: str = "") -> tuple[RunReport, Summary]:
-    """Connect (through ``run.route`` if any), check the server, run the frames, show the summary."""
+    """Connect (through ``run.route`` if any), check the server, measure the round trip, build the controller,
+    run the frames, show the summary. Frames' ``t_s`` count from when the route came up (link time 0)."""
     if run.route is not None:
         async with run.route(run.target) as dial:
-            return await _run(run, dial, display, header)
-    return await _run(run, run.target, display, header)
+            return await _run(run, dial, display, header, time.perf_counter())
+    return await _run(run, run.target, display, header, time.perf_counter())
 
 
-async def _run(run: EdgeRun, dial: str, display: Display, header: str) -> tuple[RunReport, Summary]:
+async def _run(run: EdgeRun, dial: str, display: Display, header: str, origin: float) -> tuple[RunReport, Summary]:
     manifest = run.manifest
     async with EdgeClient(run.client, target=dial) as client:
         await client.wait_ready()
@@ -173,11 +228,15 @@ async def _run(run: EdgeRun, dial: str, display: Display, header: str) -> tuple[
         if run.check:
             response = await client.describe(manifest.name)
             version = check_server(response, manifest, run.modes, run.target)
-        pipeline = PipelineConfig(model=manifest.name, model_version=version, fps=run.fps, unary=run.unary)
-        display.start(header or f"slimsplit edge -> {run.target}  model {manifest.name} {version}")
-        report = await run_frames(
-            client, run.encoder, run.controller, run.mode_table, run.frames, pipeline, display.frame
+        rtt_ms = await client.measure_rtt(manifest.name, run.rtt_pings) if run.rtt_pings > 0 else None
+        controller = run.controller if isinstance(run.controller, Controller) else run.controller(rtt_ms or 0.0)
+        pipeline = PipelineConfig(
+            model=manifest.name, model_version=version, fps=run.fps, unary=run.unary, origin=origin
         )
+        head = header or f"slimsplit edge -> {run.target}  model {manifest.name} {version}"
+        display.start(head + (f"  (round trip {rtt_ms:.1f} ms)" if rtt_ms is not None else ""))
+        report = await run_frames(client, run.encoder, controller, run.mode_table, run.frames, pipeline, display.frame)
+    report.rtt_ms = rtt_ms
     summary = summarize(report.results, report.wall_s)
     display.finish(summary, report.results)
     return report, summary
@@ -190,6 +249,7 @@ def write_json(path: Path, report: RunReport, summary: Summary, meta: dict[str, 
         "summary": summary.to_dict(),
         "reconnects": report.reconnects,
         "late_replies": report.late_replies,
+        "rtt_ms": report.rtt_ms,
         "frames": [r.to_dict() for r in report.results],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,14 +271,19 @@ def exit_status(summary: Summary) -> int:
 
 __all__ = [
     "CONTROLLER_NAMES",
+    "ORACLE_REFUSAL",
+    "ControllerFactory",
     "EdgeRun",
     "Route",
     "check_server",
     "client_meta",
+    "controller_factory",
+    "default_give_up_ms",
     "default_mode",
     "exit_status",
     "make_controller",
     "mode_options",
+    "modes_by_payload",
     "run_edge",
     "write_json",
 ]

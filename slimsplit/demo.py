@@ -1,11 +1,19 @@
-"""``slimsplit-demo``: the whole split on this machine with one command.
+"""``slimsplit-demo``: the whole split on this machine with one command, over an emulated link.
 
 It starts a slimsplit server in-process (its own thread and event loop) on a free loopback port with the
-shipped bundle and the ONNX Runtime backend, then runs the edge client over the shipped sample images: by
-default through a few operating modes in turn (smallest payload, a middle one, the largest), or one
-``--mode``. Frames are shown as they flow (a live view on a terminal, plain lines under ``CI=true`` or
-without a TTY) and the run ends with the summary: accuracy, latency percentiles, bytes per frame, frames per
-second, and a per-mode table.
+shipped bundle and the ONNX Runtime backend, puts a shaping proxy in front of it driven by one of the project's
+synthetic bandwidth traces (:data:`DEMO_TRACE`, from :data:`DEMO_OFFSET_S` seconds in: a few Mbit/s, a collapse
+to a few hundred kbit/s, an outage, the recovery), and streams the shipped sample images (repeated) through the
+edge encoder at 30 frames/s with a 100 ms deadline. The ``mpc`` controller picks each frame's mode from what it
+measures, so the viewer sees the mode follow the link: on a terminal a live view (the last frames, a strip of
+the modes chosen, link capacity against the controller's estimate, latency against the deadline) for about
+24 s; under ``CI=true`` or without a TTY one plain line per second for about 8 s. It ends with the summary
+(deadline-hit rate, accuracy, modes chosen and switches, skipped and dropped frames by reason, latency, bytes).
+
+Everything is a flag: ``--controller`` (``mpc``, ``ewma-greedy``, ``fixed`` with ``--mode``, or ``sweep``: a
+scripted tour of a few modes), ``--link`` (a trace file, a rate such as ``2mbit``, or ``none``),
+``--deadline-ms``, ``--fps``, ``--seconds`` / ``--frames``. ``--link none --controller sweep`` is the earlier
+demo (a few modes in turn, no emulation).
 
 Needs the server extra (it imports the server); the edge part is exactly what ``slimsplit-edge`` runs.
 """
@@ -20,15 +28,37 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from slimsplit.bundle import Bundle, Manifest, ModeSpec, default_bundle_path
+from slimsplit.bundle import Bundle, Manifest, default_bundle_path
 from slimsplit.edge.config import ClientConfig
 from slimsplit.edge.control.base import Controller, Decision, FrameFeedback
 from slimsplit.edge.display import make_display, silence_stdout, wants_live
-from slimsplit.edge.run import EdgeRun, exit_status, mode_options, run_edge
+from slimsplit.edge.link import DEFAULT_DELAY_MS, DEFAULT_DOWNLINK, EmulatedLink, LinkOptions
+from slimsplit.edge.run import (
+    CONTROLLER_NAMES,
+    ORACLE_REFUSAL,
+    ControllerFactory,
+    EdgeRun,
+    controller_factory,
+    default_give_up_ms,
+    default_mode,
+    exit_status,
+    mode_options,
+    modes_by_payload,
+    run_edge,
+    write_json,
+)
 from slimsplit.edge.sources import SAMPLE, open_source
-from slimsplit.errors import SlimsplitError
+from slimsplit.errors import ConfigError, SlimsplitError
+from slimsplit.link.synth import shipped_traces_dir
 
 PROG = "slimsplit-demo"
+#: The shipped trace the demo drives the uplink with, and where in it the demo starts: from 6 s on it falls from
+#: 0.7 to 0.25-0.4 Mbit/s, goes out for 3 s (12-15 s), limps back at 0.25 and recovers to 2 Mbit/s at 19 s.
+DEMO_TRACE = "ge-outages.trace"
+DEMO_OFFSET_S = 6.0
+DEMO_SECONDS_LIVE = 24.0
+DEMO_SECONDS_PLAIN = 8.0
+SWEEP = "sweep"
 
 
 class SweepController(Controller):
@@ -56,62 +86,159 @@ class SweepController(Controller):
 
 def demo_modes(manifest: Manifest, count: int = 3) -> tuple[str, ...]:
     """``count`` modes from the smallest payload to the largest (measured bytes, else width x bits)."""
-
-    def size(m: ModeSpec) -> float:
-        return m.payload_bytes_mean if m.payload_bytes_mean is not None else float(m.width * m.bits)
-
-    ordered = sorted(manifest.modes, key=lambda m: (size(m), m.width, m.bits))
+    ordered = modes_by_payload(manifest)
     if len(ordered) <= count:
-        return tuple(m.name for m in ordered)
+        return ordered
     picks = sorted({round(i * (len(ordered) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [-1]
-    return tuple(ordered[i].name for i in picks)
+    return tuple(ordered[i] for i in picks)
+
+
+def demo_trace() -> Path:
+    """The shipped trace the demo uses by default."""
+    return shipped_traces_dir() / DEMO_TRACE
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description=(
-            "Start a slimsplit server on loopback with the shipped bundle, stream the shipped sample images "
-            "through the edge encoder to it, and show the predictions and a summary. No data, no training."
+            "Start a slimsplit server on loopback with the shipped bundle, put an emulated link (a shaping proxy "
+            "driven by a shipped bandwidth trace) in front of it, and stream the shipped sample images through "
+            "the edge encoder: the controller picks each frame's mode to meet the deadline over the changing "
+            "link. Shows the link, the estimate, the modes and the latency live, then a summary. No data, no "
+            "training."
         ),
+        epilog=f"the earlier demo, a few modes in turn without emulation: {PROG} --link none --controller sweep",
     )
-    p.add_argument("--mode", default=None, metavar="NAME", help="one fixed mode (default: sweep a few modes)")
-    p.add_argument("--modes", type=int, default=3, metavar="N", help="how many modes the sweep visits (default 3)")
     p.add_argument(
-        "--frames",
-        type=int,
+        "--controller",
         default=None,
-        metavar="N",
-        help="frames per mode (default: 40 on a terminal, 20 otherwise)",
+        metavar="NAME",
+        help=f"mpc (default), ewma-greedy, fixed (with --mode: the default when --mode is given) or {SWEEP} "
+        "(visit --modes modes in turn)",
+    )
+    p.add_argument("--mode", default=None, metavar="NAME", help="the mode of the fixed controller")
+    p.add_argument("--modes", type=int, default=3, metavar="N", help=f"modes the {SWEEP} visits (default 3)")
+    p.add_argument(
+        "--link",
+        default=None,
+        metavar="SPEC",
+        help=f"uplink: a Mahimahi trace file, a rate such as 2mbit, or none (default: the shipped {DEMO_TRACE})",
     )
     p.add_argument(
-        "--fps",
+        "--link-offset-s",
         type=float,
         default=None,
-        help="capture rate (default: 30 on a terminal so frames can be watched, else unpaced)",
+        metavar="S",
+        help=f"start this far into the trace (default: {DEMO_OFFSET_S:g} for the default trace, else 0)",
     )
+    p.add_argument(
+        "--link-delay-ms",
+        type=float,
+        default=DEFAULT_DELAY_MS,
+        metavar="MS",
+        help="one-way delay (default %(default)s)",
+    )
+    p.add_argument("--downlink", default=DEFAULT_DOWNLINK, metavar="SPEC", help="downlink (default %(default)s)")
+    p.add_argument(
+        "--deadline-ms", type=float, default=100.0, metavar="MS", help="latency target (default %(default)s)"
+    )
+    p.add_argument("--fps", type=float, default=30.0, help="capture rate, frames per second (default %(default)s)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"how long to stream (default: {DEMO_SECONDS_LIVE:g} on a terminal, {DEMO_SECONDS_PLAIN:g} under CI "
+        "or without a TTY)",
+    )
+    p.add_argument("--frames", type=int, default=None, metavar="N", help="how many frames (instead of --seconds)")
+    p.add_argument("--max-in-flight", type=int, default=4, metavar="K", help="frames in flight (default %(default)s)")
     p.add_argument("--unary", action="store_true", help="one Infer call per frame instead of InferStream")
     p.add_argument("--bundle", type=Path, default=None, metavar="PATH", help="bundle (default: the shipped one)")
     p.add_argument("--backend", default="onnxruntime", help="server backend (default: %(default)s)")
+    p.add_argument("--json-out", type=Path, default=None, metavar="PATH", help="write every frame and the summary")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
-    p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    p.add_argument("--plain", action="store_true", help="one plain line per frame, even on a terminal")
+    p.add_argument(
+        "--every",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="without a terminal: one line every S seconds (default %(default)s; 0 = one line per frame)",
+    )
     return p
+
+
+def _frames(args: argparse.Namespace, live: bool) -> int:
+    if args.frames is not None:
+        if args.frames < 1:
+            raise ConfigError(f"--frames must be >= 1, got {args.frames}")
+        return int(args.frames)
+    seconds = args.seconds if args.seconds is not None else (DEMO_SECONDS_LIVE if live else DEMO_SECONDS_PLAIN)
+    if not seconds > 0:
+        raise ConfigError(f"--seconds must be > 0, got {seconds}")
+    if not args.fps > 0:
+        raise ConfigError("an unpaced run (--fps 0) needs --frames")
+    return max(1, round(float(seconds) * float(args.fps)))
+
+
+Choice = tuple[str, Controller | ControllerFactory, tuple[str, ...]]
+
+
+def _controller(args: argparse.Namespace, manifest: Manifest, frames: int) -> Choice:
+    """The controller's label, the controller (or its factory) and the modes it may use."""
+    name = args.controller or ("fixed" if args.mode else "mpc")
+    if name == "oracle":
+        raise ConfigError(ORACLE_REFUSAL)
+    if args.mode and name != "fixed":
+        raise ConfigError(f"--mode fixes the mode; it cannot be combined with --controller {name}")
+    if name == SWEEP:
+        if args.modes < 1:
+            raise ConfigError(f"--modes must be >= 1, got {args.modes}")
+        modes = demo_modes(manifest, args.modes)
+        per_mode = max(1, -(-frames // len(modes)))
+        return f"{SWEEP} ({', '.join(modes)}; {per_mode} frames each)", SweepController(modes, per_mode), modes
+    if name not in CONTROLLER_NAMES:
+        raise ConfigError(f"unknown --controller {name!r}; available: {', '.join((*CONTROLLER_NAMES, SWEEP))}")
+    mode = manifest.mode(args.mode).name if args.mode else default_mode(manifest).name
+    factory = controller_factory(
+        name, manifest, mode=mode, deadline_ms=args.deadline_ms, max_in_flight=args.max_in_flight, fps=args.fps
+    )
+    factory(0.0)  # fails now (unknown mode, unmeasured bundle), before the server starts
+    return (
+        (f"fixed ({mode})" if name == "fixed" else name),
+        factory,
+        ((mode,) if name == "fixed" else manifest.mode_names),
+    )
+
+
+def _link(args: argparse.Namespace) -> EmulatedLink | None:
+    spec = args.link if args.link is not None else str(demo_trace())
+    offset = args.link_offset_s if args.link_offset_s is not None else (DEMO_OFFSET_S if args.link is None else 0.0)
+    config = LinkOptions(uplink=spec, downlink=args.downlink, delay_ms=args.link_delay_ms, offset_s=offset).config()
+    return EmulatedLink(config) if config is not None else None
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     args = build_parser().parse_args(argv)
-    live = False if args.plain else wants_live(out)
-    per_mode = args.frames if args.frames is not None else (40 if live else 20)
-    fps = args.fps if args.fps is not None else (30.0 if live else 0.0)
+    live = False if args.plain or args.quiet else wants_live(out)
     try:
-        if per_mode < 1 or fps < 0 or args.modes < 1:
-            raise SlimsplitError("--frames and --modes must be >= 1 and --fps >= 0")
+        if not args.deadline_ms > 0 or args.fps < 0 or args.every < 0:
+            raise ConfigError("--deadline-ms must be > 0, --fps and --every >= 0")
+        frames = _frames(args, live)
+        link = _link(args)
         bundle_path = args.bundle if args.bundle is not None else default_bundle_path()
         bundle = Bundle.open(bundle_path)
         manifest = bundle.manifest
-        modes = (manifest.mode(args.mode).name,) if args.mode else demo_modes(manifest, args.modes)
+        label, controller, modes = _controller(args, manifest, frames)
+        client = ClientConfig(
+            max_in_flight=args.max_in_flight,
+            deadline_ms=args.deadline_ms,
+            give_up_ms=default_give_up_ms(args.deadline_ms),
+        )
         source = open_source(SAMPLE, manifest.input, manifest.classes)
         from slimsplit.edge.runtime import EncoderRuntime
         from slimsplit.server.app import ServerThread
@@ -131,26 +258,38 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         err.write(f"{PROG}: error: {exc}\n")
         return 2
     try:
-        total = per_mode * len(modes)
+        target = server.address
         run = EdgeRun(
             manifest=manifest,
             encoder=encoder,
-            controller=SweepController(modes, per_mode),
+            controller=controller,
             mode_table=mode_options(manifest),
-            frames=source.take(total, cycle=True),
-            target=server.address,
-            client=replace(ClientConfig(), target=server.address, max_in_flight=4, deadline_ms=2000.0),
-            fps=fps,
+            frames=source.take(frames, cycle=True),
+            target=target,
+            client=replace(client, target=target),
+            fps=args.fps,
             unary=args.unary,
             modes=modes,
+            route=link.route if link is not None else None,
         )
-        display = make_display(out, quiet=args.quiet, live=live, class_names=manifest.classes)
+        display = make_display(
+            out,
+            quiet=args.quiet,
+            live=live,
+            class_names=manifest.classes,
+            every=0.0 if args.plain else args.every,
+            capacity=link.uplink_bps if link is not None else None,
+            mode_order=modes_by_payload(manifest),
+        )
+        seconds = f" ({frames / args.fps:g} s)" if args.fps > 0 else ""
         header = (
-            f"{PROG}: server {server.address} ({args.backend}), edge encoder in ONNX Runtime, "
+            f"{PROG}: server {target} ({args.backend}), edge encoder in ONNX Runtime, "
             f"{'Infer' if args.unary else 'InferStream'}; model {manifest.name} {manifest.version}; "
-            f"modes {', '.join(modes)} x {per_mode} frames; {source.description}"
+            f"controller {label}; deadline {args.deadline_ms:g} ms; {frames} frames at {args.fps:g} fps{seconds} "
+            f"from {source.description}\n"
+            f"  link: {link.describe() if link is not None else 'none (direct loopback)'}"
         )
-        _report, summary = asyncio.run(run_edge(run, display, header))
+        report, summary = asyncio.run(run_edge(run, display, header))
     except KeyboardInterrupt:
         err.write(f"{PROG}: interrupted\n")
         return 130
@@ -162,6 +301,23 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         return 3
     finally:
         server.stop(grace=1.0)
+    if args.json_out is not None:
+        meta = {
+            "demo": True,
+            "target": target,
+            "model": manifest.name,
+            "version": manifest.version,
+            "controller": label,
+            "deadline_ms": args.deadline_ms,
+            "fps": args.fps,
+            "rtt_ms": report.rtt_ms,
+            "link": link.describe() if link is not None else None,
+        }
+        try:
+            write_json(args.json_out, report, summary, meta)
+        except OSError as exc:
+            err.write(f"{PROG}: error: cannot write --json-out {args.json_out}: {exc}\n")
+            return 2
     return exit_status(summary)
 
 

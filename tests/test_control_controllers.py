@@ -69,17 +69,22 @@ def test_mpc_picks_by_prediction_and_respects_the_queue() -> None:
     assert ctl.choose(0.0, 0, 0).mode == "C"  # no sample yet
     feed(ctl, 20e6)
     idle = ctl.choose(1000.0, 0, 0)
-    assert idle.mode == "A" and idle.predicted_ms == pytest.approx(14.0)  # 10 ms encoder + 10 kB at 20 Mbit/s
+    # 10 ms encoder + 10 kB at 20 Mbit/s (rates sit on a 2% grid: the transfer part may move by 1%)
+    assert idle.mode == "A" and idle.predicted_ms == pytest.approx(14.0, abs=0.05)
     # 60 kB still queued ahead: 24 ms to drain before A's bytes can go
     ctl.on_sent(500, "A", 60000, 1000.0)
     queued = ctl.choose(1000.0, 60000, 1)
-    assert queued.mode == "A" and queued.predicted_ms == pytest.approx(28.0)
+    assert queued.mode == "A" and queued.predicted_ms == pytest.approx(28.0, rel=0.011)
     # 300 kB ahead (120 ms): nothing can make a 100 ms deadline behind it
     ctl.on_sent(501, "A", 240000, 1000.0)
     assert ctl.choose(1000.0, 300000, 2).mode is None
 
 
-def test_mpc_picks_a_cheaper_mode_when_the_link_collapses() -> None:
+@pytest.mark.parametrize("expiry", ["reply", "sent"])
+def test_mpc_picks_a_cheaper_mode_when_the_link_collapses(expiry: str) -> None:
+    """A steady 0.15 Mbit/s stretch between 2 Mbit/s ones. Under ``sent`` (the live client: a frame's slot is freed
+    at its deadline, its bytes stay queued) a controller that keeps sending frames it expects to be late builds a
+    backlog longer than the deadline, after which no reply comes back in time and it is blind."""
     modes = [
         ModeOption("hi", 16, 8, 0.91, 4000.0, 1.0, 1.0),
         ModeOption("mid", 8, 4, 0.88, 1000.0, 1.0, 1.0),
@@ -87,7 +92,7 @@ def test_mpc_picks_a_cheaper_mode_when_the_link_collapses() -> None:
     ]
     trace = PiecewiseModel(((10.0, 2e6), (10.0, 0.15e6), (10.0, 2e6))).trace()
     link = LinkConfig(uplink=trace, delay_ms=10.0)
-    cfg = SimConfig(fps=30, deadline_ms=100, duration_s=30.0, max_in_flight=8)
+    cfg = SimConfig(fps=30, deadline_ms=100, duration_s=30.0, max_in_flight=8, expiry=expiry)
     ctl = make_controller("mpc", modes, 100, rtt_ms=20, fps=30, max_in_flight=8)
     res = simulate(ctl, modes, link, cfg)
     size = {m.name: m.payload_bytes for m in modes}

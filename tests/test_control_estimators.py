@@ -101,3 +101,38 @@ def test_make_estimator() -> None:
     assert isinstance(make_estimator("harmonic", window=3), RobustHarmonicEstimator)
     with pytest.raises(ConfigError):
         make_estimator("kalman")
+
+
+def test_expired_bytes_ahead_are_credited_to_the_next_sample() -> None:
+    s = TransferSampler()
+    s.sample(fb(1, 1000, 0.0, 0.010))
+    # frame 2 (4 kB, sent at 1.0) expired unanswered; frame 3 (1 kB) sent behind it departs at 1.050
+    alone = TransferSampler()
+    alone.sample(fb(1, 1000, 0.0, 0.010))
+    naive = alone.sample(fb(3, 1000, 1.010, 1.050))
+    credited = s.sample(fb(3, 1000, 1.010, 1.050), ahead_bytes=4000, ahead_sent=1.0)
+    assert naive is not None and credited is not None
+    assert naive.bps == pytest.approx(8 * 1000 / 0.040)  # blames the link for the wait behind frame 2
+    assert credited.bps == pytest.approx(8 * 5000 / 0.050)  # both frames' bytes since frame 2 entered the link
+
+
+def test_span_measures_frames_that_leave_in_the_same_opportunity_together() -> None:
+    """Three 500-byte frames queued back to back on a link with 1500-byte opportunities every 12 ms: the second and
+    third leave in the same opportunity as the first. Per frame that is 0 s (clamped to 1 ms: 4 Mbit/s) for two of
+    them; over the span it is the rate of the opportunities."""
+    per_frame = TransferSampler()
+    spanned = TransferSampler(span=4)
+    for sampler in (per_frame, spanned):
+        sampler.sample(fb(0, 100, -1.0, -0.99))  # a previous busy period
+    departures = [(1, 0.000, 0.012), (2, 0.001, 0.012), (3, 0.002, 0.012), (4, 0.003, 0.024), (5, 0.004, 0.024)]
+    got: dict[str, list[float]] = {"per_frame": [], "spanned": []}
+    for fid, sent, dep in departures:
+        for name, sampler in (("per_frame", per_frame), ("spanned", spanned)):
+            x = sampler.sample(fb(fid, 500, sent, dep))
+            assert x is not None
+            got[name].append(x.bps)
+    assert max(got["per_frame"]) == pytest.approx(8 * 500 / 0.001)  # the artefact
+    assert max(got["spanned"][1:]) < 8 * 2500 / 0.012 * 1.01  # never more than the frames' bytes per opportunity
+    assert got["spanned"][-1] == pytest.approx(8 * 2500 / 0.024)  # all five over the 24 ms since frame 1 started
+    with pytest.raises(ConfigError):
+        TransferSampler(span=0)

@@ -154,17 +154,17 @@ def test_the_edge_imports_no_torch_and_no_server() -> None:
     assert proc.stdout.strip() == "clean"
 
 
-def test_demo_runs_end_to_end_and_exits_0(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_demo_sweep_without_a_link_runs_end_to_end_and_exits_0(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CI", "true")
     out, err = io.StringIO(), io.StringIO()
-    code = demo_main(["--frames", "4"], stdout=out, stderr=err)
+    code = demo_main(["--link", "none", "--controller", "sweep", "--frames", "12", "--plain"], stdout=out, stderr=err)
     text = out.getvalue()
     assert code == 0, err.getvalue()
     assert "\x1b[" not in text  # CI: plain lines
     assert "Summary" in text and "12 total, 12 answered" in text
-    assert "per mode" in text
+    assert "per mode" in text and "link: none" in text
     for mode in demo_modes(Bundle.open(default_bundle_path()).manifest):
-        assert f" {mode} " in text
+        assert text.count(f" {mode} ") >= 4  # 4 frames each, one line per frame
 
 
 def test_sweep_controller_and_demo_modes() -> None:

@@ -372,3 +372,36 @@ def test_a_paced_source_skips_frames_at_the_in_flight_limit(slow_server: ServerT
     skipped = [reason for status, reason in results[1:] if status == "SKIPPED"]
     assert skipped and all("in-flight limit" in reason for reason in skipped)  # ... so the next ones are skipped
     assert len(controller.in_flight) == 1 + sum(1 for s, _ in results[1:] if s != "SKIPPED")
+
+
+class BusySkipper(RecordingController):
+    """Skips whenever a frame is in flight (what an adaptive controller does over a stalled link)."""
+
+    def choose(self, now: float, in_flight_bytes: int, in_flight_frames: int) -> Decision:
+        self.in_flight.append(in_flight_frames)
+        return Decision(None, "busy: a frame is in flight") if in_flight_frames else Decision(self.mode, "idle")
+
+
+def test_an_unpaced_source_waits_and_asks_again_instead_of_skipping(slow_server: ServerThread, bundle: Bundle) -> None:
+    fast = bundle.manifest.modes[-1].name
+    images = [SourceFrame(i, np.zeros((64, 64, 3), np.uint8)) for i in range(4)]
+
+    async def go() -> tuple[list[str], BusySkipper]:
+        controller = BusySkipper(fast)
+        cfg = ClientConfig(target=slow_server.address, max_in_flight=4, deadline_ms=5000)
+        async with EdgeClient(cfg) as client:
+            report = await run_frames(
+                client,
+                ConstantEncoder(bundle),  # type: ignore[arg-type]
+                controller,
+                mode_options(bundle.manifest),
+                images,
+                PipelineConfig(model=bundle.manifest.name),  # unpaced
+            )
+        return [r.status for r in report.results], controller
+
+    statuses, controller = asyncio.run(go())
+    assert statuses == ["OK"] * 4  # a data set has no capture instant to miss: no frame is skipped
+    assert len(controller.observed) == 4 and all(f.ok for f in controller.observed)
+    # every admitted frame was decided with nothing in flight (the controller's own rule), after a completion
+    assert controller.in_flight.count(0) == 4

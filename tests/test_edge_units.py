@@ -17,8 +17,8 @@ from slimsplit.bundle import InputSpec
 from slimsplit.edge import status
 from slimsplit.edge.channel import channel_options, service_config
 from slimsplit.edge.config import ChannelConfig, ClientConfig, ReconnectPolicy, parse_address
-from slimsplit.edge.display import LineDisplay, LiveDisplay, format_summary, make_display
-from slimsplit.edge.results import FrameResult, ServerTiming, percentile, summarize
+from slimsplit.edge.display import LineDisplay, LiveDisplay, TickerDisplay, format_frame, format_summary, make_display
+from slimsplit.edge.results import FrameResult, ServerTiming, percentile, reason_kind, summarize
 from slimsplit.edge.sources import fit_image, from_arrays, load_folder, load_npz, open_source, resize_bilinear
 
 SPEC = InputSpec(channels=3, height=8, width=8)
@@ -302,3 +302,89 @@ def test_make_display_is_plain_under_ci(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("TERM", "xterm")
     assert isinstance(make_display(Tty()), LiveDisplay)
     assert isinstance(make_display(io.StringIO()), LineDisplay)
+
+
+def _deadline_run() -> list[FrameResult]:
+    """Five frames held to a 100 ms deadline: two in time, one late, one skipped, one dropped."""
+
+    def ok(index: int, mode: str, latency: float, label: int) -> FrameResult:
+        return FrameResult(
+            frame_id=index + 1, index=index, mode=mode, label=label, classes=(0,), scores=(0.9,),
+            payload_bytes=100 if mode == "w4b4" else 300, latency_ms=latency, deadline_ms=100.0,
+            estimate_bps=1.5e6, predicted_ms=60.0, reason="mpc",
+        )  # fmt: skip
+
+    return [
+        ok(0, "w16b4", 50.0, label=0),
+        ok(1, "w16b4", 150.0, label=0),
+        FrameResult(
+            6, 2, "", "SKIPPED", "in-flight limit (4 frames)", 1, reason="in-flight limit (4 frames)", deadline_ms=100.0
+        ),
+        ok(3, "w4b4", 80.0, label=1),
+        FrameResult(
+            8, 4, "w4b4", "DEADLINE_EXCEEDED", "no reply within 2000 ms", 0, payload_bytes=100, deadline_ms=100.0
+        ),
+    ]
+
+
+def test_summary_accounts_for_the_deadline_skips_drops_and_switches() -> None:
+    results = _deadline_run()
+    assert [r.hit for r in results] == [True, False, False, True, False]
+    assert [r.sent for r in results] == [True, True, False, True, True]
+    s = summarize(results, wall_s=30.0)
+    assert s.deadline_ms == 100.0 and s.hits == 2 and s.hit_rate == pytest.approx(0.4) and s.late == 1
+    assert s.skipped == {"in-flight limit": 1} and s.dropped == {"DEADLINE_EXCEEDED": 1}
+    assert s.chosen == {"w16b4": 2, "w4b4": 2}
+    assert s.switches == 1 and s.switches_per_min == pytest.approx(2.0)
+    assert s.timely_accuracy == pytest.approx(1 / 5)  # only frame 0 is right and in time; frame 3 is wrong
+    assert results[1].to_dict()["hit"] is False
+    assert _ok(0, 0, 0, 1.0).hit is None and summarize([_ok(0, 0, 0, 1.0)], 1.0).hit_rate is None
+    text = format_summary(s, results)
+    assert "deadline     100 ms: 2 of 5 frames answered in time (40.0 %); 1 late, 1 skipped, 1 dropped" in text
+    assert re.search(r"skipped\s+in-flight limit: 1", text) and re.search(r"dropped\s+DEADLINE_EXCEEDED: 1", text)
+    assert "w16b4 2, w4b4 2; 1 switches (2.0 per minute)" in text
+    assert "deadline" not in format_summary(summarize([_ok(0, 0, 0, 1.0)], 1.0))  # no deadline, no such lines
+
+
+def test_reason_kind_drops_the_figures() -> None:
+    assert reason_kind("in-flight limit (4 frames)") == "in-flight limit"
+    assert reason_kind("no mode is worth sending (lightest ~120 ms)") == "no mode is worth sending"
+    assert reason_kind("mpc: outage, lightest mode") == "mpc"
+    assert reason_kind("") == "unspecified"
+
+
+def test_frame_lines_show_the_deadline_verdict_and_the_estimate() -> None:
+    results = _deadline_run()
+    lines = [format_frame(r) for r in results]
+    assert " hit " in lines[0] and "est 1.50 Mbit/s" in lines[0] and "(pred  60.0)" in lines[0]
+    assert " MISS" in lines[1]
+    assert "SKIPPED: in-flight limit (4 frames)" in lines[2]
+    assert "DEADLINE_EXCEEDED: no reply within 2000 ms" in lines[4]
+
+
+def test_ticker_prints_one_line_per_interval_with_link_estimate_modes_and_skips() -> None:
+    out = io.StringIO()
+    display = make_display(out, live=False, every=1e-9, capacity=lambda: 250e3)
+    assert isinstance(display, TickerDisplay)
+    display.start("header")
+    results = _deadline_run()
+    for r in results:
+        display.frame(r)  # every frame starts a new interval: the previous one is printed
+    display.finish(summarize(results, 1.0), results)
+    ticks = [line for line in out.getvalue().splitlines() if line.startswith("t ")]
+    assert len(ticks) == 5
+    assert all("link    250 kbit/s" in t for t in ticks)
+    assert "modes w16b4 1" in ticks[0] and "in time   1/1" in ticks[0] and "est   1.50 Mbit/s" in ticks[0]
+    assert "skipped 1 (in-flight limit)" in ticks[2] and "dropped 1" in ticks[4]
+    assert "\x1b[" not in out.getvalue()
+
+
+def test_live_display_draws_a_strip_of_the_modes_and_the_link() -> None:
+    out = io.StringIO()
+    display = LiveDisplay(out, rows=3, refresh_hz=1e9, capacity=lambda: 2e6, mode_order=("w4b4", "w16b4"))
+    display.start("h")
+    for r in _deadline_run():
+        display.frame(r)
+    text = out.getvalue()
+    assert "modes  \u2585\u2585.\u2581x" in text  # w16b4 higher than w4b4, skipped '.', failed 'x'
+    assert "link 2.00 Mbit/s" in text and "in time  40.0 % of 100 ms" in text and "skipped 1" in text

@@ -104,29 +104,83 @@ class MpcConfig:
     """Options of :class:`MpcController` (its docstring says how each one enters the decision)."""
 
     samples: int = 8  # throughput samples that form the forecast distribution
+    sample_span: int = 4  # a sample measures up to this many frames queued back to back (TransferSampler.span)
     quantiles: int = 8  # evaluate this many evenly spaced quantiles of them (0 = every sample)
     margin: float = 1.0  # a frame counts as in time in a scenario if it finishes within margin * deadline
     late_penalty: float | None = None  # frames' worth of accuracy charged per late frame; None = 1 when one
     #                                    frame at a time (a late frame blocks the next one), else 0 (the
     #                                    follower term already charges the delay a frame causes)
     follower_penalty: float = 1.0  # frames' worth lost when the next frame could not make it behind this one
+    waste_penalty: float = 1.0  # frames' worth charged per frame period of link time a late frame occupies
     switch_penalty: float = 0.001  # accuracy charged for changing mode (hysteresis against forecast noise)
     rtt_ms: float = 0.0  # round-trip propagation time, measured by the client (0 = unknown, conservative)
     max_in_flight: int = 4  # never more frames than this in flight
     fps: float = 0.0  # frame rate (spacing of the follower frame); 0 = learn it from the spacing of choose()
     packet_bytes: float = 1500.0  # packetisation allowance of a transfer that starts on an idle link (0 = fluid)
-    stall_detection: bool = True  # bound the scenarios by the progress of the oldest frame in flight
+    stall_detection: bool = True  # bound the scenarios by the progress of the oldest unconfirmed bytes
     stall_fraction: float = 0.5  # share of the scenarios (slowest first) the stall bound applies to: the rest
     #                              keep "the link may come back now" alive, so a stall does not starve cheap frames
+    outage_after: float | None = 0.5  # outage: unconfirmed bytes are overdue (against the median scenario) by
+    #                                   more than this many deadlines; then only the lightest mode or a skip is
+    #                                   considered (None = never)
     horizon: int = 0  # frames planned: this one + horizon-1 followers; 0 = ceil(deadline * fps) + 1
+    time_tolerance: float = 0.01  # plan only with modes not dominated once encoder/server times within this
+    #                               fraction of the deadline count as equal (differences below it are noise)
 
     def __post_init__(self) -> None:
-        if self.samples < 1 or self.quantiles < 0 or not 0 < self.margin <= 2 or self.switch_penalty < 0:
+        if (
+            self.samples < 1
+            or self.sample_span < 1
+            or self.quantiles < 0
+            or not 0 < self.margin <= 2
+            or self.switch_penalty < 0
+        ):
             raise ConfigError(f"bad MPC options: {self}")
-        if (self.late_penalty or 0.0) < 0 or self.follower_penalty < 0 or self.max_in_flight < 1 or self.rtt_ms < 0:
+        if (
+            (self.late_penalty or 0.0) < 0
+            or self.follower_penalty < 0
+            or self.waste_penalty < 0
+            or self.max_in_flight < 1
+            or self.rtt_ms < 0
+        ):
             raise ConfigError(f"bad MPC options: {self}")
         if self.fps < 0 or self.packet_bytes < 0 or self.horizon < 0 or not 0 <= self.stall_fraction <= 1:
             raise ConfigError(f"bad MPC options: {self}")
+        if (self.outage_after or 0.0) < 0 or not 0 <= self.time_tolerance < 1:
+            raise ConfigError(f"bad MPC options: {self}")
+
+
+def _planning_modes(modes: Sequence[ModeOption], tolerance_ms: float) -> tuple[ModeOption, ...]:
+    """The Pareto modes (:func:`pareto_modes`) without those another mode dominates once encoder and server
+    times within ``tolerance_ms`` count as equal: at least as accurate, no more bytes, strictly better in one."""
+    front = pareto_modes(modes)
+    return tuple(
+        a
+        for a in front
+        if not any(
+            b is not a
+            and b.accuracy >= a.accuracy
+            and b.payload_bytes <= a.payload_bytes
+            and (b.accuracy > a.accuracy or b.payload_bytes < a.payload_bytes)
+            and b.encoder_ms <= a.encoder_ms + tolerance_ms
+            and b.server_ms <= a.server_ms + tolerance_ms
+            for b in front
+        )
+    )
+
+
+# per-scenario constants: 1/s, per mode latency on an idle link and offset when queued, follower step function
+_Table = tuple[float, list[tuple[float, float, float]], list[float], list[float]]
+
+_SENT, _BITS, _POST, _SEEN = 0, 1, 2, 3  # fields of a queue entry (a small list, for speed)
+_GRID = 0.02  # scenario rates are rounded to a logarithmic grid of 2% steps, so per-rate tables are reused
+_CACHE_MAX = 1024
+
+
+def _on_grid(bps: float, down: bool = False) -> float:
+    """``bps`` on the rate grid (nearest point, or the point below with ``down``)."""
+    x = math.log(bps) / _GRID
+    return math.exp((math.floor(x) if down else round(x)) * _GRID)
 
 
 class MpcController(Controller):
@@ -134,46 +188,70 @@ class MpcController(Controller):
 
     **Forecast.** Each completed frame yields a throughput sample (:class:`TransferSampler`: server time,
     propagation delay and the wait behind earlier frames excluded; a frame that found the link idle is credited
-    ``packet_bytes`` for the wait for the next delivery opportunity). The last ``samples`` of them, reduced to
-    ``quantiles`` evenly spaced quantiles ``s_1..s_Q``, are the scenarios for the next transfer: the forecast is a
-    distribution, not a point (the cellular traces move by 10x within a second, so one number cannot be both safe
-    and accurate; this replaces robustMPC's single discounted harmonic mean). *Stall bound:* if the oldest frame in
-    flight started transmitting at ``t0`` (``max(sent, last known departure)``) and has not completed although
-    ``e = now - t0 - rtt - server > 0``, the link carried fewer than its ``b0`` bytes in ``e`` seconds, so the
-    slowest ``stall_fraction`` of the scenarios are capped at ``8 b0 / e``: an outage is seen within a frame or
-    two, without waiting for completions that never come, while the other scenarios keep "the link comes back
-    now" possible (outages end without warning, and a cheap frame sent just before that is a hit).
+    ``packet_bytes`` for the wait for the next delivery opportunity; frames queued back to back are measured
+    together over up to ``sample_span`` departures, because on a packet-opportunity link small frames leave several
+    in one opportunity and per-frame intervals swing by 100x). The last ``samples`` of them, reduced to
+    ``quantiles`` evenly spaced quantiles ``s_1..s_Q`` and rounded to a 2% logarithmic grid (so per-rate tables
+    are reused), are the scenarios for the next transfer: the forecast is a distribution, not a point (the
+    cellular traces move by 10x within a second, so one number cannot be both safe and accurate; this replaces
+    robustMPC's single discounted harmonic mean).
 
-    **Queue (awareness of bytes in flight).** In scenario ``s`` the frames in flight drain FIFO at ``s`` from the
-    last known departure ``d``: ``d = sent + 8 (b + packet) / s`` for a frame that found the link idle, else
-    ``d + 8 b / s`` (send order; bytes admitted but not yet sent join at ``now``). ``r = d - now`` is how long the
-    uplink stays busy.
+    **Queue (awareness of bytes in flight, including expired frames).** The controller keeps every frame it sent
+    whose departure from the uplink is not confirmed, in send order: frames waiting for their reply, and frames
+    the edge stopped waiting for (a failed or expired frame: the live client frees its slot at the deadline, but
+    its bytes were handed to the transport and stay queued ahead of every later frame; consecutive expired frames
+    are merged into one entry). A completed frame confirms every frame sent before it (FIFO); the bytes of expired
+    ones among them are credited to its throughput sample. Each unconfirmed frame carries *evidence*: it had not
+    left the uplink by ``e = now - rtt - server`` (waiting for its reply) or by ``expired - rtt - server``.
 
-    **Prediction.** Mode ``m``: latency ``L = enc_m + 8 (p_m + packet) / s + rtt + server_m`` if the encoder
-    finishes after the queue drained (``enc_m >= r``), else ``r + 8 p_m / s + rtt + server_m``. In time iff
-    ``L <= margin * deadline``.
+    **Stall bound.** With the oldest unconfirmed bytes entering the link at ``t0`` (``max(sent, last known
+    departure)``) and ``B_j`` the unconfirmed bits up to and including frame ``j`` (plus the packet allowance if
+    the first found the link idle), the link carried fewer than ``B_j`` bits in ``e_j - t0``, so its rate is
+    below ``cap = min_j B_j / (e_j - t0)``: a stall is seen from the age of the oldest unanswered bytes, without
+    waiting for completions that never come.
+
+    **Outage.** The unconfirmed bytes are overdue against the median scenario ``s_med`` (``max_j e_j - t0 - B_j /
+    s_med``) by more than ``outage_after`` deadlines, or the oldest unconfirmed frame expired unanswered (once the
+    backlog exceeds the deadline no reply comes back in time: the forecast is stale and the edge is blind). Then
+    only the lightest mode or a skip is considered: an outage is probed with the fewest bytes (every byte sent into
+    it delays the frames after it, and a cheap frame sent just before the link returns is a hit), and the full
+    choice returns with the first confirmed departure.
+
+    **Drain.** In scenario ``s`` the link runs at ``min(s, cap)`` until the latest evidence time; after it, the
+    slowest ``stall_fraction`` of the scenarios stay at that rate (the stall goes on) and the others run at ``s``
+    (the link comes back now). The unconfirmed frames drain FIFO from the last known departure ``d``:
+    ``d = max(d, sent + 8 packet / s) + 8 b / s``; bytes admitted but not yet sent join at ``now``.
+    ``r = d - now`` is how long the uplink stays busy.
+
+    **Prediction.** Mode ``m``: latency ``L = max(r, enc_m + 8 packet / s) + 8 p_m / s + rtt + server_m`` (the
+    frame waits for the queue, or for the next opportunity of an idle link). In time iff ``L <= margin * deadline``.
 
     **Horizon.** The next ``H - 1`` frames (``H = ceil(deadline * fps) + 1`` unless ``horizon`` is set; spacing
     ``T = 1 / fps``) are assumed to use one steady mode ``k``. Their worst latency is
-    ``max(dep - now - T, enc_k) + x_k + rtt + server_k + max(0, (H - 2)(x_k - T))`` with ``x_k = 8 p_k / s`` and
-    ``dep`` this frame's departure (the first follower waits for it; if ``x_k > T`` the queue grows frame after
-    frame). ``R_s(m)`` is the accuracy of the best ``k`` that keeps them in time, ``-follower_penalty * A`` if none
-    does. Precomputed per scenario as a step function of ``dep`` (one bisection per mode).
+    ``max(dep - now - T, enc_k + 8 packet / s) + x_k + rtt + server_k + max(0, (H - 2)(x_k - T))`` with
+    ``x_k = 8 p_k / s`` and ``dep`` this frame's departure (its completion, one frame at a time): the first
+    follower waits for it, and if ``x_k > T`` the queue grows frame after frame. ``R_s(m)`` is the accuracy of the
+    best ``k`` that keeps them in time, ``-follower_penalty * A`` if none does. Precomputed per scenario as a step
+    function of ``dep`` (one bisection per mode).
 
-    **Objective.** ``U(m) = mean_s( [L <= budget] * acc_m - [L > budget] * late_penalty * A + (H - 1) * R_s(m) )
-    - switch_penalty * [m != previous]``, with ``A`` the running mean accuracy of the chosen modes. *Skipping is
-    an option of the same objective*: ``U(skip) = mean_s((H - 1) * R_s(skip))``, the followers facing only the
-    bytes already in flight. The controller takes the best of the modes and skip, so a frame is skipped exactly
-    when its bytes would cost its followers more than it can deliver itself (and the reason names the prediction).
-    The follower term is the uncertainty-aware replacement for a fixed safety margin; ``late_penalty`` charges a
-    late frame for the frames it delays (with one frame in flight it costs the next frame outright). This adapts
-    to the mode table: where one more bit buys a lot of accuracy it accepts more risk, where the gain is small it
-    stays safe. The switching penalty adds hysteresis against forecast noise.
+    **Objective.** ``U(m) = mean_s( [L <= budget] acc_m - [L > budget] (late_penalty A + waste_penalty A x_m / T)
+    + (H - 1) R_s(m) ) - switch_penalty [m != previous]``, with ``A`` the running mean accuracy of the chosen modes
+    and ``x_m = 8 p_m / s_med`` the link time the frame's bytes take when the link works: a late frame is charged
+    for the frame periods of link time it wastes (the terminal cost of the bytes it leaves behind, beyond the
+    horizon), so the controller never pays link time for a frame it expects to be late. *Skipping is an option of
+    the same objective*: ``U(skip) = mean_s((H - 1) R_s(skip))``, the followers facing only the bytes already in
+    flight; a frame is skipped exactly when its bytes would cost more than it can deliver (and the reason names
+    the prediction). The follower term is the uncertainty-aware replacement for a fixed safety margin;
+    ``late_penalty`` charges a late frame for the frames it delays (with one frame in flight it blocks the next
+    one). This adapts to the mode table: where one more bit buys a lot of accuracy it accepts more risk, where the
+    gain is small it stays safe. The switching penalty adds hysteresis against forecast noise.
 
-    With no sample yet it sends the lightest mode; with nothing in flight and a forecast that nothing fits it still
-    sends the lightest mode (the forecast only learns from frames, and a skipped frame is a certain miss). At
-    ``max_in_flight`` frames in flight it always skips. Cost: O(Q * (K + M log M)) arithmetic per decision with
-    per-scenario tables cached between samples (Q scenarios, K frames in flight, M modes).
+    Modes whose only advantage is an encoder or server time shorter by less than ``time_tolerance`` deadlines are
+    not planned with (measurement noise; fewer modes, faster decisions). With no sample yet it sends the lightest
+    mode; with no frame waiting for a reply and a forecast that nothing fits it still sends the lightest mode (the
+    forecast only learns from frames, and a skipped frame is a certain miss). At ``max_in_flight`` frames in
+    flight it always skips. Cost: O(Q * (K + M)) arithmetic and Q * M bisections per decision, with per-rate
+    tables cached (Q scenarios, K unconfirmed frames, M modes); about 30 microseconds (``bench/controller.py``).
     """
 
     name = "mpc"
@@ -183,15 +261,15 @@ class MpcController(Controller):
         if deadline_ms <= 0:
             raise ConfigError(f"deadline_ms must be positive, got {deadline_ms}")
         self.config = cfg = config or MpcConfig()
-        self.modes = pareto_modes(modes)  # most accurate first
+        self.modes = _planning_modes(modes, cfg.time_tolerance * deadline_ms)  # most accurate first
         self.lightest = min(self.modes, key=lambda m: (m.payload_bytes, m.encoder_ms + m.server_ms))
         self.deadline_s = deadline_ms / 1000.0
         self.budget_s = cfg.margin * self.deadline_s
         self.rtt_s = cfg.rtt_ms / 1000.0
-        self.sampler = TransferSampler(rtt_s=self.rtt_s, packet_bytes=cfg.packet_bytes)
+        self.sampler = TransferSampler(rtt_s=self.rtt_s, packet_bytes=cfg.packet_bytes, span=cfg.sample_span)
         self._samples: deque[float] = deque(maxlen=cfg.samples)
         self._scenarios: list[float] = []
-        self._server_s = {m.name: m.server_ms / 1000.0 for m in modes}
+        self._post_of = {m.name: self.rtt_s + m.server_ms / 1000.0 for m in modes}
         self._pkt_bits = 8.0 * cfg.packet_bytes
         # per Pareto mode (most accurate first), as flat lists for the inner loop
         self._names = [m.name for m in self.modes]
@@ -201,39 +279,74 @@ class MpcController(Controller):
         self._post = [self.rtt_s + m.server_ms / 1000.0 for m in self.modes]  # after departure: rtt + server
         self._slack = [self.budget_s - p for p in self._post]  # budget left for the transfer of a follower
         self._light_j = self._names.index(self.lightest.name)
-        self._cache: dict[float, tuple[float, list[float], list[float], list[float], list[float]]] = {}
+        self._cache: dict[float, _Table] = {}
         self._cache_key: tuple[float, int] | None = None
-        self._in_flight: dict[int, tuple[float, int, float]] = {}  # frame id -> (sent_at, bytes, server s)
+        # frames sent whose departure is not confirmed, in send order: id -> [sent, bits, rtt + server, seen]
+        # with seen = time by which it had provably not left (-inf while waiting for its reply: then now - post)
+        self._queue: dict[int, list[float]] = {}
+        self._last_orphan: int | None = None  # id of the (merged) entry of the expired frames at the queue head
         self._prev: str | None = None
-        self._ref_acc = sorted(m.accuracy for m in self.modes)[len(self.modes) // 2]
+        self._ref_acc = sorted(m.accuracy for m in self.modes)[len(self.modes) // 2]  # A: starts at the median
+        self._mode_rows: list[tuple[float, float, float]] = []
         self._last_now: float | None = None
         self._period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0
+        self.last_cap_bps = math.inf  # the stall bound of the last decision (for display and tests)
 
     # ------------------------------------------------------------------ feedback
     def on_sent(self, frame_id: int, mode: str, payload_bytes: int, sent_at: float) -> None:
-        self._in_flight[frame_id] = (sent_at, payload_bytes, self._server_s.get(mode, 0.0))
+        self._queue[frame_id] = [sent_at, 8.0 * payload_bytes, self._post_of.get(mode, self.rtt_s), -math.inf]
 
     def observe(self, feedback: FrameFeedback) -> None:
-        self._in_flight.pop(feedback.frame_id, None)
-        s = self.sampler.sample(feedback)
+        queue = self._queue
+        entry = queue.get(feedback.frame_id)
+        if not feedback.ok:
+            # expired or failed: the edge stopped waiting, but its bytes may still be queued in the link; all we
+            # know is that they had not left by (no reply at) completed - rtt - server
+            if entry is not None and entry[_SEEN] == -math.inf:
+                entry[_SEEN] = feedback.completed_at - entry[_POST]
+                # expired frames form a prefix of the queue (they expire in send order): merge this one into the
+                # one before it, so a long outage leaves one entry, not one per frame (bounded decision time)
+                before = self._last_orphan
+                if before is not None and before in queue and before != feedback.frame_id:
+                    prev = queue[before]
+                    prev[_BITS] += entry[_BITS]
+                    prev[_SEEN] = entry[_SEEN]
+                    del queue[feedback.frame_id]
+                else:
+                    self._last_orphan = feedback.frame_id
+            return
+        # FIFO: every frame sent before this one has left the uplink as well
+        ahead_bits = 0.0
+        ahead_sent = math.inf
+        if entry is not None:
+            for fid in list(queue):
+                e = queue.pop(fid)
+                if fid == feedback.frame_id:
+                    break
+                if e[_SEEN] != -math.inf:  # expired ahead of this frame: its bytes crossed in the same interval
+                    ahead_bits += e[_BITS]
+                    ahead_sent = min(ahead_sent, e[_SENT])
+        s = self.sampler.sample(feedback, ahead_bits / 8.0, ahead_sent)
         if s is not None and s.bps > 0 and math.isfinite(s.bps):
             self._samples.append(s.bps)
             ordered = sorted(self._samples)
             q = self.config.quantiles
             n = len(ordered)
-            if len(self._cache) > 4 * n + 8:  # keep the tables of rates still in use; bounded
-                keep = set(ordered)
-                self._cache = {k: v for k, v in self._cache.items() if k in keep}
-            if q <= 0 or n <= q:
-                self._scenarios = ordered
-            else:
-                self._scenarios = [ordered[int((i + 0.5) * n / q)] for i in range(q)]
+            if len(self._cache) > _CACHE_MAX:  # bounded: the grid makes rates repeat, so this is rare
+                self._cache = {}
+            picked = ordered if q <= 0 or n <= q else [ordered[int((i + 0.5) * n / q)] for i in range(q)]
+            self._scenarios = [_on_grid(x) for x in picked]
 
     def estimate_bps(self) -> float | None:
         """Harmonic mean of the recent samples (for display)."""
         if not self._samples:
             return None
         return len(self._samples) / sum(1.0 / x for x in self._samples)
+
+    @property
+    def unconfirmed_frames(self) -> int:
+        """Frames sent whose departure from the uplink is not confirmed (waiting for a reply, or expired)."""
+        return len(self._queue)
 
     # ------------------------------------------------------------------ decision
     def _frame_period(self, now: float) -> float:
@@ -250,133 +363,210 @@ class MpcController(Controller):
         period = round(self._frame_period(now), 3)  # ms resolution keeps the per-scenario tables cacheable
         if in_flight_frames >= cfg.max_in_flight:
             return Decision(None, f"in-flight limit ({cfg.max_in_flight} frames)")
-        if not self._scenarios:
+        scenarios = self._scenarios
+        if not scenarios:
             return self._send(self.lightest.name, "no estimate yet: lightest mode", None, None)
-        rtt = self.rtt_s
         pkt = self._pkt_bits
         d0 = self.sampler.last_departure
-        in_flight = list(self._in_flight.values())
+        entries = list(self._queue.values())
+        # evidence of a stall: the unconfirmed bits up to frame j had not all left by its evidence time
         cap = math.inf
-        if in_flight and cfg.stall_detection:
-            sent0, b0, srv0 = in_flight[0]
-            elapsed = now - max(d0, sent0) - rtt - srv0
-            if elapsed > 0:
-                cap = (8.0 * b0 + (pkt if sent0 >= d0 else 0.0)) / elapsed
-        unsent_bits = 8.0 * in_flight_bytes
-        for _, nbytes, _ in in_flight:
-            unsent_bits -= 8.0 * nbytes
+        overdue = 0.0  # how far the slowest evidence is behind the median scenario, seconds
+        inv_med = 1.0 / scenarios[len(scenarios) // 2]
+        live_bits = 0.0
+        seen_last = -math.inf  # the latest evidence time
+        if entries:
+            first = entries[0][_SENT]
+            t0 = first if first > d0 else d0
+            cum = pkt if first >= d0 else 0.0
+            for e in entries:
+                cum += e[_BITS]
+                seen = e[_SEEN]
+                if seen == -math.inf:
+                    live_bits += e[_BITS]
+                    seen = now - e[_POST]
+                if seen > t0:
+                    c = cum / (seen - t0)
+                    if c < cap:
+                        cap = c
+                    late_by = seen - t0 - cum * inv_med
+                    if late_by > overdue:
+                        overdue = late_by
+                if seen > seen_last:
+                    seen_last = seen
+            if not cfg.stall_detection:
+                cap = math.inf
+        unsent_bits = 8.0 * in_flight_bytes - live_bits
+        n_scen = len(scenarios)
+        # outage: bytes overdue against the forecast, or a frame that expired unanswered is still unconfirmed
+        # (then the forecast is stale: replies stop once the backlog exceeds the deadline, the edge is blind)
+        outage = cfg.outage_after is not None and (
+            overdue > cfg.outage_after * self.deadline_s or (bool(entries) and entries[0][_SEEN] != -math.inf)
+        )
+        self.last_cap_bps = cap
+        if cap < math.inf:
+            cap = _on_grid(cap, down=True)  # an upper bound: rounded down
         budget = self.budget_s
         ref = self._ref_acc
-        late_penalty = cfg.late_penalty if cfg.late_penalty is not None else (1.0 if cfg.max_in_flight == 1 else 0.0)
-        late_cost = late_penalty * ref
-        h = cfg.horizon or (math.ceil(self.deadline_s / period - 1e-9) + 1)
-        followers = h - 1
-        grow = max(0, h - 2)
-        rest_none = -cfg.follower_penalty * ref
-        accs, encs, posts = self._acc, self._enc, self._post
-        n_modes = len(accs)
-        modes_range = range(n_modes)
-        gain = [0.0] * n_modes
-        lat_sum = [0.0] * n_modes
-        skip_gain = 0.0
         one_at_a_time = cfg.max_in_flight == 1
+        late_penalty = cfg.late_penalty if cfg.late_penalty is not None else (1.0 if one_at_a_time else 0.0)
+        late_cost = late_penalty * ref
+        # a late frame's bytes still take the link when it works (at about the median rate): that time, in frame
+        # periods, is charged as lost frames, so the controller never pays link time for a frame it expects late
+        waste = cfg.waste_penalty * ref * inv_med / period
+        h = cfg.horizon or (math.ceil(self.deadline_s / period - 1e-9) + 1)
+        none_v = -(h - 1) * cfg.follower_penalty * ref
         key = (period, h)
         if self._cache_key != key:
             self._cache = {}
             self._cache_key = key
+            # per mode: accuracy and follower offset (the followers start when this frame has left the uplink,
+            # dep = lat - post, or, one frame at a time, when it has completed)
+            self._mode_rows = [
+                (acc, period + (0.0 if one_at_a_time else post), bits)
+                for acc, post, bits in zip(self._acc, self._post, self._bits, strict=True)
+            ]
         cache = self._cache
-        # distinct scenarios with their multiplicity (all those above a stall cap collapse into one)
-        distinct: list[list[float]] = []
-        n_capped = math.ceil(cfg.stall_fraction * len(self._scenarios) - 1e-9)
-        for i, s0 in enumerate(self._scenarios):
-            s = s0 if (s0 < cap or i >= n_capped) else cap
-            if distinct and distinct[-1][0] == s:
-                distinct[-1][1] += 1.0
+        light = self._light_j
+        skip_gain = 0.0
+        n_capped = math.ceil(cfg.stall_fraction * n_scen - 1e-9)
+        # distinct scenarios as (rate until the evidence time, rate after it, weight): the link carried at most
+        # the stall bound until then; the slowest ones stay stalled, the others come back now at their rate
+        pairs: list[list[float]] = []
+        for i in range(n_scen):
+            s2 = scenarios[i]
+            s1 = s2 if s2 < cap else cap
+            if i < n_capped:
+                s2 = s1
+            if pairs and pairs[-1][1] == s2 and pairs[-1][0] == s1:
+                pairs[-1][2] += 1.0
             else:
-                distinct.append([s, 1.0])
-        for s, w in distinct:
-            entry = cache.get(s)
-            if entry is None:
-                entry = self._scenario_table(s, period, grow, followers > 0)
-                if s < cap:
-                    cache[s] = entry
-            inv, idle_lat, queued_off, neg_thetas, best_acc = entry
+                pairs.append([s1, s2, 1.0])
+        # the modes evaluated: in an outage the lightest only; else those in time on an idle link at the fastest
+        # scenario (one late in every scenario is never better than a skip: it only delays the followers), and
+        # the lightest (the probe)
+        if outage:
+            idx = [light]
+        else:
+            s_top = max(p[1] for p in pairs)
+            top = cache.get(s_top)
+            if top is None:
+                top = cache[s_top] = self._scenario_table(s_top, period, h, ref)
+            idx = [j for j, row in enumerate(top[1]) if row[1] <= budget or j == light]
+        every = len(idx) == len(self._mode_rows)
+        ev = self._mode_rows if every else [self._mode_rows[j] for j in idx]  # accuracy, follower offset, bits
+        gains = [0.0] * len(ev)
+        busy: list[float] = []  # r per distinct scenario (for the predicted latency of the choice)
+        queue = [(e[_SENT], e[_BITS]) for e in entries]
+        for s1, s2, w in pairs:
+            table = cache.get(s2)
+            if table is None:
+                table = self._scenario_table(s2, period, h, ref)
+                cache[s2] = table
+            inv, rows, neg_thetas, follow = table
+            follow[0] = none_v  # the followers' value when none fits depends on A (it moves; the rest does not)
             d = d0
-            for sent, nbytes, _ in in_flight:
-                d = (sent + (8.0 * nbytes + pkt) * inv) if sent >= d else (d + 8.0 * nbytes * inv)
+            if queue:
+                inv1 = 1.0 / s1
+                wait = pkt * inv1  # an idle link: the wait for the next delivery opportunity
+                for sent, nbits in queue:
+                    t = sent + wait
+                    d = (t if t > d else d) + nbits * inv1
+                if s1 != s2 and d > seen_last:  # what is left at the evidence time drains at the scenario's rate
+                    d = seen_last + (d - seen_last) * s1 * inv
             if unsent_bits > 0:
-                d = (now + (unsent_bits + pkt) * inv) if now >= d else (d + unsent_bits * inv)
+                t = now + pkt * inv
+                d = (t if t > d else d) + unsent_bits * inv
             r = d - now  # the uplink is busy for r more seconds in this scenario
-            if followers:  # skipping is an option too: the followers then face only the bytes already in flight
-                c = bisect_right(neg_thetas, period - (r if r > 0 else 0.0))
-                skip_gain += w * followers * (best_acc[c - 1] if c else rest_none)
-            for j in modes_range:
-                lat = idle_lat[j] if encs[j] >= r else r + queued_off[j]
-                lat_sum[j] += w * lat
-                g = accs[j] if lat <= budget else -late_cost
-                if followers:  # followers fit iff (their start) - next capture <= theta; they start when this
-                    # frame has left the uplink (dep = lat - post), or, one frame at a time, when it has completed
-                    c = bisect_right(neg_thetas, period + (0.0 if one_at_a_time else posts[j]) - lat)
-                    g += followers * (best_acc[c - 1] if c else rest_none)
-                gain[j] += w * g
-        n = float(len(self._scenarios))
+            busy.append(r)
+            # skipping is an option too: the followers then face only the bytes already in flight
+            skip_gain += w * follow[bisect_right(neg_thetas, period - (r if r > 0 else 0.0))]
+            if not every:
+                rows = [rows[j] for j in idx]
+            # per mode: latency = max(busy, idle start) + offset; value = accuracy if in time, else the late
+            # value; plus the followers' value (they fit iff their start - next capture <= theta)
+            gains = [
+                acc_sum
+                + w
+                * (
+                    (acc if (lat := (idle_lat if start >= r else r + off)) <= budget else -late_cost - waste * bits)
+                    + follow[bisect_right(neg_thetas, f_off - lat)]
+                )
+                for acc_sum, (start, idle_lat, off), (acc, f_off, bits) in zip(gains, rows, ev, strict=True)
+            ]
+        n = float(n_scen)
         best_j = -1
         best_u = skip_gain / n
         prev = self._prev
-        for j in modes_range:
-            u = gain[j] / n
-            if prev is not None and self._names[j] != prev:
+        names = self._names
+        for j, g in zip(idx, gains, strict=True):
+            u = g / n
+            if prev is not None and names[j] != prev:
                 u -= cfg.switch_penalty
             if u > best_u + 1e-12:
                 best_u, best_j = u, j
+
+        def mean_latency(j: int) -> float:
+            total = 0.0
+            for (_, s2, w), r in zip(pairs, busy, strict=True):
+                table = cache.get(s2) or self._scenario_table(s2, period, h, ref)
+                start, idle_lat, off = table[1][j]
+                total += w * (idle_lat if start >= r else r + off)
+            return total / n
+
         est = self.estimate_bps()
         if est is not None and cap < est:
             est = cap
-        light_lat = lat_sum[self._light_j] / n * 1e3
         if best_j < 0 and in_flight_frames == 0:
-            # an idle link and a forecast that says nothing makes it: the forecast may be stale (it only learns
-            # from frames), and a skipped frame is a certain miss, so send the lightest mode
-            return self._send(
-                self.lightest.name, "probe: forecast says nothing fits, link idle", est, lat_sum[self._light_j] / n
-            )
+            # nothing waiting for a reply and a forecast that says nothing makes it: the forecast may be stale (it
+            # only learns from frames), and a skipped frame is a certain miss, so send the lightest mode
+            lat = mean_latency(light)
+            return self._send(self.lightest.name, "probe: forecast says nothing fits, link idle", est, lat)
         if best_j < 0:
+            light_lat = mean_latency(light) * 1e3
             return Decision(
                 None,
                 f"no mode is worth sending (lightest ~{light_lat:.0f} ms for a {self.deadline_s * 1e3:.0f} ms "
-                f"deadline; estimate {(est or 0) / 1e3:.0f} kbit/s, {in_flight_bytes} B in flight)",
+                f"deadline; estimate {(est or 0) / 1e3:.0f} kbit/s, {in_flight_bytes} B in flight"
+                f"{', outage' if outage else ''})",
                 est,
             )
-        self._ref_acc = 0.95 * self._ref_acc + 0.05 * accs[best_j]
-        return self._send(self._names[best_j], "mpc", est, lat_sum[best_j] / n)
+        self._ref_acc = 0.95 * ref + 0.05 * self._acc[best_j]
+        return self._send(names[best_j], "mpc: outage, lightest mode" if outage else "mpc", est, mean_latency(best_j))
 
-    def _scenario_table(
-        self, s: float, period: float, grow: int, followers: bool
-    ) -> tuple[float, list[float], list[float], list[float], list[float]]:
-        """Per-scenario constants (cached until the samples change): ``1 / s``; per mode the latency on an idle
-        link (``enc + (bits + packet) / s + rtt + server``) and the offset added to the busy time when queued
-        (``bits / s + rtt + server``); and the followers' step function: mode k keeps the next frames in time iff
-        ``dep - next_capture <= theta_k``, so the best follower accuracy for a given departure is the prefix maximum
-        over thresholds sorted in descending order (returned as -thresholds ascending, prefix max accuracy)."""
-        inv = 1.0 / s
-        pkt = self._pkt_bits
-        idle_lat = [e + (b + pkt) * inv + p for e, b, p in zip(self._enc, self._bits, self._post, strict=True)]
-        queued_off = [b * inv + p for b, p in zip(self._bits, self._post, strict=True)]
+    def _scenario_table(self, s: float, period: float, h: int, ref: float) -> _Table:
+        """Per-scenario constants (cached until the samples change): ``1 / s``; per mode the busy time below which
+        the link counts as idle (``enc + packet / s``), the latency on an idle link (``enc + (bits + packet) / s +
+        rtt + server``) and the offset added to the busy time when queued (``bits / s + rtt + server``): the
+        latency is ``max(busy, enc + packet / s) + bits / s + rtt + server``. And the followers' value as a step
+        function of this frame's departure: mode k keeps the ``h - 1`` next frames in time iff ``dep -
+        next_capture <= theta_k`` (and its idle-link latency fits as well), so the best follower accuracy is the
+        prefix maximum over thresholds sorted in descending order: returned as -thresholds ascending and
+        ``(h - 1) *`` the value for 0, 1, 2, ... thresholds met (``-follower_penalty * A`` for none)."""
+        inv = 1.0 / s if s > 0 else 1e12
+        wait = self._pkt_bits * inv
+        rows = [
+            (e + wait, e + wait + b * inv + p, b * inv + p)
+            for e, b, p in zip(self._enc, self._bits, self._post, strict=True)
+        ]
+        followers = h - 1
+        grow = max(0, h - 2)
         pairs = []
-        if followers:
+        if followers > 0:
             for k in range(len(self._acc)):
                 x = self._bits[k] * inv
                 theta = self._slack[k] - x - (grow * (x - period) if x > period else 0.0)
-                if self._enc[k] <= theta:
+                if rows[k][0] <= theta:
                     pairs.append((-theta, self._acc[k]))
             pairs.sort()
         neg_thetas: list[float] = []
-        best_acc: list[float] = []
+        follow = [-followers * self.config.follower_penalty * ref]  # replaced by the caller with the current A
         top = -math.inf
         for neg, acc_k in pairs:
             top = acc_k if acc_k > top else top
             neg_thetas.append(neg)
-            best_acc.append(top)
-        return inv, idle_lat, queued_off, neg_thetas, best_acc
+            follow.append(followers * top)
+        return inv, rows, neg_thetas, follow
 
     def _send(self, mode: str, reason: str, bw: float | None, lat: float | None) -> Decision:
         self._prev = mode

@@ -16,6 +16,7 @@ The uplink is a FIFO, so frame ``i`` could not start transmitting before the fra
     sample_i   = 8 * (bytes_i + a_i) / transfer_i     (bits per second)
     a_i        = packet_bytes if frame i started on an idle link (sent_i >= dep_prev) else 0
 
+(with the bytes of expired frames that provably left ahead of it counted too, see :meth:`TransferSampler.sample`),
 so a frame that waited behind bytes already in flight is not mistaken for a slow link, and the server's time is
 never counted as transfer time. ``packet_bytes`` (default 0 = pure fluid model) is the *packetisation
 allowance*: on a link that delivers in packet-sized opportunities (Mahimahi: 1500 B), a frame that finds the link
@@ -58,20 +59,43 @@ class ThroughputSample:
 
 
 class TransferSampler:
-    """Computes throughput samples from frame feedback (formula in the module docstring)."""
+    """Computes throughput samples from frame feedback (formula in the module docstring).
 
-    __slots__ = ("_dep_prev", "_dep_prev_sent", "min_transfer_s", "packet_bytes", "rtt_s")
+    ``span`` > 1 measures over up to ``span`` departure instants of one busy period (frames queued back to back):
+    the sample of frame ``i`` is the bytes of the frames that departed after a reference point, over the time since
+    it, the reference being the departure instant ``span`` back (or the start of the busy period, with the packet
+    allowance, if that is nearer); frames leaving at the same instant count as one. On a link
+    that delivers in packet-sized opportunities, small frames queued together leave in the same opportunity: their
+    per-frame intervals are zero or a whole opportunity gap, so per-frame samples swing by 100x; a few frames
+    together measure the rate. ``span`` = 1 is the per-frame sample of the module docstring."""
 
-    def __init__(self, rtt_s: float = 0.0, min_transfer_s: float = 0.001, packet_bytes: float = 0.0) -> None:
-        if rtt_s < 0 or min_transfer_s <= 0 or packet_bytes < 0:
+    __slots__ = (
+        "_cum",
+        "_dep_prev",
+        "_dep_prev_sent",
+        "_window",
+        "min_transfer_s",
+        "packet_bytes",
+        "rtt_s",
+        "span",
+    )
+
+    def __init__(
+        self, rtt_s: float = 0.0, min_transfer_s: float = 0.001, packet_bytes: float = 0.0, span: int = 1
+    ) -> None:
+        if rtt_s < 0 or min_transfer_s <= 0 or packet_bytes < 0 or span < 1:
             raise ConfigError(
-                f"need rtt_s >= 0, min_transfer_s > 0, packet_bytes >= 0; got {rtt_s}, {min_transfer_s}, {packet_bytes}"
+                f"need rtt_s >= 0, min_transfer_s > 0, packet_bytes >= 0, span >= 1; "
+                f"got {rtt_s}, {min_transfer_s}, {packet_bytes}, {span}"
             )
         self.rtt_s = rtt_s
         self.min_transfer_s = min_transfer_s
         self.packet_bytes = packet_bytes
+        self.span = span
         self._dep_prev = -math.inf
         self._dep_prev_sent = -math.inf
+        self._window: deque[tuple[float, float]] = deque()  # (time, cumulative bits) reference points
+        self._cum = 0.0  # bits departed in the current busy period (after the packet allowance credit)
 
     @property
     def last_departure(self) -> float:
@@ -81,20 +105,43 @@ class TransferSampler:
     def departure(self, fb: FrameFeedback) -> float:
         return fb.completed_at - fb.server_ms / 1000.0 - self.rtt_s
 
-    def sample(self, fb: FrameFeedback) -> ThroughputSample | None:
-        """The sample of one completed frame, or ``None`` (failed frame, empty payload)."""
+    def sample(
+        self, fb: FrameFeedback, ahead_bytes: float = 0.0, ahead_sent: float = math.inf
+    ) -> ThroughputSample | None:
+        """The sample of one completed frame, or ``None`` (failed frame, empty payload).
+
+        ``ahead_bytes`` (first of them handed to the transport at ``ahead_sent``): bytes of frames sent before this
+        one whose departure was never observed (they expired or failed, so no reply timed them) and that have now
+        provably left the uplink (FIFO: they were ahead of this frame). They crossed the bottleneck in the same
+        interval, so they are counted with the frame's own bytes; without them a frame queued behind an expired
+        one would make the link look slower than it is."""
         if not fb.ok or fb.payload_bytes <= 0:
             return None
         dep = self.departure(fb)
-        ahead = self._dep_prev if self._dep_prev_sent <= fb.sent_at else -math.inf
-        idle = fb.sent_at >= ahead
-        start = fb.sent_at if idle else ahead
-        transfer = max(dep - start, self.min_transfer_s)
+        first = fb.sent_at if fb.sent_at <= ahead_sent else ahead_sent
+        ahead = self._dep_prev if self._dep_prev_sent <= first else -math.inf
+        idle = first >= ahead
+        bits = 8.0 * (fb.payload_bytes + (ahead_bytes if ahead_bytes > 0 else 0.0))
+        window = self._window
+        if idle or not window:  # a new busy period: its start is the reference, credited with the allowance
+            window.clear()
+            window.append((first if idle else ahead, -8.0 * self.packet_bytes if idle else 0.0))
+            self._cum = 0.0
+        self._cum += bits
+        if dep < window[-1][0]:  # a reply overtaken by a later frame's: it left no later than that frame
+            dep = window[-1][0]
+        ref_t, ref_c = window[0]  # span frames back, or the start of the busy period
+        transfer = max(dep - ref_t, self.min_transfer_s)
+        if dep == window[-1][0]:  # the same delivery instant as the previous frame: one reference point
+            window[-1] = (dep, self._cum)
+        else:
+            window.append((dep, self._cum))
+            if len(window) > self.span:
+                window.popleft()
         if dep > self._dep_prev:
             self._dep_prev = dep
             self._dep_prev_sent = fb.sent_at
-        bits = 8.0 * (fb.payload_bytes + (self.packet_bytes if idle else 0.0))
-        return ThroughputSample(fb.frame_id, fb.payload_bytes, transfer, bits / transfer, dep)
+        return ThroughputSample(fb.frame_id, fb.payload_bytes, transfer, (self._cum - ref_c) / transfer, dep)
 
 
 class ThroughputEstimator(ABC):

@@ -54,6 +54,58 @@ def _reply_s(down: Trace | None, offset: float, t: npt.NDArray[np.float64], nbyt
     return out
 
 
+def isolated_latencies(
+    modes: Sequence[ModeOption],
+    link: LinkConfig,
+    fps: float,
+    n_frames: int,
+    reply_bytes: int = 64,
+    t0: float = 0.0,
+) -> npt.NDArray[np.float64]:
+    """Capture-to-result latency (seconds) of every frame in every mode, each frame *alone* on the link.
+
+    Frame ``i`` is captured at ``t0 + i / fps``; in mode ``m`` its ``p_m`` bytes enter an otherwise empty uplink
+    when the encoder is done (``enc_m`` later) and then follow the model of the module docstring (trace, delay,
+    ``server_m``, reply). Returns an ``(n_frames, len(modes))`` array in the order of ``modes``. A frame is
+    *feasible in isolation* when some mode's latency is within the deadline: the link state at its capture (the
+    trace) allows it, whatever the frames around it did. Vectorised: one trace lookup per frame and mode."""
+    check_modes(modes)
+    if fps <= 0 or n_frames < 0:
+        raise ConfigError(f"isolated latencies: need fps > 0 and n_frames >= 0 (got {fps}, {n_frames})")
+    s = t0 + np.arange(n_frames, dtype=np.float64) / fps
+    enc = np.asarray([m.encoder_ms / 1000.0 for m in modes])
+    size = np.asarray([float(round(m.payload_bytes)) for m in modes])
+    srv = np.asarray([m.server_ms / 1000.0 for m in modes])
+    delay = link.delay_ms / 1000.0
+    off = link.start_offset_s
+    ready = s[:, None] + enc[None, :]  # bytes enter the uplink
+    if link.uplink is None:
+        dep = ready
+    else:
+        start = link.uplink.bytes_before_array((ready + off).ravel()).reshape(ready.shape)
+        dep = link.uplink.times_of_bytes((start + size[None, :]).ravel()).reshape(ready.shape) - off
+    arrive = dep + delay + srv[None, :]
+    done = arrive + delay + _reply_s(link.downlink, off, arrive.ravel(), reply_bytes).reshape(arrive.shape)
+    out: npt.NDArray[np.float64] = done - s[:, None]
+    return out
+
+
+def feasible_in_isolation(
+    modes: Sequence[ModeOption],
+    deadline_ms: float,
+    link: LinkConfig,
+    fps: float,
+    n_frames: int,
+    reply_bytes: int = 64,
+    t0: float = 0.0,
+) -> npt.NDArray[np.bool_]:
+    """Per frame: could some mode, sent alone from the frame's capture, be delivered within the deadline (see
+    :func:`isolated_latencies`)? This is the evaluation's definition of a *feasible* frame."""
+    lat = isolated_latencies(modes, link, fps, n_frames, reply_bytes, t0)
+    out: npt.NDArray[np.bool_] = np.any(lat <= deadline_ms / 1000.0 - _EPS, axis=1)
+    return out
+
+
 def plan_oracle(
     modes: Sequence[ModeOption],
     deadline_ms: float,
@@ -148,4 +200,4 @@ def plan_oracle(
     return OraclePlan(tuple(plan), sum(j >= 0 for j in plan_idx), acc_sum)
 
 
-__all__ = ["OraclePlan", "plan_oracle"]
+__all__ = ["OraclePlan", "feasible_in_isolation", "isolated_latencies", "plan_oracle"]

@@ -109,9 +109,7 @@ def _optimizer(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
     opt = torch.optim.AdamW(groups, lr=oc.lr, weight_decay=oc.weight_decay)
     max_lrs = [float(g.get("lr", oc.lr)) for g in groups]
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=max_lrs, total_steps=max(1, steps), pct_start=0.15
-    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lrs, total_steps=max(1, steps), pct_start=0.15)
     return opt, sched
 
 
@@ -137,37 +135,48 @@ def evaluate_split(
     return correct / max(1, len(data))
 
 
-def train_teacher(
-    cfg: TrainConfig, train: ImageSet, test: ImageSet, norm: Normalizer, log: Logger
-) -> Backbone:
+StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, labels) -> loss of one batch
+
+
+def _fit(
+    cfg: TrainConfig,
+    stage: str,
+    model: nn.Module,
+    groups: list[dict[str, Any]],
+    oc: OptimConfig,
+    train: ImageSet,
+    norm: Normalizer,
+    seed: int,
+    step: StepFn,
+    evaluate: Callable[[], dict[str, Any]],
+    log: Logger,
+) -> None:
+    """The epoch loop shared by every stage: resume, shuffle, augment, optimise, evaluate, checkpoint, log."""
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = build_backbone(cfg.backbone, len(train.classes)).to(device)
-    oc = cfg.teacher
     steps_per_epoch = math.ceil(len(train) / oc.batch_size)
-    opt, sched = _optimizer([{"params": list(model.parameters())}], oc, oc.epochs * steps_per_epoch)
-    ckpt = _Checkpoint(cfg.out_dir, "teacher")
+    opt, sched = _optimizer(groups, oc, oc.epochs * steps_per_epoch)
+    ckpt = _Checkpoint(cfg.out_dir, stage)
     start = 0
     if (state := ckpt.load()) is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start = int(state["epoch"]) + 1
-        log({"stage": "teacher", "event": "resumed", "epoch": start})
+        log({"stage": stage, "event": "resumed", "epoch": start})
     for epoch in range(start, oc.epochs):
         model.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        gen = torch.Generator().manual_seed(seed + epoch)
         t0, total, seen = time.perf_counter(), 0.0, 0
         bar = _progress(
-            _batches(len(train), oc.batch_size, cfg.seed * 1000 + epoch),
+            _batches(len(train), oc.batch_size, seed + epoch),
             steps_per_epoch,
-            f"teacher {epoch + 1}/{oc.epochs}",
+            f"{stage} {epoch + 1}/{oc.epochs}",
             cfg.show_progress,
         )
         for idx in bar:
             x = _augment(norm(train.images[idx], device), gen)
             y = torch.as_tensor(train.labels[idx], device=device)
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.05)
+            loss = step(x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
@@ -176,19 +185,43 @@ def train_teacher(
             seen += len(idx)
             if cfg.show_progress:
                 bar.set_postfix(loss=f"{total / seen:.3f}")
-        acc = evaluate_backbone(model, test, norm, device)
+        metrics = evaluate()
         ckpt.save(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch)
+        seconds = time.perf_counter() - t0
         log(
             {
-                "stage": "teacher",
+                "stage": stage,
                 "epoch": epoch + 1,
                 "loss": total / max(1, seen),
-                "test_accuracy": acc,
-                "seconds": time.perf_counter() - t0,
-                "images_per_s": seen / (time.perf_counter() - t0),
+                **metrics,
+                "seconds": seconds,
+                "images_per_s": seen / seconds,
             }
         )
     model.eval()
+
+
+def train_teacher(cfg: TrainConfig, train: ImageSet, test: ImageSet, norm: Normalizer, log: Logger) -> Backbone:
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = build_backbone(cfg.backbone, len(train.classes)).to(device)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(x), y, label_smoothing=0.05)
+
+    _fit(
+        cfg,
+        "teacher",
+        model,
+        [{"params": list(model.parameters())}],
+        cfg.teacher,
+        train,
+        norm,
+        seed=cfg.seed * 1000,
+        step=step,
+        evaluate=lambda: {"test_accuracy": evaluate_backbone(model, test, norm, device)},
+        log=log,
+    )
     return model
 
 
@@ -217,90 +250,64 @@ def train_student(
     widths = sorted(cfg.bottleneck.widths)
     bits = list(cfg.bottleneck.bits)
     oc = cfg.student
-    steps_per_epoch = math.ceil(len(train) / oc.batch_size)
     new_params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     new_ids = {id(p) for p in new_params}
     old_params = [p for p in model.parameters() if id(p) not in new_ids]
-    opt, sched = _optimizer(
-        [{"params": new_params, "lr": oc.lr}, {"params": old_params, "lr": oc.lr * 0.3}],
-        oc,
-        oc.epochs * steps_per_epoch,
-    )
-    ckpt = _Checkpoint(cfg.out_dir, "student")
-    start = 0
-    if (state := ckpt.load()) is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = int(state["epoch"]) + 1
-        log({"stage": "student", "event": "resumed", "epoch": start})
     rng = np.random.default_rng(cfg.seed + 7)
-    for epoch in range(start, oc.epochs):
-        model.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + epoch)
-        t0, total, seen = time.perf_counter(), 0.0, 0
-        bar = _progress(
-            _batches(len(train), oc.batch_size, cfg.seed * 1000 + 500 + epoch),
-            steps_per_epoch,
-            f"student {epoch + 1}/{oc.epochs}",
-            cfg.show_progress,
-        )
-        for idx in bar:
-            x = _augment(norm(train.images[idx], device), gen)
-            y = torch.as_tensor(train.labels[idx], device=device)
-            with torch.no_grad():
-                t_feat = t_head(x)
-                t_logits = teacher(x)
-            z_full = model.encoder(model.head(x))
-            middle = list(widths[1:-1])
-            rng.shuffle(middle)
-            step_widths = [widths[-1], widths[0], *middle[: max(0, cfg.widths_per_step - 2)]]
-            loss = torch.zeros((), device=device)
-            widest_logits: torch.Tensor | None = None
-            for w in step_widths:
-                b = int(rng.choice(bits))
-                z = fake_quantize(z_full[:, :w], b)
-                feat = model.decoder(z, w)
-                logits = model.tail(feat)
-                loss = loss + cfg.feature_weight * F.mse_loss(feat, t_feat)
-                if widest_logits is None:  # the widest width: labels + teacher
-                    loss = loss + F.cross_entropy(logits, y) + _kd(logits, t_logits, cfg.kd_temperature)
-                    widest_logits = logits.detach()
-                else:  # in-place distillation from the widest width
-                    loss = loss + _kd(logits, widest_logits, cfg.kd_temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            if cfg.show_progress:
-                bar.set_postfix(loss=f"{total / seen:.3f}")
-        quick = test.subset(min(len(test), 2000))
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_feat = t_head(x)
+            t_logits = teacher(x)
+        z_full = model.encoder(model.head(x))
+        middle = list(widths[1:-1])
+        rng.shuffle(middle)
+        # sandwich rule: the widest, the narrowest and random widths in between
+        step_widths = [widths[-1], widths[0], *middle[: max(0, cfg.widths_per_step - 2)]]
+        loss = torch.zeros((), device=device)
+        widest_logits: torch.Tensor | None = None
+        for w in step_widths:
+            b = int(rng.choice(bits))
+            z = fake_quantize(z_full[:, :w], b)
+            feat = model.decoder(z, w)
+            logits = model.tail(feat)
+            loss = loss + cfg.feature_weight * F.mse_loss(feat, t_feat)
+            if widest_logits is None:  # the widest width: labels + teacher
+                loss = loss + F.cross_entropy(logits, y) + _kd(logits, t_logits, cfg.kd_temperature)
+                widest_logits = logits.detach()
+            else:  # in-place distillation from the widest width
+                loss = loss + _kd(logits, widest_logits, cfg.kd_temperature)
+        return loss
+
+    quick = test.subset(min(len(test), 2000))
+
+    def evaluate() -> dict[str, Any]:
         accs = {
             f"w{w}b{b}": evaluate_split(model, quick, norm, device, w, b)
             for w in (widths[0], widths[-1])
             for b in (bits[0], bits[-1])
         }
-        ckpt.save(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch)
-        log(
-            {
-                "stage": "student",
-                "epoch": epoch + 1,
-                "loss": total / max(1, seen),
-                "test_accuracy_2k": accs,
-                "seconds": time.perf_counter() - t0,
-                "images_per_s": seen / (time.perf_counter() - t0),
-            }
-        )
-    model.eval()
+        return {"test_accuracy_2k": accs}
+
+    groups = [{"params": new_params, "lr": oc.lr}, {"params": old_params, "lr": oc.lr * 0.3}]
+    _fit(
+        cfg,
+        "student",
+        model,
+        groups,
+        oc,
+        train,
+        norm,
+        seed=cfg.seed * 1000 + 500,
+        step=step,
+        evaluate=evaluate,
+        log=log,
+    )
     return model
 
 
 @torch.no_grad()
-def recalibrate_batch_norm(
-    cfg: TrainConfig, model: SplitModel, train: ImageSet, norm: Normalizer, log: Logger
-) -> None:
+def recalibrate_batch_norm(cfg: TrainConfig, model: SplitModel, train: ImageSet, norm: Normalizer, log: Logger) -> None:
     """Recompute the switchable BN statistics of every width on ``cfg.recalibration_images`` training images."""
     device = resolve_device(cfg.device)
     model.eval()

@@ -10,6 +10,14 @@ unchanged behind a :class:`~slimsplit.edge.control.loop.ControlLoop` (so the in-
 same as on the live edge) and sees the virtual clock. Events at the same instant are handled completions first,
 then sends, then captures, so a reply that arrives exactly at a capture is known to that capture's decision.
 
+When the edge stops waiting for a frame is :attr:`SimConfig.expiry`: ``"reply"`` (default) only when its reply
+arrives (the load generator of :mod:`slimsplit.link.loadgen` does that); ``"sent"`` also ``deadline_ms`` after its
+payload was handed to the transport, which is what the live edge client does (a per-frame timer reports
+``DEADLINE_EXCEEDED`` and frees the in-flight slot); ``"captured"`` ``deadline_ms`` after its capture. An expired
+frame completes as failed (``ok=False``) at that instant, but its bytes stay in the uplink queue (they were handed to
+the transport: neither a gRPC cancel nor a timer can take them back) and its late reply is ignored (counted in
+:attr:`SimResult.late_replies`).
+
 A 1000-second trace at 30 frames/s (30,000 frames) runs in about a second.
 """
 
@@ -31,7 +39,8 @@ from slimsplit.edge.control.loop import ControlLoop, FrameRecord
 from slimsplit.errors import ConfigError
 from slimsplit.link.shaping import LinkConfig
 
-_COMPLETE, _SERVER_DONE, _SEND, _CAPTURE = 0, 1, 2, 3
+_COMPLETE, _EXPIRE, _SERVER_DONE, _SEND, _CAPTURE = 0, 1, 2, 3, 4
+EXPIRY_RULES = ("reply", "sent", "captured")
 
 
 @dataclass(frozen=True)
@@ -43,10 +52,13 @@ class SimConfig:
     reply_bytes: int = 64  # prediction size on the downlink
     overhead_bytes: int = 0  # transport framing added to every payload on the uplink
     t0: float = 0.0  # virtual time of the first capture (link time: trace time minus the link's offset)
+    expiry: str = "reply"  # when the edge stops waiting for a frame: "reply", "sent" or "captured" (+ deadline)
 
     def __post_init__(self) -> None:
         if self.fps <= 0 or self.deadline_ms <= 0 or self.duration_s <= 0 or self.max_in_flight < 1:
             raise ConfigError(f"bad simulation config: {self}")
+        if self.expiry not in EXPIRY_RULES:
+            raise ConfigError(f"simulation expiry must be one of {', '.join(EXPIRY_RULES)}; got {self.expiry!r}")
 
     @property
     def n_frames(self) -> int:
@@ -58,6 +70,7 @@ class SimResult:
     config: SimConfig
     records: list[FrameRecord]
     decision_ns: list[int] = field(default_factory=list)
+    late_replies: int = 0  # replies that arrived after their frame had expired (see SimConfig.expiry)
 
 
 def simulate(
@@ -78,6 +91,9 @@ def simulate(
         heap.append((config.t0, _CAPTURE, 0, 0))
     enc_free = -math.inf
     server_ms: dict[int, float] = {}
+    deadline_s = config.deadline_ms / 1000.0
+    expired: set[int] = set()
+    late_replies = 0
     while heap:
         t, kind, fid, nbytes = heapq.heappop(heap)
         if kind == _CAPTURE:
@@ -91,15 +107,31 @@ def simulate(
             enc_free = max(enc_free, t) + mode.encoder_ms / 1000.0
             server_ms[fid] = mode.server_ms
             heapq.heappush(heap, (enc_free, _SEND, fid, size))
+            if config.expiry == "captured":  # 1 ns after the deadline: a reply exactly at the deadline is a hit
+                heapq.heappush(heap, (t + deadline_s + 1e-9, _EXPIRE, fid, 0))
         elif kind == _SEND:
+            if fid in expired:  # expired while waiting for the encoder: never handed to the transport
+                expired.discard(fid)
+                server_ms.pop(fid)
+                continue
             arrival = state.up.enqueue(t, nbytes + config.overhead_bytes)
             loop.sent(fid, nbytes, t)
             heapq.heappush(heap, (arrival + server_ms[fid] / 1000.0, _SERVER_DONE, fid, 0))
+            if config.expiry == "sent":
+                heapq.heappush(heap, (t + deadline_s + 1e-9, _EXPIRE, fid, 0))
         elif kind == _SERVER_DONE:
             heapq.heappush(heap, (state.down.enqueue(t, config.reply_bytes), _COMPLETE, fid, 0))
+        elif kind == _EXPIRE:
+            if fid in server_ms and fid not in expired:  # still waiting for its reply
+                expired.add(fid)
+                loop.completed(fid, t, 0.0, ok=False)
+        elif fid in expired:
+            expired.discard(fid)
+            server_ms.pop(fid)
+            late_replies += 1
         else:
             loop.completed(fid, t, server_ms.pop(fid))
-    return SimResult(config, loop.records, loop.decision_ns)
+    return SimResult(config, loop.records, loop.decision_ns, late_replies)
 
 
 # ---------------------------------------------------------------------------------------------- metrics

@@ -1,0 +1,129 @@
+"""An emulated link between the edge and the server (``slimsplit-edge --link ...`` and the demo).
+
+``--link SPEC`` shapes the uplink with a Mahimahi trace file, a constant rate (``2mbit``) or nothing (``none``); the
+downlink gets its own spec (default: a fast constant rate), both a one-way propagation delay and a bounded
+bottleneck queue. For the length of a run a :class:`~slimsplit.link.proxy.ShapingProxy` listens on 127.0.0.1 in
+front of the server, on the run's event loop, and the edge dials it instead of the server: gRPC crosses a real
+TCP path whose timing follows the trace, and everything the edge measures (the round trip at start, every frame's
+transfer) is measured through it.
+
+Use :meth:`EmulatedLink.route` as :class:`~slimsplit.edge.run.EdgeRun`'s ``route`` and
+:meth:`EmulatedLink.uplink_bps` as a display's ``capacity``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from slimsplit.errors import ConfigError
+from slimsplit.link.proxy import ProxyConfig, ShapingProxy
+from slimsplit.link.shaping import DEFAULT_QUEUE_BYTES, LinkConfig
+from slimsplit.link.trace import Trace, load_trace_spec
+
+DEFAULT_DOWNLINK = "100mbit"
+DEFAULT_DELAY_MS = 10.0
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """The link as given on a command line. ``uplink``/``downlink``: a Mahimahi trace file, a rate such as
+    ``2mbit``, or ``none`` (``uplink`` ``none`` = no emulation at all: the edge dials the server directly).
+    ``delay_ms``: one-way propagation delay, each direction. ``offset_s``: where in the traces the run starts."""
+
+    uplink: str = "none"
+    downlink: str = DEFAULT_DOWNLINK
+    delay_ms: float = DEFAULT_DELAY_MS
+    queue_bytes: int = DEFAULT_QUEUE_BYTES
+    offset_s: float = 0.0
+
+    def config(self) -> LinkConfig | None:
+        """The link to emulate, or ``None`` for ``uplink`` ``none``. Traces are read here, so a bad file fails
+        before anything starts (:class:`~slimsplit.errors.TraceError` naming the file and line)."""
+        uplink = load_trace_spec(self.uplink)
+        if uplink is None:
+            return None
+        return LinkConfig(
+            uplink=uplink,
+            downlink=load_trace_spec(self.downlink),
+            delay_ms=self.delay_ms,
+            queue_bytes=self.queue_bytes,
+            start_offset_s=self.offset_s,
+        )
+
+
+def split_target(target: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` (as :func:`~slimsplit.edge.config.parse_address` writes them) -> (host,
+    port)."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"cannot put a link emulator in front of {target!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def format_bps(bps: float) -> str:
+    """``1.19 Mbit/s``, ``250 kbit/s``."""
+    return f"{bps / 1e6:.2f} Mbit/s" if bps >= 1e6 else f"{bps / 1e3:.0f} kbit/s"
+
+
+def _trace_text(trace: Trace | None) -> str:
+    if trace is None:
+        return "unshaped"
+    if trace.packet_bytes is None:  # a constant rate
+        return f"constant {format_bps(trace.mean_bps)}"
+    return f"{trace.name} (mean {format_bps(trace.mean_bps)}, repeats every {trace.period_s:g} s)"
+
+
+class EmulatedLink:
+    """A shaping proxy in front of the server for the duration of a run (see the module docstring)."""
+
+    def __init__(self, config: LinkConfig) -> None:
+        if config.uplink is None:
+            raise ConfigError("an emulated link needs an uplink trace or rate")
+        self.config = config
+        self.proxy: ShapingProxy | None = None
+
+    @contextlib.asynccontextmanager
+    async def route(self, target: str) -> AsyncIterator[str]:
+        """Start the proxy in front of ``target`` and yield the address to dial instead (on the running loop)."""
+        proxy = ShapingProxy(ProxyConfig(upstream=split_target(target), link=self.config))
+        host, port = await proxy.start()
+        self.proxy = proxy
+        try:
+            yield f"{host}:{port}"
+        finally:
+            await proxy.stop()
+
+    def link_time(self) -> float | None:
+        """Seconds since the proxy started (link time; the trace is at ``start_offset_s`` plus this)."""
+        proxy = self.proxy
+        if proxy is None:
+            return None
+        # the proxy's clock is its event loop's, which is time.monotonic() for asyncio's loops
+        return time.monotonic() - proxy.epoch
+
+    def uplink_bps(self, window_s: float = 1.0) -> float | None:
+        """What the uplink trace offers over the last ``window_s`` seconds of link time (used or not), bits/s;
+        ``None`` before the proxy runs."""
+        now = self.link_time()
+        trace = self.config.uplink
+        if now is None or trace is None:
+            return None
+        t = self.config.start_offset_s + now
+        lo = max(self.config.start_offset_s, t - window_s)
+        if t - lo < 1e-3:
+            return None
+        return (trace.bytes_before(t) - trace.bytes_before(lo)) * 8.0 / (t - lo)
+
+    def describe(self) -> str:
+        c = self.config
+        offset = f" from {c.start_offset_s:g} s" if c.start_offset_s else ""
+        return (
+            f"uplink {_trace_text(c.uplink)}{offset}, downlink {_trace_text(c.downlink)}, "
+            f"{c.delay_ms:g} ms each way, queue {c.queue_bytes // 1024} KiB"
+        )
+
+
+__all__ = ["DEFAULT_DELAY_MS", "DEFAULT_DOWNLINK", "EmulatedLink", "LinkOptions", "format_bps", "split_target"]

@@ -1,0 +1,58 @@
+"""bench/controller.py runs end to end on a tiny configuration and writes the JSON the lead reports from."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "controller.py"
+REQUIRED = (
+    "scenario",
+    "trace",
+    "controller",
+    "hit_rate",
+    "feasible_hit_rate",
+    "mean_accuracy",
+    "bytes_sent",
+    "switches_per_min",
+    "dropped",
+)
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_controller", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_writes_results_targets_and_miss_analysis(tmp_path: Path) -> None:
+    out = tmp_path / "controller.json"
+    args = ["--only", "step-collapse", "--seconds", "12", "--scenarios", "rpi4-300ms", "--plot-seconds", "12"]
+    assert _load().main([*args, "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["expiry"] == "sent" and doc["seconds"] == 12
+    rows = doc["results"]
+    assert {(r["trace"], r["controller"]) for r in rows} == {
+        ("step-collapse", c) for c in ("fixed", "fixed-lightest", "ewma-greedy", "mpc", "oracle")
+    }
+    for r in rows:
+        for key in REQUIRED:
+            assert key in r, key
+        assert 0.0 <= r["feasible_hit_rate"] <= 1.0 and 0.0 <= r["mean_accuracy"] <= 1.0
+        assert r["feasible_frames"] == r["feasible_frames_plan"]  # one frame at a time: both definitions agree
+        misses = sum(r["feasible_misses"].values())
+        assert misses == sum(r["feasible_miss_timing"].values())
+        assert misses == round((1 - r["feasible_hit_rate"]) * r["feasible_frames"])
+    oracle = next(r for r in rows if r["controller"] == "oracle")
+    assert oracle["feasible_hit_rate"] == 1.0 and oracle["feasible_misses"] == {}
+    (target,) = doc["targets"]
+    assert target["scenario"] == "rpi4-300ms" and "beats_ewma_greedy" in target
+    assert {s["expiry"] for s in doc["sensitivity"]} == {"reply"}
+    assert doc["decision_time_us"]["mpc"]["p50_median_us"] > 0
+    assert len(doc["plots"]) == 1 and Path(doc["plots"][0]).stat().st_size > 10_000
