@@ -79,9 +79,7 @@ def logits_batched(sess: ort.InferenceSession, feed_name: str, x: np.ndarray, bs
     return np.concatenate([sess.run(None, {feed_name: x[i : i + bs]})[0] for i in range(0, len(x), bs)])
 
 
-def measure_modes(
-    bundle: Bundle, images: np.ndarray, labels: np.ndarray, repeats: int
-) -> list[dict[str, Any]]:
+def measure_modes(bundle: Bundle, images: np.ndarray, labels: np.ndarray, repeats: int) -> list[dict[str, Any]]:
     m = bundle.manifest
     enc_all = _session(bundle.encoder_path, 0)
     feats = np.concatenate(
@@ -136,9 +134,7 @@ def measure_modes(
 def measure_input_codecs(bundle: Bundle, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     m = bundle.manifest
     if m.baseline_model is None:
-        raise SystemExit(
-            "the bundle has no baseline_model (unsplit backbone); re-export it with slimsplit-train"
-        )
+        raise SystemExit("the bundle has no baseline_model (unsplit backbone); re-export it with slimsplit-train")
     base = _session(bundle.path(m.baseline_model), 0)
     unsplit = float((logits_batched(base, "image", preprocess(images, m.input)).argmax(1) == labels).mean())
     points = []
@@ -189,9 +185,7 @@ def measure_switching(bundle: Bundle, repeats: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         rt.set_mode(name)
         switch.append((time.perf_counter() - t0) * 1e3)
-    reload = _timed(
-        lambda: EncoderRuntime(bundle, EncoderConfig(intra_op_threads=1)), max(10, repeats // 5), 2
-    )
+    reload = _timed(lambda: EncoderRuntime(bundle, EncoderConfig(intra_op_threads=1)), max(10, repeats // 5), 2)
     rss = {}
     for which in ("all", "widest"):
         out = subprocess.run(
@@ -235,9 +229,7 @@ def evaluate_targets(result: dict[str, Any]) -> dict[str, Any]:
         "best_mode_gap_points": 100 * (base["unsplit_accuracy"] - best["accuracy"]),
         "best_input_codec": f"{best_codec['codec']} q={best_codec['quality']}",
         "mode_matching_best_codec": None if match is None else match["mode"],
-        "bytes_ratio_vs_best_codec": None
-        if match is None
-        else best_codec["bytes_mean"] / match["payload_bytes_mean"],
+        "bytes_ratio_vs_best_codec": None if match is None else best_codec["bytes_mean"] / match["payload_bytes_mean"],
         "bytes_ratio_min_over_codec_points": min(ratios) if ratios else None,
         "payload_span": max(payloads) / min(payloads),
         "switch_vs_reload": sw["reload_ms_p50"] / max(sw["switch_ms_p99"], 1e-9),
@@ -277,9 +269,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             marker + "--",
             label=f"image {codec}",
         )
-    ax.axhline(
-        100 * result["baselines"]["unsplit_accuracy"], color="k", lw=0.8, ls=":", label="unsplit backbone"
-    )
+    ax.axhline(100 * result["baselines"]["unsplit_accuracy"], color="k", lw=0.8, ls=":", label="unsplit backbone")
     ax.set_xscale("log")
     ax.set_xlabel("bytes per frame (log)")
     ax.set_ylabel("top-1 accuracy (%)")
@@ -297,9 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench/results/rate_accuracy.json"))
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --out)")
     p.add_argument("--quick", action="store_true", help="1,000 test images and fewer timing repeats")
-    p.add_argument(
-        "--samples", action="store_true", help="use the shipped 160-image sample (no data set needed)"
-    )
+    p.add_argument("--samples", action="store_true", help="use the shipped 160-image sample (no data set needed)")
     args = p.parse_args(argv)
     console = Console()
     bundle = Bundle.open(args.bundle)

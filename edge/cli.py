@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from slimsplit.bundle import Bundle, default_bundle_path
+from slimsplit.edge.client import frame_overhead_bytes
 from slimsplit.edge.config import DEFAULT_PORT, ClientConfig, parse_address
 from slimsplit.edge.display import make_display, silence_stdout
 from slimsplit.edge.link import DEFAULT_DELAY_MS, DEFAULT_DOWNLINK, EmulatedLink, LinkOptions
@@ -273,8 +274,14 @@ def _prepare(args: argparse.Namespace) -> _Prepared:
     mode = manifest.mode(args.mode).name if args.mode else default_mode(manifest).name
     # built once here so that a bad name or an unmeasured bundle fails before connecting; the run rebuilds it
     # with the measured round trip
+    overhead = frame_overhead_bytes(manifest.name, manifest.version, args.top_k)
     _, table = make_controller(
-        args.controller, manifest, mode=mode, deadline_ms=args.deadline_ms, max_in_flight=args.max_in_flight
+        args.controller,
+        manifest,
+        mode=mode,
+        deadline_ms=args.deadline_ms,
+        max_in_flight=args.max_in_flight,
+        overhead_bytes=overhead,
     )
     factory = controller_factory(
         args.controller,
@@ -283,6 +290,7 @@ def _prepare(args: argparse.Namespace) -> _Prepared:
         deadline_ms=args.deadline_ms,
         max_in_flight=args.max_in_flight,
         fps=args.fps,
+        overhead_bytes=overhead,
     )
     source = open_source(args.source, manifest.input, manifest.classes)
     from slimsplit.edge.runtime import EncoderConfig, EncoderRuntime  # onnxruntime: import only when needed

@@ -37,6 +37,9 @@ from slimsplit.v1 import slimsplit_pb2 as pb
 from slimsplit.v1 import slimsplit_pb2_grpc as pb_grpc
 
 OK = "OK"
+#: Bytes a frame costs on the wire besides its ``FeatureFrame`` message: the gRPC length prefix (5), the HTTP/2
+#: DATA frame header (9) and the send timestamp, which is set when the frame is written (10).
+WIRE_FRAMING_BYTES = 5 + 9 + 10
 _perf = time.perf_counter
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
@@ -325,6 +328,27 @@ class FrameStream:
         self._reader = None
 
 
+def wire_bytes(frame: pb.FeatureFrame) -> int:
+    """What ``frame`` puts on the uplink (before TCP/IP headers), measured before it is sent."""
+    size: int = frame.ByteSize() + WIRE_FRAMING_BYTES
+    return size
+
+
+def frame_overhead_bytes(model: str, model_version: str = "", top_k: int = 5) -> int:
+    """Bytes a frame of ``model`` costs on the uplink beyond its payload (message fields, gRPC and HTTP/2 framing):
+    about 60 with the default bundle, as much as a 1-bit payload, so the controllers plan with it."""
+    probe = pb.FeatureFrame(
+        protocol_version=PROTOCOL_VERSION,
+        frame_id=10_000,
+        model=model,
+        model_version=model_version,
+        mode="w00b0",
+        features=b"\0" * 256,
+        top_k=top_k,
+    )
+    return wire_bytes(probe) - 256
+
+
 class EdgeClient:
     """A connection to one slimsplit server (``async with EdgeClient(config) as client: ...``)."""
 
@@ -432,4 +456,13 @@ class EdgeClient:
         return FrameStream(self.stub, self.config.reconnect, seed=seed)
 
 
-__all__ = ["OK", "Done", "EdgeClient", "FrameStream", "Outcome"]
+__all__ = [
+    "OK",
+    "WIRE_FRAMING_BYTES",
+    "Done",
+    "EdgeClient",
+    "FrameStream",
+    "Outcome",
+    "frame_overhead_bytes",
+    "wire_bytes",
+]

@@ -30,7 +30,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from slimsplit.edge.client import EdgeClient, FrameStream, Outcome
+from slimsplit.edge.client import EdgeClient, FrameStream, Outcome, wire_bytes
 from slimsplit.edge.control.base import Controller, Decision, ModeOption
 from slimsplit.edge.control.loop import ControlLoop
 from slimsplit.edge.results import OK, SKIPPED, FrameResult, ServerTiming
@@ -210,7 +210,7 @@ class Pipeline:
                     frame_id=fid,
                 )
                 self._idle.clear()
-                control.sent(fid, len(encoded.payload), _perf())
+                control.sent(fid, wire_bytes(msg), _perf())  # what crosses the link: payload + framing
                 if stream is not None:
                     await stream.submit(msg, self._give_up_s, functools.partial(self._complete, item))
                 else:

@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +63,23 @@ def default_mode(manifest: Manifest) -> ModeSpec:
     )
 
 
-def mode_options(manifest: Manifest, *, strict: bool = False) -> tuple[ModeOption, ...]:
+def mode_options(manifest: Manifest, *, strict: bool = False, overhead_bytes: float = 0.0) -> tuple[ModeOption, ...]:
     """The controller's mode table from the manifest. Adaptive controllers need every figure measured
-    (``strict``: ConfigError otherwise); a fixed mode does not, so unmeasured figures count as 0 there."""
+    (``strict``: ConfigError otherwise); a fixed mode does not, so unmeasured figures count as 0 there.
+    ``overhead_bytes`` (see :func:`~slimsplit.edge.client.frame_overhead_bytes`) is added to every payload, so the
+    table holds what a frame of each mode puts on the link, as the pipeline reports it."""
     try:
-        return modes_from_manifest(manifest)
+        table = modes_from_manifest(manifest)
     except ConfigError:
         if strict:
             raise
+        table = _unmeasured_options(manifest)
+    if overhead_bytes:
+        table = tuple(replace(m, payload_bytes=m.payload_bytes + overhead_bytes) for m in table)
+    return table
+
+
+def _unmeasured_options(manifest: Manifest) -> tuple[ModeOption, ...]:
     return tuple(
         ModeOption(
             name=m.name,
@@ -94,22 +103,24 @@ def make_controller(
     max_in_flight: int = 4,
     fps: float = 0.0,
     rtt_ms: float = 0.0,
+    overhead_bytes: float = 0.0,
 ) -> tuple[Controller, tuple[ModeOption, ...]]:
     """The controller called ``name`` for this bundle, and the mode table it plans with.
 
     ``mode``: the fixed mode (default :func:`default_mode`); adaptive controllers choose among all modes.
     ``rtt_ms``: the measured round trip (``ewma-greedy`` and ``mpc`` take it out of their throughput samples);
-    ``fps``: the capture rate (``mpc`` plans the following frames with it; 0 = it learns the spacing).
+    ``fps``: the capture rate (``mpc`` plans the following frames with it; 0 = it learns the spacing);
+    ``overhead_bytes``: the transport's bytes per frame beyond the payload (see :func:`mode_options`).
     """
     if name == "oracle":
         raise ConfigError(ORACLE_REFUSAL, key="controller")
     if name not in CONTROLLER_NAMES:
         raise ConfigError(f"unknown controller {name!r}; available: {', '.join(CONTROLLER_NAMES)}", key="controller")
     if name == "fixed":
-        modes = mode_options(manifest)
+        modes = mode_options(manifest, overhead_bytes=overhead_bytes)
         chosen = manifest.mode(mode).name if mode else default_mode(manifest).name
         return build_controller(name, modes, deadline_ms, mode=chosen, max_in_flight=max_in_flight), modes
-    modes = mode_options(manifest, strict=True)
+    modes = mode_options(manifest, strict=True, overhead_bytes=overhead_bytes)
     options: dict[str, object] = {"max_in_flight": max_in_flight, "rtt_ms": max(0.0, rtt_ms)}
     if name == "mpc" and fps > 0:
         options["fps"] = fps
@@ -123,9 +134,16 @@ def default_give_up_ms(deadline_ms: float) -> float:
 
 
 def controller_factory(
-    name: str, manifest: Manifest, *, mode: str, deadline_ms: float, max_in_flight: int, fps: float
+    name: str,
+    manifest: Manifest,
+    *,
+    mode: str,
+    deadline_ms: float,
+    max_in_flight: int,
+    fps: float,
+    overhead_bytes: float = 0.0,
 ) -> ControllerFactory:
-    """Builds the named controller once the round trip is measured."""
+    """Builds the named controller (see :func:`make_controller`) once the round trip is measured."""
 
     def build(rtt_ms: float) -> Controller:
         controller, _ = make_controller(
@@ -136,6 +154,7 @@ def controller_factory(
             max_in_flight=max_in_flight,
             fps=fps,
             rtt_ms=rtt_ms,
+            overhead_bytes=overhead_bytes,
         )
         return controller
 

@@ -63,9 +63,7 @@ class EncoderRuntime:
         except KeyError:
             raise BundleError(f"unknown graph_optimization {self.config.graph_optimization!r}") from None
         try:
-            self._session = ort.InferenceSession(
-                str(bundle.encoder_path), so, providers=list(self.config.providers)
-            )
+            self._session = ort.InferenceSession(str(bundle.encoder_path), so, providers=list(self.config.providers))
         except Exception as exc:  # ORT raises its own exception types for unreadable models
             raise BundleError(
                 f"cannot load encoder {bundle.encoder_path}: {exc}", path=str(bundle.encoder_path)
@@ -88,15 +86,11 @@ class EncoderRuntime:
             if name not in ins:
                 raise BundleError(f"{path}: the encoder has no input {name!r} (inputs: {sorted(ins)})")
         if self._spec.output not in outs:
-            raise BundleError(
-                f"{path}: the encoder has no output {self._spec.output!r} (outputs: {sorted(outs)})"
-            )
+            raise BundleError(f"{path}: the encoder has no output {self._spec.output!r} (outputs: {sorted(outs)})")
         shape = ins[self._spec.image_input].shape
         expected = list(self._input.shape)
         if len(shape) != 4 or [d for d in shape[1:]] != expected:
-            raise BundleError(
-                f"{path}: encoder input shape {shape} disagrees with the manifest's input {expected}"
-            )
+            raise BundleError(f"{path}: encoder input shape {shape} disagrees with the manifest's input {expected}")
         oshape = outs[self._spec.output].shape
         f = self.bundle.manifest.feature
         if len(oshape) != 4 or list(oshape[2:]) != [f.height, f.width]:
@@ -140,9 +134,7 @@ class EncoderRuntime:
     def features_batch(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         """Encoder output for the current mode: float32 [N, width, H', W']."""
         x = self.preprocess(images)
-        out = self._session.run(
-            self._outputs, {self._spec.image_input: x, self._spec.width_input: self._width_feed}
-        )
+        out = self._session.run(self._outputs, {self._spec.image_input: x, self._spec.width_input: self._width_feed})
         return np.asarray(out[0], dtype=np.float32)
 
     def features(self, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
@@ -158,6 +150,4 @@ class EncoderRuntime:
         t1 = time.perf_counter()
         payload = encode_features(feats, mode.bits)
         t2 = time.perf_counter()
-        return EncodedFrame(
-            payload=payload, mode=mode.name, encoder_ms=(t1 - t0) * 1e3, codec_ms=(t2 - t1) * 1e3
-        )
+        return EncodedFrame(payload=payload, mode=mode.name, encoder_ms=(t1 - t0) * 1e3, codec_ms=(t2 - t1) * 1e3)

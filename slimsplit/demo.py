@@ -2,12 +2,12 @@
 
 It starts a slimsplit server in-process (its own thread and event loop) on a free loopback port with the
 shipped bundle and the ONNX Runtime backend, puts a shaping proxy in front of it driven by one of the project's
-synthetic bandwidth traces (:data:`DEMO_TRACE`, from :data:`DEMO_OFFSET_S` seconds in: a few Mbit/s, a collapse
-to a few hundred kbit/s, an outage, the recovery), and streams the shipped sample images (repeated) through the
+synthetic bandwidth traces (:data:`DEMO_TRACE`, from :data:`DEMO_OFFSET_S` seconds in: 0.7 Mbit/s falling to
+0.25-0.4, a 3-second outage, a slow return, then 2 Mbit/s), and streams the shipped sample images (repeated) through the
 edge encoder at 30 frames/s with a 100 ms deadline. The ``mpc`` controller picks each frame's mode from what it
 measures, so the viewer sees the mode follow the link: on a terminal a live view (the last frames, a strip of
 the modes chosen, link capacity against the controller's estimate, latency against the deadline) for about
-24 s; under ``CI=true`` or without a TTY one plain line per second for about 8 s. It ends with the summary
+24 s; under ``CI=true`` or without a TTY one plain line per second for about 10 s. It ends with the summary
 (deadline-hit rate, accuracy, modes chosen and switches, skipped and dropped frames by reason, latency, bytes).
 
 Everything is a flag: ``--controller`` (``mpc``, ``ewma-greedy``, ``fixed`` with ``--mode``, or ``sweep``: a
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TextIO
 
 from slimsplit.bundle import Bundle, Manifest, default_bundle_path
+from slimsplit.edge.client import frame_overhead_bytes
 from slimsplit.edge.config import ClientConfig
 from slimsplit.edge.control.base import Controller, Decision, FrameFeedback
 from slimsplit.edge.display import make_display, silence_stdout, wants_live
@@ -57,7 +58,7 @@ PROG = "slimsplit-demo"
 DEMO_TRACE = "ge-outages.trace"
 DEMO_OFFSET_S = 6.0
 DEMO_SECONDS_LIVE = 24.0
-DEMO_SECONDS_PLAIN = 8.0
+DEMO_SECONDS_PLAIN = 10.0
 SWEEP = "sweep"
 
 
@@ -203,7 +204,13 @@ def _controller(args: argparse.Namespace, manifest: Manifest, frames: int) -> Ch
         raise ConfigError(f"unknown --controller {name!r}; available: {', '.join((*CONTROLLER_NAMES, SWEEP))}")
     mode = manifest.mode(args.mode).name if args.mode else default_mode(manifest).name
     factory = controller_factory(
-        name, manifest, mode=mode, deadline_ms=args.deadline_ms, max_in_flight=args.max_in_flight, fps=args.fps
+        name,
+        manifest,
+        mode=mode,
+        deadline_ms=args.deadline_ms,
+        max_in_flight=args.max_in_flight,
+        fps=args.fps,
+        overhead_bytes=frame_overhead_bytes(manifest.name, manifest.version),
     )
     factory(0.0)  # fails now (unknown mode, unmeasured bundle), before the server starts
     return (
@@ -263,7 +270,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
             manifest=manifest,
             encoder=encoder,
             controller=controller,
-            mode_table=mode_options(manifest),
+            mode_table=mode_options(manifest, overhead_bytes=frame_overhead_bytes(manifest.name, manifest.version)),
             frames=source.take(frames, cycle=True),
             target=target,
             client=replace(client, target=target),

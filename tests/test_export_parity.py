@@ -1,5 +1,9 @@
-"""ONNX Runtime and torch agree per mode on the shipped bundle (tolerance: features 1e-4, logits 1e-3 absolute
-before quantization effects; top-1 identical on >= 99.5% of images through the full quantized path)."""
+"""ONNX Runtime and torch agree per mode on the shipped bundle.
+
+Tolerances: encoder features |ort - torch| <= 1e-4 + 1e-5 * |torch| (float32 rounding on features of magnitude up to
+a few hundred); tail logits on identical inputs |ort - torch| <= 1e-3 + 1e-5 * |torch|; and top-1 through the full
+quantized path (each side's own features through the real codec) identical on >= 99.5% of images.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from slimsplit.server.training.data import FASHION_MNIST_DIR
 
 FEATURE_ATOL = 1e-4
 LOGIT_ATOL = 1e-3
+RTOL = 1e-5
 
 
 def _check_parity(images: np.ndarray) -> None:
@@ -28,7 +33,7 @@ def _check_parity(images: np.ndarray) -> None:
     with torch.no_grad():
         t_full = model.encode(torch.from_numpy(x)).numpy()
     o_full = enc.run(None, {"image": x, "width": np.array([m.feature.max_channels], np.int64)})[0]
-    np.testing.assert_allclose(o_full, t_full, atol=FEATURE_ATOL, rtol=0)
+    np.testing.assert_allclose(o_full, t_full, atol=FEATURE_ATOL, rtol=RTOL)
     for mode in m.modes:
         tail = ort.InferenceSession(str(bundle.tail_path(mode)), providers=["CPUExecutionProvider"])
 
@@ -40,7 +45,7 @@ def _check_parity(images: np.ndarray) -> None:
         with torch.no_grad():
             torch_logits = model.tail_forward(torch.from_numpy(z_torch), mode.width).numpy()
             same_input = model.tail_forward(torch.from_numpy(z_ort), mode.width).numpy()
-        np.testing.assert_allclose(ort_logits, same_input, atol=LOGIT_ATOL, rtol=0, err_msg=mode.name)
+        np.testing.assert_allclose(ort_logits, same_input, atol=LOGIT_ATOL, rtol=RTOL, err_msg=mode.name)
         agree = float((ort_logits.argmax(1) == torch_logits.argmax(1)).mean())
         assert agree >= 0.995, f"{mode.name}: top-1 agrees on {agree:.4f} of images"
 

@@ -161,7 +161,7 @@ def test_the_demo_runs_under_ci_over_the_shipped_trace_and_exits_0(
     monkeypatch.setenv("CI", "true")
     path = tmp_path / "demo.json"
     out, err = io.StringIO(), io.StringIO()
-    code = demo_main(["--json-out", str(path)], stdout=out, stderr=err)  # the defaults: mpc, 30 fps, 100 ms, ~8 s
+    code = demo_main(["--json-out", str(path)], stdout=out, stderr=err)  # the defaults: mpc, 30 fps, 100 ms, 10 s
     text = out.getvalue()
     assert code == 0, err.getvalue()
     assert "\x1b[" not in text  # CI: plain lines
@@ -171,7 +171,7 @@ def test_the_demo_runs_under_ci_over_the_shipped_trace_and_exits_0(
     assert "Summary" in text and "deadline     100 ms:" in text and "modes sent" in text
     doc = json.loads(path.read_text())
     assert doc["meta"]["controller"] == "mpc" and doc["meta"]["rtt_ms"] >= 20.0
-    assert len(doc["frames"]) == 240  # 8 s at 30 frames/s
+    assert len(doc["frames"]) == 300  # 10 s at 30 frames/s
     check_accounting(doc, 100.0)
     assert doc["summary"]["ok"] > 0 and doc["summary"]["chosen"]
 

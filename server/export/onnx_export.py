@@ -84,9 +84,7 @@ def _make_width_switchable(path: Path, output: str, width_input: str, max_width:
     for k, name in enumerate(list(conv.input[1:]), start=1):
         sliced = f"{name}_slim"
         new_nodes.append(
-            helper.make_node(
-                "Slice", [name, "slim_starts", width_input, "slim_axes"], [sliced], name=f"slim_slice_{k}"
-            )
+            helper.make_node("Slice", [name, "slim_starts", width_input, "slim_axes"], [sliced], name=f"slim_slice_{k}")
         )
         conv.input[k] = sliced
     # insert the Slice nodes right before the Conv to keep the graph topologically sorted

@@ -26,9 +26,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -64,12 +62,8 @@ class InvertedResidual(nn.Module):
         return x + out if self.residual else out
 
 
-def _conv_bn_act(
-    in_ch: int, out_ch: int, k: int, stride: int, act: type[nn.Module] = nn.ReLU
-) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, k, stride, k // 2, bias=False), nn.BatchNorm2d(out_ch), act()
-    )
+def _conv_bn_act(in_ch: int, out_ch: int, k: int, stride: int, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, k, stride, k // 2, bias=False), nn.BatchNorm2d(out_ch), act())
 
 
 @dataclass(frozen=True)

@@ -19,25 +19,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a slimmable split model (teacher -> student with sandwich rule, in-place and head "
         "distillation, QAT -> BN recalibration) and export a bundle. Resumes from checkpoints in --out.",
     )
-    p.add_argument(
-        "--out", type=Path, default=d.out_dir, help="working folder: checkpoints, log (default %(default)s)"
-    )
-    p.add_argument(
-        "--bundle-out", type=Path, default=None, help="where to write the bundle (default OUT/bundle)"
-    )
+    p.add_argument("--out", type=Path, default=d.out_dir, help="working folder: checkpoints, log (default %(default)s)")
+    p.add_argument("--bundle-out", type=Path, default=None, help="where to write the bundle (default OUT/bundle)")
     p.add_argument("--samples-out", type=Path, default=None, help="also write a sample of test images (.npz)")
     p.add_argument(
         "--data",
         default=d.data,
         help="'fashion-mnist' (rendered 64x64 RGB) or an ImageFolder directory class_name/*.png|jpg",
     )
-    p.add_argument(
-        "--data-dir", type=Path, default=d.data_dir, help="Fashion-MNIST IDX folder (default %(default)s)"
-    )
+    p.add_argument("--data-dir", type=Path, default=d.data_dir, help="Fashion-MNIST IDX folder (default %(default)s)")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default=d.backbone)
-    p.add_argument(
-        "--split-after", default=d.split_after, help="last block of the head (default %(default)s)"
-    )
+    p.add_argument("--split-after", default=d.split_after, help="last block of the head (default %(default)s)")
     p.add_argument("--widths", default=",".join(map(str, d.bottleneck.widths)), help="bottleneck widths")
     p.add_argument("--bits", default=",".join(map(str, d.bottleneck.bits)), help="quantization bit depths")
     p.add_argument("--teacher-epochs", type=int, default=d.teacher.epochs)

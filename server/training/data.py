@@ -96,9 +96,7 @@ def read_idx(path: Path) -> npt.NDArray[np.uint8]:
         raise DatasetError(f"corrupt IDX file {path}: only {len(raw)} bytes", path=str(path))
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4:
-        raise DatasetError(
-            f"corrupt IDX file {path}: bad magic (dtype {dtype_code:#x}, ndim {ndim})", path=str(path)
-        )
+        raise DatasetError(f"corrupt IDX file {path}: bad magic (dtype {dtype_code:#x}, ndim {ndim})", path=str(path))
     if len(raw) < 4 + 4 * ndim:
         raise DatasetError(f"corrupt IDX file {path}: truncated header", path=str(path))
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
@@ -207,9 +205,7 @@ class RenderedFashion:
 
     def render(self, seed: int, limit: int | None = None) -> ImageSet:
         n = len(self.labels) if limit is None else min(limit, len(self.labels))
-        return ImageSet(
-            render_fashion(self.items[:n], self.backgrounds, seed), self.labels[:n], FASHION_CLASSES
-        )
+        return ImageSet(render_fashion(self.items[:n], self.backgrounds, seed), self.labels[:n], FASHION_CLASSES)
 
 
 TRAIN_SEED = 1

@@ -24,9 +24,7 @@ class Bundle:
         bundle = cls(root=root, manifest=manifest)
         missing = [p for p in bundle.referenced_files() if not (root / p).is_file()]
         if missing:
-            raise BundleError(
-                f"bundle {root} is incomplete: missing {', '.join(sorted(set(missing)))}", path=str(root)
-            )
+            raise BundleError(f"bundle {root} is incomplete: missing {', '.join(sorted(set(missing)))}", path=str(root))
         return bundle
 
     def referenced_files(self) -> list[str]:

@@ -190,9 +190,7 @@ def _rel_path(v: Any, where: str) -> str:
     s = _str(v, where)
     p = Path(s)
     if p.is_absolute() or ".." in p.parts:
-        raise BundleError(
-            f"{where}: file paths must be relative to the bundle and stay inside it: {s!r}", field=where
-        )
+        raise BundleError(f"{where}: file paths must be relative to the bundle and stay inside it: {s!r}", field=where)
     return s
 
 
@@ -218,9 +216,7 @@ def _parse_manifest(raw: Mapping[str, Any], source: str) -> Manifest:
         std=_floats(_req(inp, "std", "input"), "input.std", channels),
     )
     if input_spec.layout != "NCHW":
-        raise BundleError(
-            f"{source}: input.layout must be 'NCHW', got {input_spec.layout!r}", field="input.layout"
-        )
+        raise BundleError(f"{source}: input.layout must be 'NCHW', got {input_spec.layout!r}", field="input.layout")
     if any(s <= 0 for s in input_spec.std):
         raise BundleError(f"{source}: input.std must be positive", field="input.std")
     sp = _req(raw, "split", "manifest")
@@ -257,9 +253,7 @@ def _parse_manifest(raw: Mapping[str, Any], source: str) -> Manifest:
         seen.add(name)
         acc = _opt_float(m.get("accuracy"), f"{where}.accuracy")
         if acc is not None and not 0.0 <= acc <= 1.0:
-            raise BundleError(
-                f"{where}.accuracy must be a fraction in [0, 1], got {acc}", field=f"{where}.accuracy"
-            )
+            raise BundleError(f"{where}.accuracy must be a fraction in [0, 1], got {acc}", field=f"{where}.accuracy")
         modes.append(
             ModeSpec(
                 name=name,
@@ -303,9 +297,7 @@ def read_manifest(path: Path) -> Manifest:
     if path.is_dir():
         path = path / MANIFEST_NAME
     if not path.is_file():
-        raise BundleError(
-            f"no bundle manifest at {path} (a bundle folder holds {MANIFEST_NAME})", path=str(path)
-        )
+        raise BundleError(f"no bundle manifest at {path} (a bundle folder holds {MANIFEST_NAME})", path=str(path))
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Re-run every benchmark behind BENCHMARKS.md; results (JSON + PNG) go to bench/results/.
+#   bash bench/run_all.sh          # full runs (~15 minutes on 2 cores)
+#   bash bench/run_all.sh --quick  # reduced runs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup-venv.sh edge,edge-images,server,train,dev
+py=.venv/bin/python
+out=bench/results
+mkdir -p "$out"
+$py bench/rate_accuracy.py --out "$out/rate_accuracy.json" "$@"
+$py bench/features_dump.py --out "$out/features_w16.npy"
+$py bench/codec.py --features "$out/features_w16.npy" --out "$out/codec_real.json" "$@"
+$py bench/codec.py --out "$out/codec_synthetic.json" "$@"
+$py bench/serving.py --out "$out/serving.json" "$@"
+$py bench/controller.py --out "$out/controller.json" "$@"
+$py bench/intar.py --out "$out/intar.json" "$@"
+rm -f "$out/features_w16.npy"
