@@ -13,7 +13,7 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
 fi
 scripts/setup-venv.sh edge,edge-images,server,train,dev
 export PATH="$PWD/.venv/bin:$PATH"
-echo "== ruff"; ruff check .
+echo "== ruff"; ruff check . && ruff format --check .
 echo "== mypy"; mypy
 echo "== generated stubs are fresh"; python tools/gen_protos.py --check
 echo "== pytest"; pytest -m "not slow" "$@"

@@ -1,0 +1,221 @@
+"""``slimsplit-loadtest``: many clients, each over its own emulated link, against one in-process server on
+127.0.0.1; every frame accounted for, the slow link's clients send less, and user errors are one line and exit 2."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from slimsplit.edge.loadtest import aggregate, collect, format_report, load_exit_status, main, plan_links
+from slimsplit.edge.pipeline import RunReport
+from slimsplit.edge.results import FrameResult, ServerTiming, summarize
+from slimsplit.errors import Unavailable
+
+FPS = 10
+SECONDS = 2
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, str, dict[str, Any]]:
+    path = tmp_path_factory.mktemp("load") / "load.json"
+    code, out, err = run_cli(
+        "--start-server",
+        "--clients",
+        "3",
+        "--link",
+        "2mbit",
+        "500kbit",
+        "--seconds",
+        str(SECONDS),
+        "--fps",
+        str(FPS),
+        "--controller",
+        "mpc",
+        "--every",
+        "0.5",
+        "--json-out",
+        str(path),
+    )
+    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return code, out, err, doc
+
+
+def test_three_clients_alternate_links_and_account_for_every_frame(
+    mixed: tuple[int, str, str, dict[str, Any]],
+) -> None:
+    code, out, err, doc = mixed
+    assert code == 0, err
+    clients = doc["clients"]
+    assert [c["index"] for c in clients] == [0, 1, 2]
+    assert [c["link"] for c in clients] == ["2mbit", "500kbit", "2mbit"]
+    assert [c["offset_s"] for c in clients] == [0.0, 7.0, 14.0]  # the default stride
+    assert all("127.0.0.1" in doc["meta"]["target"] for _ in clients)
+    for c in clients:
+        assert c["error"] is None
+        assert c["frames"] == FPS * SECONDS
+        assert c["summary"]["frames"] == FPS * SECONDS
+        assert c["hits"] + c["late"] + c["skipped"] + c["dropped"] + c["errors"] == c["frames"]
+        assert c["summary"]["ok"] == c["hits"] + c["late"]
+        assert c["summary"]["ok"] > 0
+        assert c["rtt_ms"] is not None and c["rtt_ms"] > 0
+    overall = doc["overall"]
+    assert overall["clients"] == 3 and overall["failed_clients"] == 0
+    assert overall["frames"] == 3 * FPS * SECONDS
+    assert overall["hits"] == sum(c["hits"] for c in clients)
+    assert overall["answered"] == sum(c["summary"]["ok"] for c in clients)
+    assert overall["server_ms"]["p50"] is not None and overall["server_ms"]["p50"] > 0
+    assert overall["server_ms"]["p99"] >= overall["server_ms"]["p50"]
+    assert sum(overall["by_status"].values()) == overall["frames"] - overall["answered"]
+    # the table: a header, one row per client, the overall row and the server timing
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("client") and "in time" in line)
+    rows = [line.split() for line in lines[header + 2 : header + 5]]
+    assert [r[0] for r in rows] == ["0", "1", "2"]
+    assert [r[1] for r in rows] == ["2mbit", "500kbit", "2mbit"]
+    assert [r[3] for r in rows] == [str(FPS * SECONDS)] * 3
+    assert any(line.split()[:1] == ["all"] and str(3 * FPS * SECONDS) in line.split() for line in lines)
+    assert "server timing (from the predictions): total p50" in out
+    assert f"/{3 * FPS * SECONDS}" in err  # the progress line
+    assert "Traceback" not in err
+
+
+def test_mpc_sends_fewer_bytes_per_frame_over_a_much_slower_link(tmp_path: Path) -> None:
+    path = tmp_path / "load.json"
+    code, _out, err = run_cli(
+        "--start-server",
+        "--server-backend",
+        "null",
+        "--clients",
+        "2",
+        "--link",
+        "2mbit",
+        "32kbit",
+        "--seconds",
+        str(SECONDS),
+        "--fps",
+        str(FPS),
+        "--deadline-ms",
+        "300",
+        "--controller",
+        "mpc",
+        "--quiet",
+        "--json-out",
+        str(path),
+    )
+    assert code in (0, 1), err  # the 32 kbit/s client may drop a frame; the bytes are what this test is about
+    fast, slow = json.loads(path.read_text(encoding="utf-8"))["clients"]
+    assert fast["link"] == "2mbit" and slow["link"] == "32kbit"
+    assert fast["summary"]["bytes_per_frame"] > 0 and slow["summary"]["bytes_per_frame"] > 0
+    assert slow["summary"]["bytes_per_frame"] < fast["summary"]["bytes_per_frame"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--start-server", "--clients", "0"], "--clients must be in 1..512, got 0"),
+        (["--start-server", "--link", "2mbit", "/nonexistent/cell.trace"], "/nonexistent/cell.trace"),
+        ([], "give --server HOST:PORT or --start-server"),
+        (["--server", "127.0.0.1:1", "--start-server"], "exclude each other"),
+        (["--server", "127.0.0.1:http"], "port 'http' is not a number"),
+        (["--start-server", "--seconds", "0"], "--seconds must be > 0"),
+        (["--start-server", "--controller", "oracle"], "offline"),
+        (["--start-server", "--controller", "mpc", "--mode", "w8b4"], "--mode fixes the mode"),
+        (["--start-server", "--bundle", "/nonexistent/bundle"], "/nonexistent/bundle"),
+    ],
+)
+def test_usage_errors_are_one_clear_line_and_exit_2(argv: list[str], fragment: str) -> None:
+    code, out, err = run_cli(*argv)
+    assert code == 2
+    assert out == ""
+    assert fragment in err
+    assert err.count("\n") == 1 and err.startswith("slimsplit-loadtest: error: ")
+
+
+def test_a_missing_trace_is_named_as_not_found() -> None:
+    code, _out, err = run_cli("--start-server", "--link", "/nonexistent/cell.trace")
+    assert code == 2
+    assert "/nonexistent/cell.trace: trace file not found" in err
+
+
+def test_the_console_entry_has_no_traceback_and_imports_no_torch() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "slimsplit.edge.loadtest", "--start-server", "--clients", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "--clients must be" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    code = (
+        "import sys\n"
+        "import slimsplit.edge.loadtest as lt\n"
+        "lt.build_parser()\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'rich', 'tqdm'}\n"
+        "             or m.startswith('slimsplit.server'))\n"
+        "assert not bad, bad\n"
+        "print('clean')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "clean"
+
+
+def test_clients_get_their_own_links_and_a_failed_client_is_a_row() -> None:
+    plans = plan_links(["2mbit", "none"], 3, stride_s=5.0)
+    assert [p.link_spec for p in plans] == ["2mbit", "none", "2mbit"]
+    assert [p.offset_s for p in plans] == [0.0, 0.0, 10.0]  # an unshaped client has no trace position
+    assert plans[1].link is None and plans[0].link is not None and plans[2].link is not None
+    assert plans[0].link is not plans[2].link
+    assert plans[2].link.config.start_offset_s == 10.0
+    results = [
+        FrameResult(
+            1, 0, "w8b4", payload_bytes=100, latency_ms=10.0, deadline_ms=100.0, server=ServerTiming(total_ms=2.0)
+        ),
+        FrameResult(2, 1, "", status="SKIPPED", reason="in-flight limit: 4", deadline_ms=100.0),
+        FrameResult(3, 2, "w8b4", status="DEADLINE_EXCEEDED", payload_bytes=100, deadline_ms=100.0),
+        FrameResult(
+            4, 3, "w2b1", payload_bytes=30, latency_ms=150.0, deadline_ms=100.0, server=ServerTiming(total_ms=4.0)
+        ),
+    ]
+    ran = (RunReport(results=results, wall_s=1.0), summarize(results, 1.0))
+    clients = collect(plans, [ran, Unavailable("cannot reach 127.0.0.1:1"), ran])
+    assert clients[0].accounting() == {"frames": 4, "hits": 1, "late": 1, "skipped": 1, "dropped": 1, "errors": 0}
+    assert clients[1].summary is None and "cannot reach" in clients[1].error
+    overall = aggregate(clients, 2.0)
+    assert (overall.frames, overall.answered, overall.hits, overall.failed_clients) == (8, 4, 2, 1)
+    assert overall.delivered_fps == 2.0
+    assert overall.by_status == {"SKIPPED": 2, "DEADLINE_EXCEEDED": 2}
+    assert overall.server_ms.p50 == 3.0
+    text = format_report(clients, overall)
+    assert "failed: cannot reach 127.0.0.1:1" in text
+    assert "1 of 3 clients failed" in text
+    assert load_exit_status(clients) == 1
+    assert load_exit_status(clients[1:2]) == 3
+    assert load_exit_status(clients[:1]) == 0
+
+
+def test_an_unreachable_server_fails_every_client_and_exits_3() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, out, err = run_cli(
+        "--server", f"127.0.0.1:{port}", "--clients", "2", "--link", "none", "--connect-timeout", "0.5", "--quiet"
+    )
+    assert code == 3
+    assert "2 of 2 clients failed" in out
+    assert "no frames ran" in out
+    assert err.count(f"127.0.0.1:{port}") >= 2
