@@ -22,9 +22,8 @@ from slimsplit.edge.config import DEFAULT_PORT, ClientConfig, parse_address
 from slimsplit.edge.display import make_display, silence_stdout
 from slimsplit.edge.link import DEFAULT_DELAY_MS, DEFAULT_DOWNLINK, EmulatedLink, LinkOptions
 from slimsplit.edge.run import (
-    CONTROLLER_NAMES,
-    ORACLE_REFUSAL,
     EdgeRun,
+    check_controller_name,
     client_meta,
     controller_factory,
     default_give_up_ms,
@@ -244,10 +243,7 @@ def _prepare(args: argparse.Namespace) -> _Prepared:
         raise ConfigError(f"--rtt-pings must be >= 0, got {args.rtt_pings}")
     if args.every < 0:
         raise ConfigError(f"--every must be >= 0, got {args.every}")
-    if args.controller == "oracle":
-        raise ConfigError(ORACLE_REFUSAL)
-    if args.controller not in CONTROLLER_NAMES:
-        raise ConfigError(f"unknown --controller {args.controller!r}; available: {', '.join(CONTROLLER_NAMES)}")
+    check_controller_name(args.controller)
     if not args.deadline_ms > 0:
         raise ConfigError(f"--deadline-ms must be > 0, got {args.deadline_ms}")
     client = ClientConfig(

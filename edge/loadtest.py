@@ -42,9 +42,9 @@ from slimsplit.edge.pipeline import Encoder, RunReport
 from slimsplit.edge.results import SKIPPED, FrameResult, LatencyStats, Summary
 from slimsplit.edge.run import (
     CONTROLLER_NAMES,
-    ORACLE_REFUSAL,
     ControllerFactory,
     EdgeRun,
+    check_controller_name,
     controller_factory,
     default_give_up_ms,
     default_mode,
@@ -318,10 +318,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--every must be >= 0, got {args.every}")
     if args.time_limit_s is not None and not args.time_limit_s > 0:
         raise ConfigError(f"--time-limit-s must be > 0, got {args.time_limit_s}")
-    if args.controller == "oracle":
-        raise ConfigError(ORACLE_REFUSAL)
-    if args.controller is not None and args.controller not in CONTROLLER_NAMES:
-        raise ConfigError(f"unknown --controller {args.controller!r}; available: {', '.join(CONTROLLER_NAMES)}")
+    if args.controller is not None:
+        check_controller_name(args.controller)
     if args.mode and args.controller not in (None, "fixed"):
         raise ConfigError(f"--mode fixes the mode; it cannot be combined with --controller {args.controller}")
 

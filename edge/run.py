@@ -51,6 +51,15 @@ ORACLE_REFUSAL = (
 )
 
 
+def check_controller_name(name: str, extra: tuple[str, ...] = ()) -> None:
+    """Refuse ``oracle`` (offline only) and unknown names; ``extra`` = further names the caller accepts."""
+    if name == "oracle":
+        raise ConfigError(ORACLE_REFUSAL, key="controller")
+    if name not in CONTROLLER_NAMES and name not in extra:
+        available = ", ".join((*CONTROLLER_NAMES, *extra))
+        raise ConfigError(f"unknown --controller {name!r}; available: {available}", key="controller")
+
+
 def default_mode(manifest: Manifest) -> ModeSpec:
     """The mode used when none is given: the most accurate one, the smaller payload on ties (as the ``fixed``
     controller picks); modes without measured figures count as least accurate."""
@@ -112,10 +121,7 @@ def make_controller(
     ``fps``: the capture rate (``mpc`` plans the following frames with it; 0 = it learns the spacing);
     ``overhead_bytes``: the transport's bytes per frame beyond the payload (see :func:`mode_options`).
     """
-    if name == "oracle":
-        raise ConfigError(ORACLE_REFUSAL, key="controller")
-    if name not in CONTROLLER_NAMES:
-        raise ConfigError(f"unknown controller {name!r}; available: {', '.join(CONTROLLER_NAMES)}", key="controller")
+    check_controller_name(name)
     if name == "fixed":
         modes = mode_options(manifest, overhead_bytes=overhead_bytes)
         chosen = manifest.mode(mode).name if mode else default_mode(manifest).name
@@ -294,6 +300,7 @@ __all__ = [
     "ControllerFactory",
     "EdgeRun",
     "Route",
+    "check_controller_name",
     "check_server",
     "client_meta",
     "controller_factory",

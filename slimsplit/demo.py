@@ -35,10 +35,9 @@ from slimsplit.edge.control.base import Controller, Decision, FrameFeedback
 from slimsplit.edge.display import make_display, silence_stdout, wants_live
 from slimsplit.edge.link import DEFAULT_DELAY_MS, DEFAULT_DOWNLINK, EmulatedLink, LinkOptions
 from slimsplit.edge.run import (
-    CONTROLLER_NAMES,
-    ORACLE_REFUSAL,
     ControllerFactory,
     EdgeRun,
+    check_controller_name,
     controller_factory,
     default_give_up_ms,
     default_mode,
@@ -190,8 +189,7 @@ Choice = tuple[str, Controller | ControllerFactory, tuple[str, ...]]
 def _controller(args: argparse.Namespace, manifest: Manifest, frames: int) -> Choice:
     """The controller's label, the controller (or its factory) and the modes it may use."""
     name = args.controller or ("fixed" if args.mode else "mpc")
-    if name == "oracle":
-        raise ConfigError(ORACLE_REFUSAL)
+    check_controller_name(name, extra=(SWEEP,))
     if args.mode and name != "fixed":
         raise ConfigError(f"--mode fixes the mode; it cannot be combined with --controller {name}")
     if name == SWEEP:
@@ -200,8 +198,6 @@ def _controller(args: argparse.Namespace, manifest: Manifest, frames: int) -> Ch
         modes = demo_modes(manifest, args.modes)
         per_mode = max(1, -(-frames // len(modes)))
         return f"{SWEEP} ({', '.join(modes)}; {per_mode} frames each)", SweepController(modes, per_mode), modes
-    if name not in CONTROLLER_NAMES:
-        raise ConfigError(f"unknown --controller {name!r}; available: {', '.join((*CONTROLLER_NAMES, SWEEP))}")
     mode = manifest.mode(args.mode).name if args.mode else default_mode(manifest).name
     factory = controller_factory(
         name,
