@@ -35,9 +35,9 @@ from rich.progress import track
 from rich.table import Table
 
 from slimsplit.bundle import Bundle, default_bundle_path, default_samples_path
-from slimsplit.codec import decode_features, encode_features
+from slimsplit.codec import encode_features
 from slimsplit.edge.runtime import EncoderConfig, EncoderRuntime
-from slimsplit.server.export import preprocess
+from slimsplit.server.export import evaluate_mode, preprocess, widest_features
 
 INPUT_CODECS: list[tuple[str, int | None]] = [
     ("PNG", None),
@@ -81,19 +81,7 @@ def logits_batched(sess: ort.InferenceSession, feed_name: str, x: np.ndarray, bs
 
 def measure_modes(bundle: Bundle, images: np.ndarray, labels: np.ndarray, repeats: int) -> list[dict[str, Any]]:
     m = bundle.manifest
-    enc_all = _session(bundle.encoder_path, 0)
-    feats = np.concatenate(
-        [
-            enc_all.run(
-                None,
-                {
-                    "image": preprocess(images[i : i + 500], m.input),
-                    "width": np.array([m.feature.max_channels], np.int64),
-                },
-            )[0]
-            for i in range(0, len(images), 500)
-        ]
-    )
+    feats = widest_features(bundle.root, m, images)
     rt1 = EncoderRuntime(bundle, EncoderConfig(intra_op_threads=1))
     rtn = EncoderRuntime(bundle, EncoderConfig(intra_op_threads=0))
     one = images[0]
@@ -101,13 +89,7 @@ def measure_modes(bundle: Bundle, images: np.ndarray, labels: np.ndarray, repeat
     rows = []
     for mode in track(m.modes, description="modes"):
         tail = tails.setdefault(mode.tail, _session(bundle.tail_path(mode), 0))
-        sizes = np.empty(len(images))
-        dec = np.empty((len(images), mode.width, m.feature.height, m.feature.width), np.float32)
-        for i in range(len(images)):
-            p = encode_features(feats[i, : mode.width], mode.bits)
-            sizes[i] = len(p)
-            dec[i] = decode_features(p).array
-        acc = float((logits_batched(tail, "features", dec).argmax(1) == labels).mean())
+        quality = evaluate_mode(tail, feats, mode, labels)
         rt1.set_mode(mode.name)
         rtn.set_mode(mode.name)
         enc1 = _timed(lambda: rt1.features(one), repeats)
@@ -119,8 +101,8 @@ def measure_modes(bundle: Bundle, images: np.ndarray, labels: np.ndarray, repeat
                 "mode": mode.name,
                 "width": mode.width,
                 "bits": mode.bits,
-                "accuracy": acc,
-                "payload_bytes_mean": float(sizes.mean()),
+                "accuracy": quality.accuracy,
+                "payload_bytes_mean": quality.payload_bytes_mean,
                 "encoder_ms_p50": {
                     "threads_1": statistics.median(enc1),
                     "threads_all": statistics.median(encn),

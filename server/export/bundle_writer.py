@@ -59,6 +59,48 @@ def _p50_ms(fn: Callable[[], object], repeats: int) -> float:
     return float(statistics.median(times))
 
 
+def widest_features(root: Path, manifest: Manifest, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """Encoder output at the widest width for every image (ORT, all threads); narrower modes are slices of it."""
+    enc = _session(root / manifest.encoder.file, threads=0)
+    width = np.array([manifest.feature.max_channels], np.int64)
+    feats = [
+        enc.run(
+            [manifest.encoder.output],
+            {
+                manifest.encoder.image_input: preprocess(images[i : i + 256], manifest.input),
+                manifest.encoder.width_input: width,
+            },
+        )[0]
+        for i in range(0, len(images), 256)
+    ]
+    return np.concatenate(feats).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class ModeQuality:
+    accuracy: float
+    payload_bytes_mean: float  # real encoded bytes per frame, header included
+    decoded: npt.NDArray[np.float32]  # the features the tail saw, [N, width, H, W]
+
+
+def evaluate_mode(
+    tail: ort.InferenceSession,
+    widest: npt.NDArray[np.float32],
+    mode: ModeSpec,
+    labels: npt.NDArray[np.int64],
+) -> ModeQuality:
+    """One mode through the real codec (encode + decode per frame, batch 1) and its ORT tail."""
+    sizes = np.empty(len(widest), np.int64)
+    decoded = np.empty((len(widest), mode.width, *widest.shape[2:]), np.float32)
+    for i in range(len(widest)):
+        payload = encode_features(widest[i, : mode.width], mode.bits)
+        sizes[i] = len(payload)
+        decoded[i] = decode_features(payload).array
+    batches = [tail.run(None, {"features": decoded[i : i + 512]})[0] for i in range(0, len(decoded), 512)]
+    logits = np.concatenate(batches)
+    return ModeQuality(float((logits.argmax(1) == labels).mean()), float(sizes.mean()), decoded)
+
+
 def measure_modes(
     root: Path,
     manifest: Manifest,
@@ -69,19 +111,8 @@ def measure_modes(
     progress: ProgressFn | None = None,
 ) -> dict[str, ModeMeasurement]:
     """Accuracy and mean payload over ``images`` through ORT + the real codec; batch-1 latencies at 1 thread."""
-    enc = _session(root / manifest.encoder.file, threads=0)
     enc1 = _session(root / manifest.encoder.file, threads=1)
-    max_w = manifest.feature.max_channels
-    feats = []
-    for i in range(0, len(images), 256):
-        x = preprocess(images[i : i + 256], manifest.input)
-        feats.append(
-            enc.run(
-                [manifest.encoder.output],
-                {manifest.encoder.image_input: x, manifest.encoder.width_input: np.array([max_w], np.int64)},
-            )[0]
-        )
-    full = np.concatenate(feats)
+    full = widest_features(root, manifest, images)
     tails: dict[str, ort.InferenceSession] = {}
     out: dict[str, ModeMeasurement] = {}
     one = preprocess(images[:1], manifest.input)
@@ -89,16 +120,8 @@ def measure_modes(
         if progress:
             progress(f"measuring {mode.name}")
         tail = tails.setdefault(mode.tail, _session(root / mode.tail, threads=0))
-        sizes = np.empty(len(images), np.int64)
-        decoded = np.empty((len(images), mode.width, *full.shape[2:]), np.float32)
-        for i in range(len(images)):
-            payload = encode_features(full[i, : mode.width], mode.bits)
-            sizes[i] = len(payload)
-            decoded[i] = decode_features(payload).array
-        logits = np.concatenate(
-            [tail.run(None, {"features": decoded[i : i + 512]})[0] for i in range(0, len(decoded), 512)]
-        )
-        acc = float((logits.argmax(1) == labels).mean())
+        quality = evaluate_mode(tail, full, mode, labels)
+        decoded = quality.decoded
         width_arr = np.array([mode.width], np.int64)
 
         def encode_one(w: npt.NDArray[np.int64] = width_arr, bits: int = mode.bits) -> None:
@@ -115,8 +138,8 @@ def measure_modes(
             t.run(None, {"features": z})
 
         out[mode.name] = ModeMeasurement(
-            accuracy=acc,
-            payload_bytes_mean=float(sizes.mean()),
+            accuracy=quality.accuracy,
+            payload_bytes_mean=quality.payload_bytes_mean,
             encoder_ms_p50=_p50_ms(encode_one, latency_repeats),
             tail_ms_p50=_p50_ms(tail_one, latency_repeats),
         )
