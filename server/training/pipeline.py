@@ -64,14 +64,12 @@ def write_samples(path: Path, test: ImageSet, per_class: int = 16) -> None:
 
 def _epoch_seconds(log_path: Path) -> float:
     """Training time summed over every epoch in the log (a resumed run counts the epochs of earlier runs)."""
-    total = 0.0
     latest: dict[tuple[str, int], float] = {}
     for line in log_path.read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
         if "epoch" in rec and "seconds" in rec:
             latest[(str(rec["stage"]), int(rec["epoch"]))] = float(rec["seconds"])
-    total = sum(latest.values())
-    return total
+    return sum(latest.values())
 
 
 def run(cfg: TrainConfig, samples_out: Path | None = None) -> Path:
