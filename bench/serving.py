@@ -75,8 +75,39 @@ QUICK = BenchConfig(breakdown_frames=100, overhead_frames=300, point_frames=300,
 # --------------------------------------------------------------------------------------------- server process
 
 
+ECHO = "grpc-echo"
+"""A pseudo-backend: a bare ``grpc.aio`` server with the same service that answers every frame with a fixed
+prediction (no validation, decoding or tail): the floor that Python gRPC itself costs on this machine."""
+
+
+async def _serve_echo(conn: Connection) -> None:
+    from slimsplit.v1 import slimsplit_pb2 as pb
+    from slimsplit.v1 import slimsplit_pb2_grpc as pb_grpc
+
+    def answer(frame: Any) -> Any:
+        return pb.Prediction(frame_id=frame.frame_id, classes=[0, 1, 2, 3, 4], scores=[0.2] * 5, mode=frame.mode)
+
+    class Echo(pb_grpc.SplitInferenceServicer):  # type: ignore[misc]
+        async def Infer(self, frame: Any, context: Any) -> Any:
+            return answer(frame)
+
+        async def InferStream(self, frames: Any, context: Any) -> Any:
+            async for frame in frames:
+                yield pb.StreamReply(prediction=answer(frame))
+
+    server = grpc.aio.server()
+    pb_grpc.add_SplitInferenceServicer_to_server(Echo(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    conn.send(port)
+    await server.wait_for_termination()
+
+
 def _serve(backend: str, bundle: str, conn: Connection) -> None:
     """Child process: serve ``bundle`` with ``backend`` on a free port until SIGTERM; send the port back."""
+    if backend == ECHO:
+        asyncio.run(_serve_echo(conn))
+        return
     from slimsplit.server.app import serve
     from slimsplit.server.config import BackendConfig, GrpcConfig, ServerConfig
 
@@ -264,6 +295,7 @@ def print_tables(console: Console, doc: dict[str, Any]) -> None:
     ov.add_column("p99", justify="right")
     ov.add_column("codec p50", justify="right")
     ov.add_column("round trip p50", justify="right")
+    ov.add_column("bare gRPC rtt p50", justify="right")
     ov.add_column("<= 1 ms?", justify="center")
     for t in ("unary", "stream"):
         o = doc["overhead"][t]
@@ -273,6 +305,7 @@ def print_tables(console: Console, doc: dict[str, Any]) -> None:
             _f(o["p99"]),
             _f(o["codec_p50"]),
             _f(o["rtt_p50"]),
+            _f(o.get("grpc_floor_rtt_p50")),
             "yes" if o["p50"] is not None and o["p50"] <= 1.0 else "NO",
         )
     console.print(ov)
@@ -343,7 +376,7 @@ def run(config: BenchConfig, console: Console) -> dict[str, Any]:
         codec_ms.append((time.perf_counter() - t0) * 1e3)
 
     points = len(config.backends) * len(config.concurrency) * 2
-    progress = tqdm(total=2 + 2 + points, desc="serving bench", unit="step", file=sys.stderr)
+    progress = tqdm(total=2 + 2 + 2 + points, desc="serving bench", unit="step", file=sys.stderr)
     doc: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -361,11 +394,13 @@ def run(config: BenchConfig, console: Console) -> dict[str, Any]:
             "transfer": "round trip - server total (gRPC + loopback, both directions)",
             "response": "server total - queue - decode - tail (top-k, reply) + client reply handling",
             "overhead": "codec encode on the edge + round trip with a null tail, one frame in flight",
+            "grpc_floor": "round trip to a bare grpc.aio echo of the same service (no slimsplit code on the server)",
             "stream concurrency": "one InferStream with that many frames in flight",
             "unary concurrency": "that many concurrent Infer calls on one channel",
         },
         "breakdown": {},
         "overhead": {},
+        "grpc_floor": {},
         "concurrency": {},
     }
     with server_process("onnxruntime", bundle_path) as address:
@@ -374,6 +409,22 @@ def run(config: BenchConfig, console: Console) -> dict[str, Any]:
             progress.update()
         if "onnxruntime" in config.backends:
             doc["concurrency"]["onnxruntime"] = _sweep(address, manifest.name, mode, payloads, config, progress)
+    with server_process(ECHO, bundle_path) as address:
+        for transport in ("unary", "stream"):
+            outcomes, _wall = asyncio.run(
+                measure_point(
+                    address,
+                    manifest.name,
+                    mode,
+                    payloads,
+                    config.overhead_frames,
+                    config.warmup,
+                    1,
+                    transport == "unary",
+                )
+            )
+            doc["grpc_floor"][transport] = {"rtt_p50": percentile([o.rtt_ms for o in outcomes if o.ok], 50)}
+            progress.update()
     with server_process("null", bundle_path) as address:
         for transport in ("unary", "stream"):
             outcomes, _wall = asyncio.run(
@@ -390,14 +441,17 @@ def run(config: BenchConfig, console: Console) -> dict[str, Any]:
             )
             rtts = [o.rtt_ms for o in outcomes if o.ok]
             totals = [c + r for c, r in zip(codec_ms, rtts, strict=False)]
+            rtt_p50 = percentile(rtts, 50)
             doc["overhead"][transport] = {
                 "p50": percentile(totals, 50),
                 "p99": percentile(totals, 99),
                 "codec_p50": percentile(codec_ms, 50),
-                "rtt_p50": percentile(rtts, 50),
+                "rtt_p50": rtt_p50,
                 "server_p50": percentile(
                     [o.prediction.timing.total_ms for o in outcomes if o.prediction is not None], 50
                 ),
+                "grpc_floor_rtt_p50": doc["grpc_floor"][transport]["rtt_p50"],
+                "slimsplit_added_p50": rtt_p50 - doc["grpc_floor"][transport]["rtt_p50"],
                 "errors": len(outcomes) - len(rtts),
             }
             progress.update()

@@ -5,6 +5,13 @@ frame, then whatever else is queued (up to ``max_batch_size``), waiting at most 
 and runs the tail on a thread of the shared executor so the event loop keeps serving. With ``max_wait_us = 0``
 no latency is added: batches form only from frames that queued while the previous batch was running.
 
+Fast path: for a tail that is plain CPU work (``TailRunner.inline_safe``), when nothing of the model+mode is
+queued or running and its tail has recently taken at most ``inline_tail_max_us`` per call,
+:meth:`ModeBatcher.try_inline` runs the frame's tail directly on the caller's thread (the event loop): no queue,
+no worker wake-up, no thread hop, which on a small machine is most of the serving overhead for a cheap tail.
+The tail time it tests is measured where the tail runs (a moving average per call), so a tail that becomes
+slow goes back to the executor by itself.
+
 A full queue refuses the frame with :class:`~slimsplit.errors.Overloaded`; a frame whose deadline passed while
 it waited is answered with :class:`~slimsplit.errors.DeadlineExceeded` without running; a frame whose caller
 went away (cancelled future) is dropped.
@@ -60,6 +67,8 @@ class ModeBatcher:
         config: BatchingConfig,
         executor: Executor,
         on_batch: BatchHook | None = None,
+        *,
+        inline_safe: bool = False,
     ) -> None:
         self.name = name
         self._tail = tail
@@ -70,6 +79,8 @@ class ModeBatcher:
         self._workers: list[asyncio.Task[None]] = []
         self._taken = 0  # frames taken off the queue and not yet answered
         self._closed = False
+        self._inline_safe = inline_safe  # the tail may run on the event loop (TailRunner.inline_safe)
+        self._tail_s: float | None = None  # moving average of one tail call's time, seconds
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -77,6 +88,41 @@ class ModeBatcher:
     def pending(self) -> int:
         """Frames queued or running."""
         return self._queue.qsize() + self._taken
+
+    @property
+    def tail_s(self) -> float | None:
+        """The moving average of one tail call's time (seconds); None before the first call."""
+        return self._tail_s
+
+    def _observe(self, seconds: float) -> None:
+        self._tail_s = seconds if self._tail_s is None else 0.8 * self._tail_s + 0.2 * seconds
+
+    def _timed_tail(self, x: npt.NDArray[np.float32]) -> tuple[TailOutput, float]:
+        t0 = time.perf_counter()
+        out = self._tail(x)
+        return out, time.perf_counter() - t0
+
+    def _check_logits(self, out: TailOutput, n: int) -> None:
+        if out.logits.ndim != 2 or out.logits.shape[0] != n:
+            raise BackendError(
+                f"{self.name}: the tail returned logits of shape {list(out.logits.shape)} for a batch of {n}"
+            )
+
+    def try_inline(self, features: npt.NDArray[np.float32]) -> BatchResult | None:
+        """Run one frame [C, H, W] now, on the calling thread, when this model+mode is idle and its tail is
+        known to be cheap (see the module docstring); None when the frame must be :meth:`submit`-ted instead.
+        The tail's errors propagate."""
+        if self._closed:
+            raise Unavailable(f"{self.name}: the server is shutting down")
+        limit = self._config.inline_tail_max_us * 1e-6
+        if not self._inline_safe or limit <= 0 or self._tail_s is None or self._tail_s > limit or self.pending:
+            return None
+        out, seconds = self._timed_tail(features[None])
+        self._check_logits(out, 1)
+        self._observe(seconds)
+        if self._on_batch is not None:
+            self._on_batch(1)
+        return BatchResult(out.logits[0], 0.0, seconds, 1, out.device_cycles, out.device_ms)
 
     def submit(self, features: npt.NDArray[np.float32], deadline: float | None = None) -> asyncio.Future[BatchResult]:
         """Queue one frame [C, H, W]; the future resolves to its :class:`BatchResult` or the tail's error."""
@@ -148,12 +194,9 @@ class ModeBatcher:
             return
         x = np.stack([item.features for item in live]) if len(live) > 1 else live[0].features[None]
         try:
-            out = await loop.run_in_executor(self._executor, self._tail, x)
-            if out.logits.ndim != 2 or out.logits.shape[0] != len(live):
-                raise BackendError(
-                    f"{self.name}: the tail returned logits of shape {list(out.logits.shape)} "
-                    f"for a batch of {len(live)}"
-                )
+            out, seconds = await loop.run_in_executor(self._executor, self._timed_tail, x)
+            self._check_logits(out, len(live))
+            self._observe(seconds)
         except Exception as exc:
             self._fail(live, exc)
             return

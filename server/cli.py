@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="waiting frames per mode before refusing (default 256)",
     )
     ba.add_argument("--tail-threads", type=int, metavar="N", help="threads running tail batches (default 2)")
+    ba.add_argument(
+        "--inline-tail-max-us",
+        type=int,
+        metavar="US",
+        help="run tails this cheap on the event loop when their mode is idle; 0 = never (default 500)",
+    )
     ob = p.add_argument_group("observability")
     ob.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port (default off)"
@@ -127,6 +133,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("batching", "max_wait_us", args.max_wait_us)
     put("batching", "queue_capacity", args.queue_capacity)
     put("batching", "executor_threads", args.tail_threads)
+    put("batching", "inline_tail_max_us", args.inline_tail_max_us)
     put("metrics", "port", args.metrics_port)
     return out
 

@@ -13,6 +13,7 @@ Precedence: defaults < TOML file < command-line flags. The TOML file mirrors the
     [batching]
     max_batch_size = 8
     max_wait_us = 0
+    inline_tail_max_us = 500
 
     [backend]
     name = "onnxruntime"
@@ -104,6 +105,10 @@ class BatchingConfig:
     workers_per_mode: int = 1
     # Threads that run tail batches (shared by all models and modes).
     executor_threads: int = 2
+    # Run a frame's tail directly on the event loop (no queue, no thread hop) when nothing else of its
+    # model+mode is queued or running and that tail's recent time is at most this many microseconds.
+    # Saves ~0.3 ms per frame for cheap tails; 0 = always use the queue and the executor.
+    inline_tail_max_us: int = 500
 
     def __post_init__(self) -> None:
         _check(1 <= self.max_batch_size <= 4096, "batching.max_batch_size", "must be in [1, 4096]")
@@ -111,6 +116,7 @@ class BatchingConfig:
         _check(self.queue_capacity >= 1, "batching.queue_capacity", "must be >= 1")
         _check(1 <= self.workers_per_mode <= 64, "batching.workers_per_mode", "must be in [1, 64]")
         _check(1 <= self.executor_threads <= 256, "batching.executor_threads", "must be in [1, 256]")
+        _check(0 <= self.inline_tail_max_us <= 1_000_000, "batching.inline_tail_max_us", "must be in [0, 1000000]")
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +50,7 @@ PROTOCOL_VERSION = 1
 """The wire protocol revision this server speaks (``FeatureFrame.protocol_version``)."""
 
 _UNKNOWN_LABEL = "_unknown"
+_SMALL_TOP_K = 64
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class LoadedModel:
     bundle: Bundle
     runner: TailRunner
     limits: DecodeLimits  # the widest header this model accepts (before the per-mode check)
+    mode_limits: Mapping[str, DecodeLimits]  # per mode: exactly its shape and bit depth
 
     @property
     def manifest(self) -> Manifest:
@@ -109,16 +113,24 @@ class LoadedModel:
         m = bundle.manifest
         # Any bit depth passes this first check, so a frame of the wrong depth gets a message naming the mode.
         limits = DecodeLimits.for_shape((m.feature.max_channels, m.feature.height, m.feature.width))
-        return cls(bundle=bundle, runner=backend.load(bundle), limits=limits)
+        mode_limits = {s.name: DecodeLimits.for_shape(m.feature.shape(s.width), (s.bits,)) for s in m.modes}
+        return cls(bundle=bundle, runner=backend.load(bundle), limits=limits, mode_limits=mode_limits)
 
 
 def top_k(logits: npt.NDArray[np.float32], k: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """The ``k`` best classes (ties: lower index first) and their softmax probabilities."""
+    if logits.size <= _SMALL_TOP_K:  # plain Python beats numpy's per-call overhead on a few classes
+        values = logits.tolist()
+        peak = max(values)
+        e = [math.exp(v - peak) for v in values]
+        total = math.fsum(e)
+        order = sorted(range(len(e)), key=lambda i: -e[i])[:k]  # sorted() is stable
+        return tuple(order), tuple(e[i] / total for i in order)
     z = logits.astype(np.float64)
-    e = np.exp(z - z.max())
-    p = e / e.sum()
-    order = np.argsort(-p, kind="stable")[:k]
-    return tuple(int(i) for i in order), tuple(float(p[i]) for i in order)
+    ex = np.exp(z - z.max())
+    p = ex / ex.sum()
+    best = np.argsort(-p, kind="stable")[:k]
+    return tuple(int(i) for i in best), tuple(float(p[i]) for i in best)
 
 
 class InferenceCore:
@@ -265,7 +277,7 @@ class InferenceCore:
                 value=header.shape,
                 expected=expected,
             )
-        decoded = decode_features(request.features, DecodeLimits.for_shape(expected, frozenset((spec.bits,))))
+        decoded = decode_features(request.features, loaded.mode_limits[spec.name])
         x = decoded.array
         if not np.isfinite(x).all():
             raise InvalidFrame("the decoded features contain NaN or infinite values", field="features")
@@ -285,37 +297,64 @@ class InferenceCore:
                 self.batching,
                 self._executor,
                 hook,
+                inline_safe=loaded.runner.inline_safe,
             )
             self._batchers[key] = batcher
         return batcher
 
     # ------------------------------------------------------------------------------------------- serving
-    async def infer(
+    def start(
         self, request: InferRequest, *, timeout: float | None = None, received: float | None = None
-    ) -> InferResult:
-        """Serve one frame. ``timeout``: seconds the caller will wait (frames past it are not run and raise
-        DeadlineExceeded); ``received``: ``time.perf_counter()`` when the transport got the frame."""
+    ) -> asyncio.Future[InferResult]:
+        """Begin serving one frame, eagerly: validation, decoding and, when its mode is idle and its tail cheap
+        (see :meth:`ModeBatcher.try_inline`), the tail itself run before this returns, and the future comes back
+        already done; otherwise the frame waits in the batcher and the future resolves later. Errors (every one a
+        :class:`SlimsplitError` for a bad frame) arrive through the future. ``timeout``: seconds the caller will
+        wait (frames past it are not run and fail with DeadlineExceeded); ``received``: ``time.perf_counter()``
+        when the transport got the frame. Must be called on the event loop."""
+        loop = asyncio.get_running_loop()
         t0 = time.perf_counter() if received is None else received
         self._in_flight += 1
         if self.metrics is not None:
             self.metrics.in_flight.inc()
+        fut: asyncio.Future[InferResult]
         try:
-            return await self._infer(request, t0, timeout)
-        except SlimsplitError as exc:
-            self._count_failure(request, exc.grpc_status)
-            raise
-        except asyncio.CancelledError:
-            self._count_failure(request, "CANCELLED")
-            raise
-        except Exception:
-            self._count_failure(request, "INTERNAL")
-            raise
-        finally:
-            self._in_flight -= 1
-            if self.metrics is not None:
-                self.metrics.in_flight.dec()
+            begun = self._begin(request, t0, timeout)
+        except Exception as exc:
+            fut = loop.create_future()
+            fut.set_exception(exc)
+        else:
+            if not isinstance(begun, InferResult):
+                task = loop.create_task(begun)
+                task.add_done_callback(partial(self._finished, request))
+                return task
+            fut = loop.create_future()
+            fut.set_result(begun)
+        self._finished(request, fut)  # settled already: account for it now, not on the next loop turn
+        return fut
 
-    async def _infer(self, request: InferRequest, t0: float, timeout: float | None) -> InferResult:
+    async def infer(
+        self, request: InferRequest, *, timeout: float | None = None, received: float | None = None
+    ) -> InferResult:
+        """Serve one frame (see :meth:`start`); raises the frame's :class:`SlimsplitError`."""
+        return await self.start(request, timeout=timeout, received=received)
+
+    def _finished(self, request: InferRequest, fut: asyncio.Future[InferResult]) -> None:
+        self._in_flight -= 1
+        if self.metrics is not None:
+            self.metrics.in_flight.dec()
+        if fut.cancelled():
+            self._count_failure(request, "CANCELLED")
+            return
+        exc = fut.exception()  # also marks the exception as retrieved
+        if exc is None:
+            return
+        self._count_failure(request, exc.grpc_status if isinstance(exc, SlimsplitError) else "INTERNAL")
+
+    def _begin(
+        self, request: InferRequest, t0: float, timeout: float | None
+    ) -> InferResult | Coroutine[Any, Any, InferResult]:
+        """The synchronous part of a frame: a finished result (inline tail) or the coroutine that awaits it."""
         if not self._accepting:
             raise Unavailable("the server is shutting down; retry on another replica or later")
         loaded, spec, x = self.validate(request)
@@ -323,15 +362,41 @@ class InferenceCore:
         deadline = None if timeout is None else t0 + timeout
         if deadline is not None and t_decoded >= deadline:
             raise DeadlineExceeded("the frame's deadline passed before it could be queued")
-        fut = self._batcher(loaded, spec).submit(x, deadline)
+        batcher = self._batcher(loaded, spec)
+        inline = batcher.try_inline(x)
+        if inline is not None:
+            return self._result(request, loaded, spec, inline, t0, t_decoded)
+        fut = batcher.submit(x, deadline)
+        return self._await_batch(request, loaded, spec, fut, (t0, t_decoded, deadline))
+
+    async def _await_batch(
+        self,
+        request: InferRequest,
+        loaded: LoadedModel,
+        spec: ModeSpec,
+        fut: asyncio.Future[BatchResult],
+        times: tuple[float, float, float | None],
+    ) -> InferResult:
+        t0, t_decoded, deadline = times
         if deadline is None:
-            res: BatchResult = await fut
+            res = await fut
         else:
             try:
                 async with asyncio.timeout(deadline - time.perf_counter()):
                     res = await fut
             except TimeoutError:
                 raise DeadlineExceeded(f"the frame missed its deadline of {(deadline - t0) * 1e3:.1f} ms") from None
+        return self._result(request, loaded, spec, res, t0, t_decoded)
+
+    def _result(
+        self,
+        request: InferRequest,
+        loaded: LoadedModel,
+        spec: ModeSpec,
+        res: BatchResult,
+        t0: float,
+        t_decoded: float,
+    ) -> InferResult:
         m = loaded.manifest
         k = min(request.top_k or self.default_top_k, len(m.classes))
         classes, scores = top_k(res.logits, k)

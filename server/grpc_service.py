@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any, Final
 
 import grpc
@@ -169,25 +170,33 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
             await abort(context, self._unavailable())
         replies: asyncio.Queue[object] = asyncio.Queue()
         slots = asyncio.Semaphore(self.stream_max_in_flight)
-        tasks: set[asyncio.Task[None]] = set()
+        tasks: set[asyncio.Future[InferResult]] = set()  # frames waiting in the batcher
         core = self.core
 
-        async def serve(frame: pb.FeatureFrame, received: float) -> None:
-            try:
-                result = await core.infer(frame_to_request(frame), timeout=context.time_remaining(), received=received)
-                reply = pb.StreamReply(prediction=result_to_prediction(result, _since_ms(received)))
-            except Exception as exc:
-                reply = pb.StreamReply(error=frame_error(frame.frame_id, exc))
-            replies.put_nowait(reply)
+        def reply(frame_id: int, received: float, fut: asyncio.Future[InferResult]) -> pb.StreamReply:
+            if fut.cancelled():
+                return pb.StreamReply(error=frame_error(frame_id, self._unavailable()))
+            exc = fut.exception()
+            if exc is not None:
+                return pb.StreamReply(error=frame_error(frame_id, exc))
+            return pb.StreamReply(prediction=result_to_prediction(fut.result(), _since_ms(received)))
+
+        def answered(frame_id: int, received: float, fut: asyncio.Future[InferResult]) -> None:
+            tasks.discard(fut)
+            replies.put_nowait(reply(frame_id, received, fut))
 
         async def read() -> None:
             try:
                 async for frame in request_iterator:
                     received = time.perf_counter()
                     await slots.acquire()  # released once the reply is written: a slow reader slows the stream
-                    task = asyncio.create_task(serve(frame, received))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    # Eager: a cheap frame is fully served inside start() and answered without a task.
+                    fut = core.start(frame_to_request(frame), timeout=context.time_remaining(), received=received)
+                    if fut.done():
+                        replies.put_nowait(reply(frame.frame_id, received, fut))
+                    else:
+                        tasks.add(fut)
+                        fut.add_done_callback(partial(answered, frame.frame_id, received))
             except Exception as exc:
                 replies.put_nowait(_ReadFailed(exc))
                 return
@@ -226,7 +235,7 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
-            pending = [reader, *tasks]
+            pending: list[asyncio.Future[Any]] = [reader, *tasks]
             await asyncio.gather(*pending, return_exceptions=True)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from fixtures_bundle import TinyBundle, rewrite_header, write_tiny_bundle
 from prometheus_client import CollectorRegistry
@@ -31,7 +33,7 @@ from slimsplit.errors import (
     UnsupportedVersion,
 )
 from slimsplit.server import core as core_module
-from slimsplit.server.backends.base import Backend
+from slimsplit.server.backends.base import Backend, TailOutput, TailRunner
 from slimsplit.server.backends.onnxruntime_backend import OnnxRuntimeBackend
 from slimsplit.server.config import BatchingConfig, ServerConfig
 from slimsplit.server.core import InferenceCore, InferRequest, top_k
@@ -87,6 +89,97 @@ def test_predictions_match_the_reference_tail_for_every_mode(tiny: TinyBundle) -
                 assert len(res.scores) == 3 and res.scores[0] >= res.scores[1] >= res.scores[2] > 0
                 assert res.timing.backend == "onnxruntime" and res.timing.batch_size == 1
                 assert res.timing.total_ms >= res.timing.decode_ms >= 0
+
+    run(core, go)
+
+
+class _SlowCpuBackend(Backend):
+    """ONNX Runtime tails that also burn ``delay_s`` on the CPU; marked safe to run on the event loop."""
+
+    name = "slow-cpu"
+
+    def __init__(self, delay_s: float) -> None:
+        self.inner = OnnxRuntimeBackend()
+        self.delay_s = delay_s
+
+    def load(self, bundle: Bundle) -> TailRunner:
+        inner = self.inner.load(bundle)
+        delay_s = self.delay_s
+
+        class Runner(TailRunner):
+            inline_safe = True
+
+            def run(self, mode: str, features: npt.NDArray[np.float32]) -> TailOutput:
+                time.sleep(delay_s)
+                return inner.run(mode, features)
+
+        return Runner()
+
+    def describe(self) -> dict[str, str]:
+        return {"backend": self.name}
+
+
+def test_cheap_idle_tail_runs_inline_with_the_same_answer(tiny: TinyBundle) -> None:
+    core = make_core(tiny)
+
+    async def go() -> None:
+        first = core.start(req(tiny, "w2b8", 0))
+        assert not first.done()  # no tail time measured yet: the first frame goes through the executor
+        await first
+        r = req(tiny, "w2b8", 1)
+        fut = core.start(r)
+        assert fut.done()  # idle mode, cheap CPU tail: served before start() returned
+        res = fut.result()
+        np.testing.assert_allclose(res.logits, tiny.reference_logits("w2b8", r.features), rtol=1e-5, atol=1e-5)
+        assert res.timing.queue_ms == 0 and res.timing.batch_size == 1 and res.timing.tail_ms > 0
+        assert core.in_flight == 0
+        # Errors come through the future, and the frame still leaves the core.
+        bad = core.start(replace(r, mode="bogus"))
+        assert bad.done() and isinstance(bad.exception(), UnknownMode)
+        assert core.in_flight == 0
+
+    run(core, go)
+
+
+@pytest.mark.parametrize(
+    ("backend", "batching"),
+    [
+        (GateBackend, {}),  # not inline-safe (may block): always the executor
+        (lambda: _SlowCpuBackend(0.004), {"inline_tail_max_us": 1000}),  # safe but slower than the limit
+        (OnnxRuntimeBackend, {"inline_tail_max_us": 0}),  # the fast path switched off
+    ],
+    ids=["not-inline-safe", "too-slow", "disabled"],
+)
+def test_tails_that_must_not_run_inline_use_the_executor(
+    tiny: TinyBundle, backend: Callable[[], Backend], batching: dict[str, Any]
+) -> None:
+    core = make_core(tiny, backend(), **batching)
+
+    async def go() -> None:
+        for seed in range(4):
+            r = req(tiny, "w4b8", seed)
+            fut = core.start(r)
+            assert not fut.done()
+            res = await fut
+            np.testing.assert_allclose(res.logits, tiny.reference_logits("w4b8", r.features), rtol=1e-5, atol=1e-5)
+
+    run(core, go)
+
+
+def test_a_busy_mode_queues_behind_its_running_batch(tiny: TinyBundle) -> None:
+    gate = GateBackend()
+    core = make_core(tiny, gate)
+
+    async def go() -> None:
+        await core.infer(req(tiny, "w2b2", 0))
+        gate.gate.clear()
+        first = core.start(req(tiny, "w2b2", 1))
+        while gate.waiting < 1:
+            await asyncio.sleep(0.005)
+        second = core.start(req(tiny, "w2b2", 2))
+        assert not first.done() and not second.done()
+        gate.gate.set()
+        await asyncio.gather(first, second)
 
     run(core, go)
 

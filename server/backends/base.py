@@ -33,6 +33,11 @@ class TailOutput:
 class TailRunner(ABC):
     """One bundle loaded on one backend; thread-safe for concurrent ``run`` calls unless stated otherwise."""
 
+    #: True when ``run`` is plain CPU work that never waits on a device, I/O or a long-held lock, so the server may call
+    #: it directly on its event loop for a cheap tail (``BatchingConfig.inline_tail_max_us``). False (the
+    #: default) keeps every call on the executor.
+    inline_safe: bool = False
+
     @abstractmethod
     def run(self, mode: str, features: npt.NDArray[np.float32]) -> TailOutput:
         """Run the tail of ``mode`` on features [N, width, H, W] (float32). Raises UnknownMode/BackendError."""

@@ -12,6 +12,8 @@ from slimsplit.server.config import BackendConfig
 
 
 class NullTailRunner(TailRunner):
+    inline_safe = True
+
     def __init__(self, modes: frozenset[str], num_classes: int) -> None:
         self._modes = modes
         self._num_classes = num_classes

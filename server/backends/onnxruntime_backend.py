@@ -58,9 +58,10 @@ class OnnxTailRunner(TailRunner):
     """Runs ``session.run`` for the mode's width; ONNX Runtime sessions are safe to call from several
     threads."""
 
-    def __init__(self, mode_tails: dict[str, _Tail]) -> None:
+    def __init__(self, mode_tails: dict[str, _Tail], *, cpu_only: bool = False) -> None:
         self._mode_tail = dict(mode_tails)  # modes of the same width share one _Tail (one session)
         self._closed = False
+        self.inline_safe = cpu_only  # a GPU session may wait on the device: keep it off the event loop
 
     def run(self, mode: str, features: npt.NDArray[np.float32]) -> TailOutput:
         if self._closed:
@@ -160,7 +161,8 @@ class OnnxRuntimeBackend(Backend):
         for tail_file, width in widths.items():
             path = bundle.path(tail_file)
             tails[tail_file] = self._check(path, self._session(path), width, bundle)
-        return OnnxTailRunner({spec.name: tails[spec.tail] for spec in bundle.manifest.modes})
+        cpu_only = self.providers == ["CPUExecutionProvider"]
+        return OnnxTailRunner({spec.name: tails[spec.tail] for spec in bundle.manifest.modes}, cpu_only=cpu_only)
 
     def describe(self) -> dict[str, str]:
         return {

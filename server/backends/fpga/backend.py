@@ -112,6 +112,8 @@ def _design(config: FpgaConfig) -> tuple[Platform, Design]:
 class FpgaEmuRunner(TailRunner):
     """Runs tails in the fixed-point emulator; thread-safe (the schedule cache is locked)."""
 
+    inline_safe = True  # numpy on the CPU; the batcher still measures it and inlines only if it is cheap
+
     def __init__(self, bundle: Bundle, config: FpgaConfig, design: Design, prepared: dict[str, PreparedTail]) -> None:
         self.bundle = bundle
         self.config = config
