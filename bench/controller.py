@@ -21,13 +21,15 @@ client measures it with pings.
 
 When the edge gives up on a frame (``--expiry``)
 ------------------------------------------------
-``sent`` (default) is what the live edge client does: a per-frame timer reports ``DEADLINE_EXCEEDED`` one deadline
-after the payload was handed to gRPC and frees the frame's in-flight slot; the frame's bytes stay in the link (they
-were written to the transport: neither a gRPC cancel nor the timer takes them back), its late reply is ignored and
-the controller is told the frame failed. ``reply`` keeps a frame in flight until its reply arrives, however late (the
-model of earlier runs, and of :mod:`slimsplit.link.loadgen`); ``captured`` frees the slot one deadline after capture
-(what a client timing the deadline from capture would do). The JSON's ``sensitivity`` list repeats every run under the
-other rules named by ``--sensitivity`` (default ``reply``), so numbers under both models are on record.
+``captured`` (default) is what the live edge client does: a per-frame timer reports ``DEADLINE_EXCEEDED`` one
+deadline after the frame's capture and frees its in-flight slot; the frame's bytes stay in the link (they were
+written to the transport: neither a gRPC cancel nor the timer takes them back), its late reply is ignored and the
+controller is told the frame failed. A frame whose deadline falls on the next capture (one frame at a time with
+period = deadline) frees its slot before that capture's decision. ``sent`` starts the timer when the payload is
+handed to gRPC (the live client's rule before 2026-11-25; the same as ``captured`` up to the encoder time),
+``reply`` keeps a frame in flight until its reply arrives, however late (the model of :mod:`slimsplit.link.loadgen`).
+The JSON's ``sensitivity`` list repeats every run under the rules named by ``--sensitivity`` (default ``sent``
+and ``reply``), so numbers under every model are on record.
 
 Controllers
 -----------
@@ -131,6 +133,7 @@ class Scenario:
 
 
 CONTROLLERS = ("fixed", "fixed-lightest", "ewma-greedy", "mpc", "oracle")
+FRONTIER_MARGINS = (0.8, 0.65, 0.5)  # mpc's risk knob (MpcConfig.margin; the default is 0.95), for the frontier
 
 
 def bundle_scenario(allow_placeholder: bool) -> Scenario:
@@ -183,6 +186,8 @@ def controller_options(name: str, sc: Scenario, link: LinkConfig, n_frames: int)
         return "ewma-greedy", {"max_in_flight": k, "rtt_ms": rtt_ms}
     if name == "mpc":
         return "mpc", {"max_in_flight": k, "rtt_ms": rtt_ms, "fps": sc.fps}
+    if name.startswith("mpc@"):  # the risk frontier: mpc with another margin
+        return "mpc", {"max_in_flight": k, "rtt_ms": rtt_ms, "fps": sc.fps, "margin": float(name[4:])}
     return "oracle", {"link": link, "fps": sc.fps, "n_frames": n_frames, "max_in_flight": k}
 
 
@@ -329,6 +334,17 @@ def run_trace(
             keep = ("scenario", "trace", "controller", "expiry", "hit_rate", "feasible_hit_rate", "mean_accuracy")
             sens.append({k: row[k] for k in keep} | {"feasible_misses": row["feasible_misses"]})
     return rows, records, sens, truth
+
+
+def run_frontier(sc: Scenario, trace: Trace, truth: Truth, expiry: str) -> list[dict[str, Any]]:
+    """mpc at the other margins of :data:`FRONTIER_MARGINS` (its risk knob): how much hit rate it buys back and
+    how much accuracy that costs, between the default and always sending the lightest mode."""
+    out: list[dict[str, Any]] = []
+    keep = ("scenario", "trace", "controller", "expiry", "hit_rate", "feasible_hit_rate", "mean_accuracy")
+    for margin in FRONTIER_MARGINS:
+        row, _ = run_controller(f"mpc@{margin}", sc, trace, truth, expiry, timed=False)
+        out.append({k: row[k] for k in keep} | {"margin": margin, "feasible_misses": row["feasible_misses"]})
+    return out
 
 
 def evaluate_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -523,6 +539,73 @@ def print_table(
         console.print(st)
 
 
+def _frontier_points(
+    results: list[dict[str, Any]], frontier: list[dict[str, Any]], sc: str, tr: str
+) -> list[tuple[str, float, float]]:
+    """(label, feasible hit rate, mean accuracy) of the causal controllers and the oracle on one scenario x trace."""
+    pts = [
+        (r["controller"], r["feasible_hit_rate"], r["mean_accuracy"])
+        for r in results
+        if r["scenario"] == sc and r["trace"] == tr and r["controller"] != "fixed"
+    ]
+    pts += [
+        (f["controller"], f["feasible_hit_rate"], f["mean_accuracy"])
+        for f in frontier
+        if (f["scenario"], f["trace"]) == (sc, tr)
+    ]
+    return pts
+
+
+def print_frontier(results: list[dict[str, Any]], frontier: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if not frontier:
+        return
+    labels = ["fixed-lightest", "ewma-greedy", "mpc", *(f"mpc@{m}" for m in FRONTIER_MARGINS), "oracle"]
+    table = Table(title="risk frontier: feasible hit % / mean accuracy (mpc = margin 0.95; mpc@m = margin m)")
+    table.add_column("scenario")
+    table.add_column("trace")
+    for label in labels:
+        table.add_column(label, justify="right")
+    for sc, tr in sorted({(f["scenario"], f["trace"]) for f in frontier}):
+        got = {label: (h, a) for label, h, a in _frontier_points(results, frontier, sc, tr)}
+        table.add_row(sc, tr, *(f"{100 * got[c][0]:.2f} / {got[c][1]:.4f}" if c in got else "-" for c in labels))
+    Console(width=max(170, Console().width)).print(table)
+
+
+def plot_frontier(path: Path, results: list[dict[str, Any]], frontier: list[dict[str, Any]]) -> None:
+    """Feasible hit rate against mean accuracy, one panel per scenario, one line per trace through mpc's margins."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = sorted({f["scenario"] for f in frontier})
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(6 * len(scenarios), 5), squeeze=False)
+    markers = {"fixed-lightest": "s", "ewma-greedy": "x", "oracle": "*"}
+    for ax, sc in zip(axes[0], scenarios, strict=True):
+        for tr in sorted({f["trace"] for f in frontier if f["scenario"] == sc}):
+            pts = dict((label, (h, a)) for label, h, a in _frontier_points(results, frontier, sc, tr))
+            curve = [pts[c] for c in ("mpc", *(f"mpc@{m}" for m in FRONTIER_MARGINS)) if c in pts]
+            (line,) = ax.plot([100 * a for _, a in curve], [100 * h for h, _ in curve], "-o", ms=3, label=tr)
+            for label, marker in markers.items():
+                if label in pts:
+                    h, a = pts[label]
+                    ax.plot(100 * a, 100 * h, marker, color=line.get_color(), ms=7)
+        ax.axhline(99, color="grey", lw=0.8, ls="--")
+        ax.set_title(
+            f"{sc}: mpc margins 0.95 → {FRONTIER_MARGINS[-1]} (line); ■ lightest, × ewma, ★ oracle", fontsize=8
+        )
+        ax.set_xlabel("mean accuracy (%, late/skipped = 0)")
+        ax.set_ylabel("feasible frames in time (%)")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--out", type=Path, default=Path("bench/results/controller.json"), help="JSON results")
@@ -532,9 +615,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", default=[], help="evaluate only traces whose name contains one of these")
     p.add_argument("--scenarios", nargs="*", default=[], help="evaluate only these scenarios (default: all)")
     p.add_argument("--delay-ms", type=float, default=10.0, help="one-way propagation delay")
-    p.add_argument("--expiry", choices=EXPIRY_RULES, default="sent", help="when the edge gives up on a frame")
+    p.add_argument("--expiry", choices=EXPIRY_RULES, default="captured", help="when the edge gives up on a frame")
     p.add_argument(
-        "--sensitivity", nargs="*", choices=EXPIRY_RULES, default=["reply"], help="also run under these rules"
+        "--sensitivity", nargs="*", choices=EXPIRY_RULES, default=["sent", "reply"], help="also run under these rules"
     )
     p.add_argument("--allow-placeholder-modes", action="store_true", help="run without a bundle (labelled)")
     p.add_argument("--plot-seconds", type=float, default=120.0, help="time span shown in the timeline plots")
@@ -554,6 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_dir = args.out.parent
     results: list[dict[str, Any]] = []
     sens: list[dict[str, Any]] = []
+    frontier: list[dict[str, Any]] = []
     plots: list[str] = []
     started = time.perf_counter()
     with Progress() as progress:
@@ -564,6 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows, records, sens_rows, truth = run_trace(sc, tr, args.delay_ms, args.expiry, sensitivity)
                 results.extend(rows)
                 sens.extend(sens_rows)
+                frontier.extend(run_frontier(sc, tr, truth, args.expiry))
                 if sc.name in ("bundle-30fps-100ms", "rpi4-300ms") and not args.no_plots:
                     png = plot_dir / f"{args.out.stem}_{sc.name}_{tr.name}.png"
                     plot_timeline(png, tr, sc, records, truth, args.plot_seconds)
@@ -597,10 +682,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": targets,
         "decision_time_us": decision_time_summary(results),
         "sensitivity": sens,
+        "frontier": frontier,
         "plots": plots,
     }
+    if not args.no_plots:
+        png = plot_dir / f"{args.out.stem}_frontier.png"
+        plot_frontier(png, results, frontier)
+        plots.append(str(png))
     args.out.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
     print_table(results, targets, sens, placeholder)
+    print_frontier(results, frontier)
     print(f"wrote {args.out} and {len(plots)} plots in {doc['wall_seconds']:.0f} s")
     return 0
 

@@ -83,11 +83,13 @@ class ClientConfig:
     """Everything the edge client needs besides the bundle and the frames.
 
     ``deadline_ms``: the latency target of a frame, from its capture to its prediction; an answer that comes
-    later counts as a miss. ``give_up_ms``: a frame whose reply has not arrived this long after it was handed to
-    gRPC is abandoned, reported ``DEADLINE_EXCEEDED`` (dropped), and its in-flight slot is freed; the stream goes
-    on (``None`` = ``deadline_ms``: give up at the deadline; adaptive controllers want a longer wait, because a
-    late reply still measures the link). ``max_in_flight``: frames sent and not yet answered (or abandoned);
-    at that limit a paced source skips frames, an unpaced one waits for a free slot.
+    later counts as a miss. ``give_up_ms``: a frame whose reply has not arrived this long after its capture is
+    abandoned, reported ``DEADLINE_EXCEEDED`` (dropped), and its in-flight slot is freed; the stream goes on
+    (``None`` = ``deadline_ms``: give up at the deadline, when the answer has lost its value; bytes already handed
+    to the transport stay in the link, which the mpc controller accounts for; a longer wait lets a late reply
+    still measure the link, at the price of slots held by frames that are misses already).
+    ``max_in_flight``: frames sent and not yet answered (or abandoned); at that limit a paced source skips
+    frames, an unpaced one waits for a free slot.
     """
 
     target: str = f"127.0.0.1:{DEFAULT_PORT}"
@@ -115,7 +117,7 @@ class ClientConfig:
 
     @property
     def give_up_s(self) -> float:
-        """Seconds after sending at which a frame without a reply is abandoned."""
+        """Seconds after its capture at which a frame without a reply is abandoned."""
         return (self.give_up_ms if self.give_up_ms is not None else self.deadline_ms) / 1e3
 
 

@@ -32,27 +32,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 
-from slimsplit.bundle import Bundle, Manifest, default_bundle_path
-from slimsplit.edge.client import frame_overhead_bytes
+from slimsplit.bundle import Manifest
+from slimsplit.edge import cli_common
 from slimsplit.edge.config import ClientConfig, parse_address
-from slimsplit.edge.control.base import ModeOption
-from slimsplit.edge.display import QuietDisplay, silence_stdout
+from slimsplit.edge.display import QuietDisplay
 from slimsplit.edge.link import DEFAULT_DELAY_MS, DEFAULT_DOWNLINK, EmulatedLink, LinkOptions
 from slimsplit.edge.pipeline import Encoder, RunReport
 from slimsplit.edge.results import SKIPPED, FrameResult, LatencyStats, Summary
-from slimsplit.edge.run import (
-    CONTROLLER_NAMES,
-    ControllerFactory,
-    EdgeRun,
-    check_controller_name,
-    controller_factory,
-    default_give_up_ms,
-    default_mode,
-    exit_status,
-    make_controller,
-    run_edge,
-)
-from slimsplit.edge.sources import SAMPLE, FrameSource, open_source
+from slimsplit.edge.run import EdgeRun, default_give_up_ms, exit_status, run_edge
+from slimsplit.edge.sources import FrameSource, open_source
 from slimsplit.errors import ConfigError, SlimsplitError
 from slimsplit.link.shaping import DEFAULT_QUEUE_BYTES, LinkConfig
 from slimsplit.link.synth import shipped_traces_dir
@@ -61,11 +49,6 @@ if TYPE_CHECKING:
     from slimsplit.server.app import ServerThread
 
 PROG = "slimsplit-loadtest"
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_SERVER = 3
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141
 
 MAX_CLIENTS = 512
 #: Seconds between the trace positions of consecutive clients (not a divisor of the shipped traces' periods).
@@ -115,7 +98,6 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
     load = p.add_argument_group("load")
     load.add_argument("--clients", type=int, default=4, metavar="N", help="edge clients (default: %(default)s)")
-    load.add_argument("--fps", type=float, default=10.0, help="capture rate of each client (default: %(default)s)")
     load.add_argument(
         "--seconds",
         type=float,
@@ -123,23 +105,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         metavar="S",
         help="how long each client captures: it sends fps x seconds frames (default: %(default)s)",
     )
-    load.add_argument(
-        "--deadline-ms",
-        type=float,
-        default=100.0,
-        metavar="MS",
-        help="latency target of a frame, capture to prediction (default: %(default)s)",
-    )
-    load.add_argument(
-        "--max-in-flight", type=int, default=4, metavar="K", help="frames in flight per client (default: %(default)s)"
-    )
-    load.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=5.0,
-        metavar="S",
-        help="how long each client waits for the server at start (default: %(default)s)",
-    )
+    cli_common.add_source_argument(load)
+    cli_common.add_connect_timeout_argument(load)
     load.add_argument(
         "--time-limit-s",
         type=float,
@@ -149,18 +116,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         f"(default: 2 x --seconds + the give-up wait + --connect-timeout + {TIME_LIMIT_SLACK_S:g})",
     )
 
-    model = p.add_argument_group("model")
-    model.add_argument(
-        "--bundle", type=Path, default=None, metavar="PATH", help="model bundle folder (default: the shipped one)"
-    )
-    model.add_argument(
-        "--controller",
-        default=None,
-        metavar="NAME",
-        help=f"{' | '.join(CONTROLLER_NAMES)}: how each client picks its mode per frame (default: fixed with "
-        "--mode, else mpc)",
-    )
-    model.add_argument("--mode", default=None, metavar="NAME", help="the mode of --controller fixed")
+    model = cli_common.add_control_arguments(p, controller=None, deadline_ms=100.0, fps=10.0, fps_note=" per client")
     model.add_argument(
         "--encoder-threads",
         type=int,
@@ -168,21 +124,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         metavar="N",
         help="ONNX Runtime threads of each client's encoder (default: %(default)s; 0 = ONNX Runtime decides)",
     )
-    model.add_argument(
-        "--source",
-        default=SAMPLE,
-        metavar="SOURCE",
-        help="frames: 'sample', a folder of images or an .npz (default: %(default)s); repeated as needed",
-    )
 
-    link = p.add_argument_group("links (one shaping proxy per client)")
-    link.add_argument(
-        "--link",
-        nargs="+",
-        default=None,
-        metavar="SPEC",
-        help="uplink specs: Mahimahi trace files, rates such as 2mbit, or none; client i uses SPEC[i mod count] "
-        "(default: the shipped traces)",
+    link = cli_common.add_link_arguments(
+        p,
+        title="links (one shaping proxy per client)",
+        description=None,
+        uplink=None,
+        uplink_text="the shipped traces",
+        several=True,
+        offset_text="%(default)s; client i starts i x --offset-stride-s later",
     )
     link.add_argument(
         "--offset-stride-s",
@@ -191,39 +141,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         metavar="S",
         help="client i starts --link-offset-s + i x S seconds into its trace (default: %(default)s)",
     )
-    link.add_argument(
-        "--link-offset-s", type=float, default=0.0, metavar="S", help="offset of client 0 (default: %(default)s)"
-    )
-    link.add_argument(
-        "--link-delay-ms",
-        type=float,
-        default=DEFAULT_DELAY_MS,
-        metavar="MS",
-        help="one-way propagation delay, each direction (default: %(default)s)",
-    )
-    link.add_argument(
-        "--downlink",
-        default=DEFAULT_DOWNLINK,
-        metavar="SPEC",
-        help="downlink of every client: trace file, rate or none (default: %(default)s)",
-    )
-    link.add_argument(
-        "--link-queue-bytes",
-        type=int,
-        default=DEFAULT_QUEUE_BYTES,
-        metavar="N",
-        help="bottleneck queue of each direction, bytes (default: %(default)s)",
-    )
 
-    out = p.add_argument_group("output")
-    out.add_argument("--json-out", type=Path, default=None, metavar="PATH", help="write per-client and overall JSON")
-    out.add_argument("--quiet", action="store_true", help="print only the table")
-    out.add_argument(
-        "--every",
-        type=float,
-        default=1.0,
-        metavar="S",
-        help="a progress line on stderr every S seconds (default: %(default)s; 0 = none)",
+    cli_common.add_output_arguments(
+        p,
+        summary="the table",
+        json_contents="the per-client summaries and the overall figures",
+        every=1.0,
+        every_help="a progress line on stderr every S seconds (default: %(default)s; 0 = none)",
     )
     return p
 
@@ -280,11 +204,7 @@ class _Setup:
 
     bundle_path: Path
     manifest: Manifest
-    controller: str
-    mode: str  # the fixed mode, or "adaptive"
-    modes: tuple[str, ...]  # what the clients may pick (checked against the server)
-    factory: ControllerFactory  # builds a fresh controller per call: each client gets its own
-    table: tuple[ModeOption, ...]
+    control: cli_common.ControlPlan  # its factory builds a fresh controller per call: each client gets its own
     frames: int
     client: ClientConfig  # the target is filled in once the server is known
     source: FrameSource
@@ -293,7 +213,8 @@ class _Setup:
     time_limit_s: float
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def _check_args(args: argparse.Namespace) -> str:
+    """The flags on their own; the controller's name."""
     if args.server is None and not args.start_server:
         raise ConfigError("give --server HOST:PORT or --start-server")
     if args.server is not None and args.start_server:
@@ -304,8 +225,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--fps must be > 0, got {args.fps}")
     if not (args.seconds > 0 and math.isfinite(args.seconds)):
         raise ConfigError(f"--seconds must be > 0, got {args.seconds}")
-    if not args.deadline_ms > 0:
-        raise ConfigError(f"--deadline-ms must be > 0, got {args.deadline_ms}")
     if args.encoder_threads < 0:
         raise ConfigError(f"--encoder-threads must be >= 0, got {args.encoder_threads}")
     if args.max_batch_size < 1:
@@ -318,15 +237,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--every must be >= 0, got {args.every}")
     if args.time_limit_s is not None and not args.time_limit_s > 0:
         raise ConfigError(f"--time-limit-s must be > 0, got {args.time_limit_s}")
-    if args.controller is not None:
-        check_controller_name(args.controller)
-    if args.mode and args.controller not in (None, "fixed"):
-        raise ConfigError(f"--mode fixes the mode; it cannot be combined with --controller {args.controller}")
+    return cli_common.check_control_args(args)
 
 
-def _prepare(args: argparse.Namespace) -> _Setup:
+def _prepare(args: argparse.Namespace, console: cli_common.Console) -> _Setup:
     """Everything that can fail before the server is started or dialled (each failure is a usage error)."""
-    _check_args(args)
+    controller = _check_args(args)
     if args.server is not None:
         parse_address(args.server)
     give_up_ms = default_give_up_ms(args.deadline_ms)
@@ -345,30 +261,9 @@ def _prepare(args: argparse.Namespace) -> _Setup:
         base_offset_s=args.link_offset_s,
         stride_s=args.offset_stride_s,
     )
-    bundle_path = args.bundle if args.bundle is not None else default_bundle_path()
-    bundle = Bundle.open(bundle_path)
+    bundle = cli_common.bundle_from_args(args)
     manifest = bundle.manifest
-    name = args.controller or ("fixed" if args.mode else "mpc")
-    mode = manifest.mode(args.mode).name if args.mode else default_mode(manifest).name
-    overhead = frame_overhead_bytes(manifest.name, manifest.version, client.top_k)
-    # built once here so that an unmeasured bundle fails now; each client builds its own with its round trip
-    _, table = make_controller(
-        name,
-        manifest,
-        mode=mode,
-        deadline_ms=args.deadline_ms,
-        max_in_flight=args.max_in_flight,
-        overhead_bytes=overhead,
-    )
-    factory = controller_factory(
-        name,
-        manifest,
-        mode=mode,
-        deadline_ms=args.deadline_ms,
-        max_in_flight=args.max_in_flight,
-        fps=args.fps,
-        overhead_bytes=overhead,
-    )
+    control = cli_common.plan_control(args, manifest, controller, top_k=client.top_k)
     source = open_source(args.source, manifest.input, manifest.classes)
     frames = max(1, round(args.fps * args.seconds))
     from slimsplit.edge.runtime import EncoderConfig, EncoderRuntime  # onnxruntime: import only when needed
@@ -379,14 +274,11 @@ def _prepare(args: argparse.Namespace) -> _Setup:
     time_limit = args.time_limit_s
     if time_limit is None:
         time_limit = 2 * args.seconds + give_up_ms / 1e3 + args.connect_timeout + TIME_LIMIT_SLACK_S
+    console.notes(source.notes)
     return _Setup(
-        bundle_path=bundle_path,
+        bundle_path=bundle.root,
         manifest=manifest,
-        controller=name,
-        mode=mode if name == "fixed" else "adaptive",
-        modes=(mode,) if name == "fixed" else manifest.mode_names,
-        factory=factory,
-        table=table,
+        control=control,
         frames=frames,
         client=client,
         source=source,
@@ -403,13 +295,13 @@ def build_runs(setup: _Setup, target: str, fps: float) -> list[EdgeRun]:
         EdgeRun(
             manifest=setup.manifest,
             encoder=setup.encoders[plan.index],
-            controller=setup.factory,
-            mode_table=setup.table,
+            controller=setup.control.factory,
+            mode_table=setup.control.table,
             frames=setup.source.take(setup.frames, cycle=True),
             target=target,
             client=client,
             fps=fps,
-            modes=setup.modes,
+            modes=setup.control.modes,
             route=plan.link.route if plan.link is not None else None,
         )
         for plan in setup.plans
@@ -763,9 +655,9 @@ def load_exit_status(clients: Sequence[ClientResult]) -> int:
     """0 = every client ran and none had failed frames; 1 = some did; 3 = no client ran."""
     ran = [c.summary for c in clients if c.summary is not None]
     if not ran:
-        return EXIT_SERVER
+        return cli_common.EXIT_SERVER
     worst = max(exit_status(s) for s in ran)
-    return EXIT_FAILED if len(ran) < len(clients) else worst
+    return cli_common.EXIT_FAILED if len(ran) < len(clients) else worst
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -794,8 +686,8 @@ def _meta(args: argparse.Namespace, setup: _Setup, target: str) -> dict[str, Any
         "server": f"in-process ({args.server_backend}, max batch {args.max_batch_size})" if args.start_server else None,
         "model": setup.manifest.name,
         "version": setup.manifest.version,
-        "controller": setup.controller,
-        "mode": setup.mode,
+        "controller": setup.control.name,
+        "mode": setup.control.mode_label,
         "clients": len(setup.plans),
         "fps": args.fps,
         "seconds": args.seconds,
@@ -813,22 +705,9 @@ def _meta(args: argparse.Namespace, setup: _Setup, target: str) -> dict[str, Any
     }
 
 
-def _error(out: TextIO, message: str) -> None:
-    out.write(f"{PROG}: error: {message}\n")
-    out.flush()
-
-
-def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
-    out = stdout or sys.stdout
-    err = stderr or sys.stderr
-    args = build_parser().parse_args(argv)
-    try:
-        setup = _prepare(args)
-    except SlimsplitError as exc:
-        _error(err, str(exc))
-        return EXIT_USAGE
-    for note in setup.source.notes:
-        err.write(f"{PROG}: note: {note}\n")
+def _run(setup: _Setup, args: argparse.Namespace, console: cli_common.Console) -> int:
+    """Start the server (``--start-server``), run every client, print the table, write the JSON; the exit status."""
+    out, err = console.out, console.err
     server: ServerThread | None = None
     if args.start_server:
         if not args.quiet:
@@ -837,11 +716,11 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         try:
             server = _start_server(args, setup.bundle_path)
         except SlimsplitError as exc:
-            _error(err, f"the server did not start: {exc}")
-            return EXIT_USAGE
+            console.error(f"the server did not start: {exc}")
+            return cli_common.EXIT_USAGE
         except (OSError, TimeoutError) as exc:
-            _error(err, f"the server did not start: {exc}")
-            return EXIT_SERVER
+            console.error(f"the server did not start: {exc}")
+            return cli_common.EXIT_SERVER
         target = server.address
     else:
         target = parse_address(args.server)
@@ -850,8 +729,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         if not args.quiet:
             out.write(
                 f"{PROG}: {len(runs)} clients -> {target}; model {setup.manifest.name} {setup.manifest.version}; "
-                f"controller {setup.controller} ({setup.mode}); {setup.frames} frames each at {args.fps:g} fps; "
-                f"deadline {args.deadline_ms:g} ms; source {setup.source.description}\n"
+                f"controller {setup.control.name} ({setup.control.mode_label}); {setup.frames} frames each at "
+                f"{args.fps:g} fps; deadline {args.deadline_ms:g} ms; source {setup.source.description}\n"
             )
             for plan in setup.plans:
                 out.write(f"  client {plan.index}: {plan.describe()}\n")
@@ -869,25 +748,23 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         overall = aggregate(clients, wall_s)
         out.write(format_report(clients, overall) + "\n")
         out.flush()
-    except KeyboardInterrupt:
-        _error(err, "interrupted")
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # | head
-        silence_stdout()
-        return EXIT_BROKEN_PIPE
     finally:
         if server is not None:
             server.stop(grace=1.0)
     for c in clients:
         if c.error:
-            _error(err, f"client {c.index}: {c.error}")
-    if args.json_out is not None:
-        try:
-            write_report(args.json_out, clients, overall, _meta(args, setup, target))
-        except OSError as exc:
-            _error(err, f"cannot write --json-out {args.json_out}: {exc}")
-            return EXIT_USAGE
-    return load_exit_status(clients)
+            console.error(f"client {c.index}: {c.error}")
+    meta = _meta(args, setup, target)
+    return cli_common.write_json_out(
+        console,
+        args.json_out,
+        lambda path: write_report(path, clients, overall, meta),
+        load_exit_status(clients),
+    )
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    return cli_common.run_main(build_parser(), argv, _prepare, _run, stdout=stdout, stderr=stderr)
 
 
 __all__ = [

@@ -39,6 +39,7 @@ from slimsplit.errors import ConfigError
 from slimsplit.v1 import slimsplit_pb2 as pb
 
 _perf = time.perf_counter
+_MIN_WAIT_S = 0.001  # a frame encoded past its give-up time still gets this long (then it is reported late)
 
 
 class EncodedLike(Protocol):
@@ -210,11 +211,14 @@ class Pipeline:
                     frame_id=fid,
                 )
                 self._idle.clear()
-                control.sent(fid, wire_bytes(msg), _perf())  # what crosses the link: payload + framing
+                sent_at = _perf()
+                control.sent(fid, wire_bytes(msg), sent_at)  # what crosses the link: payload + framing
+                # give up give_up_s after the capture (the deadline counts from there), however long encoding took
+                give_up_s = max(self._give_up_s - (sent_at - captured), _MIN_WAIT_S)
                 if stream is not None:
-                    await stream.submit(msg, self._give_up_s, functools.partial(self._complete, item))
+                    await stream.submit(msg, give_up_s, functools.partial(self._complete, item))
                 else:
-                    task = loop.create_task(self._unary(msg, item))
+                    task = loop.create_task(self._unary(msg, item, give_up_s))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 if self._callback_error is not None:
@@ -247,8 +251,8 @@ class Pipeline:
         self.encoder.set_mode(mode)
         return self.encoder.encode(image)
 
-    async def _unary(self, msg: pb.FeatureFrame, item: _Frame) -> None:
-        outcome = await self.client.infer_outcome(msg, self._give_up_s)
+    async def _unary(self, msg: pb.FeatureFrame, item: _Frame, give_up_s: float) -> None:
+        outcome = await self.client.infer_outcome(msg, give_up_s)
         self._complete(item, outcome)
 
     def _complete(self, item: _Frame, outcome: Outcome) -> None:

@@ -134,9 +134,11 @@ def make_controller(
 
 
 def default_give_up_ms(deadline_ms: float) -> float:
-    """How long a frame waits for its reply by default: long enough that a late reply still arrives (it measures
-    the link), short enough that a dead link frees the in-flight slots."""
-    return max(10.0 * deadline_ms, 2000.0)
+    """How long after its capture a frame waits for its reply by default: the deadline itself. A later answer is
+    a miss anyway, and holding its in-flight slot would block the next frame (one frame at a time: every frame
+    after a late one); its bytes stay in the link, which the mpc controller's queue model accounts for. This is
+    the ``captured`` expiry rule of :mod:`slimsplit.link.sim`, the one ``bench/controller.py`` evaluates."""
+    return float(deadline_ms)
 
 
 def controller_factory(

@@ -22,34 +22,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from slimsplit.bundle import Bundle, Manifest, default_bundle_path
+from slimsplit.bundle import Manifest
+from slimsplit.edge import cli_common
 from slimsplit.edge.client import frame_overhead_bytes
 from slimsplit.edge.config import ClientConfig
-from slimsplit.edge.control.base import Controller, Decision, FrameFeedback
-from slimsplit.edge.display import make_display, silence_stdout, wants_live
-from slimsplit.edge.link import DEFAULT_DELAY_MS, DEFAULT_DOWNLINK, EmulatedLink, LinkOptions
+from slimsplit.edge.control.base import Controller, Decision, FrameFeedback, ModeOption
+from slimsplit.edge.display import make_display, wants_live
+from slimsplit.edge.link import EmulatedLink
 from slimsplit.edge.run import (
     ControllerFactory,
     EdgeRun,
-    check_controller_name,
-    controller_factory,
     default_give_up_ms,
-    default_mode,
-    exit_status,
     mode_options,
     modes_by_payload,
     run_edge,
-    write_json,
 )
-from slimsplit.edge.sources import SAMPLE, open_source
-from slimsplit.errors import ConfigError, SlimsplitError
+from slimsplit.edge.sources import SAMPLE, FrameSource, open_source
+from slimsplit.errors import ConfigError
 from slimsplit.link.synth import shipped_traces_dir
+
+if TYPE_CHECKING:
+    from slimsplit.edge.runtime import EncoderRuntime
+    from slimsplit.server.app import ServerThread
 
 PROG = "slimsplit-demo"
 #: The shipped trace the demo drives the uplink with, and where in it the demo starts: from 6 s on it falls from
@@ -110,41 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=f"the earlier demo, a few modes in turn without emulation: {PROG} --link none --controller sweep",
     )
-    p.add_argument(
-        "--controller",
-        default=None,
-        metavar="NAME",
-        help=f"mpc (default), ewma-greedy, fixed (with --mode: the default when --mode is given) or {SWEEP} "
-        "(visit --modes modes in turn)",
+    model = cli_common.add_control_arguments(
+        p,
+        controller=None,
+        deadline_ms=100.0,
+        fps=30.0,
+        fps_note="; 0 needs --frames",
+        extra_controllers=((SWEEP, "visit --modes modes in turn"),),
     )
-    p.add_argument("--mode", default=None, metavar="NAME", help="the mode of the fixed controller")
-    p.add_argument("--modes", type=int, default=3, metavar="N", help=f"modes the {SWEEP} visits (default 3)")
-    p.add_argument(
-        "--link",
-        default=None,
-        metavar="SPEC",
-        help=f"uplink: a Mahimahi trace file, a rate such as 2mbit, or none (default: the shipped {DEMO_TRACE})",
+    model.add_argument("--modes", type=int, default=3, metavar="N", help=f"modes the {SWEEP} visits (default 3)")
+    cli_common.add_link_arguments(
+        p,
+        uplink=None,
+        uplink_text=f"the shipped {DEMO_TRACE}",
+        offset_s=None,
+        offset_text=f"{DEMO_OFFSET_S:g} for the default trace, else 0",
     )
-    p.add_argument(
-        "--link-offset-s",
-        type=float,
-        default=None,
-        metavar="S",
-        help=f"start this far into the trace (default: {DEMO_OFFSET_S:g} for the default trace, else 0)",
-    )
-    p.add_argument(
-        "--link-delay-ms",
-        type=float,
-        default=DEFAULT_DELAY_MS,
-        metavar="MS",
-        help="one-way delay (default %(default)s)",
-    )
-    p.add_argument("--downlink", default=DEFAULT_DOWNLINK, metavar="SPEC", help="downlink (default %(default)s)")
-    p.add_argument(
-        "--deadline-ms", type=float, default=100.0, metavar="MS", help="latency target (default %(default)s)"
-    )
-    p.add_argument("--fps", type=float, default=30.0, help="capture rate, frames per second (default %(default)s)")
-    p.add_argument(
+    run = p.add_argument_group("run")
+    run.add_argument(
         "--seconds",
         type=float,
         default=None,
@@ -152,20 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how long to stream (default: {DEMO_SECONDS_LIVE:g} on a terminal, {DEMO_SECONDS_PLAIN:g} under CI "
         "or without a TTY)",
     )
-    p.add_argument("--frames", type=int, default=None, metavar="N", help="how many frames (instead of --seconds)")
-    p.add_argument("--max-in-flight", type=int, default=4, metavar="K", help="frames in flight (default %(default)s)")
-    p.add_argument("--unary", action="store_true", help="one Infer call per frame instead of InferStream")
-    p.add_argument("--bundle", type=Path, default=None, metavar="PATH", help="bundle (default: the shipped one)")
-    p.add_argument("--backend", default="onnxruntime", help="server backend (default: %(default)s)")
-    p.add_argument("--json-out", type=Path, default=None, metavar="PATH", help="write every frame and the summary")
-    p.add_argument("--quiet", action="store_true", help="print only the summary")
-    p.add_argument("--plain", action="store_true", help="one plain line per frame, even on a terminal")
-    p.add_argument(
-        "--every",
-        type=float,
-        default=1.0,
-        metavar="S",
-        help="without a terminal: one line every S seconds (default %(default)s; 0 = one line per frame)",
+    run.add_argument("--frames", type=int, default=None, metavar="N", help="how many frames (instead of --seconds)")
+    run.add_argument("--unary", action="store_true", help="one Infer call per frame instead of InferStream")
+    run.add_argument("--backend", default="onnxruntime", help="server backend (default: %(default)s)")
+    cli_common.add_output_arguments(
+        p,
+        summary="the summary",
+        json_contents="every frame and the summary",
+        plain_help="one plain line per frame, even on a terminal",
+        every=1.0,
+        every_help="without a terminal: one line every S seconds (default %(default)s; 0 = one line per frame)",
     )
     return p
 
@@ -183,102 +161,106 @@ def _frames(args: argparse.Namespace, live: bool) -> int:
     return max(1, round(float(seconds) * float(args.fps)))
 
 
-Choice = tuple[str, Controller | ControllerFactory, tuple[str, ...]]
+@dataclass(frozen=True)
+class _Choice:
+    """The controller's label, the controller (or its factory), its mode table and the modes it may use."""
+
+    label: str
+    controller: Controller | ControllerFactory
+    table: tuple[ModeOption, ...]
+    modes: tuple[str, ...]
 
 
-def _controller(args: argparse.Namespace, manifest: Manifest, frames: int) -> Choice:
-    """The controller's label, the controller (or its factory) and the modes it may use."""
-    name = args.controller or ("fixed" if args.mode else "mpc")
-    check_controller_name(name, extra=(SWEEP,))
-    if args.mode and name != "fixed":
-        raise ConfigError(f"--mode fixes the mode; it cannot be combined with --controller {name}")
+def _controller(args: argparse.Namespace, name: str, manifest: Manifest, frames: int, top_k: int) -> _Choice:
     if name == SWEEP:
         if args.modes < 1:
             raise ConfigError(f"--modes must be >= 1, got {args.modes}")
         modes = demo_modes(manifest, args.modes)
         per_mode = max(1, -(-frames // len(modes)))
-        return f"{SWEEP} ({', '.join(modes)}; {per_mode} frames each)", SweepController(modes, per_mode), modes
-    mode = manifest.mode(args.mode).name if args.mode else default_mode(manifest).name
-    factory = controller_factory(
-        name,
-        manifest,
-        mode=mode,
-        deadline_ms=args.deadline_ms,
-        max_in_flight=args.max_in_flight,
-        fps=args.fps,
-        overhead_bytes=frame_overhead_bytes(manifest.name, manifest.version),
-    )
-    factory(0.0)  # fails now (unknown mode, unmeasured bundle), before the server starts
-    return (
-        (f"fixed ({mode})" if name == "fixed" else name),
-        factory,
-        ((mode,) if name == "fixed" else manifest.mode_names),
-    )
+        table = mode_options(manifest, overhead_bytes=frame_overhead_bytes(manifest.name, manifest.version, top_k))
+        label = f"{SWEEP} ({', '.join(modes)}; {per_mode} frames each)"
+        return _Choice(label, SweepController(modes, per_mode), table, modes)
+    plan = cli_common.plan_control(args, manifest, name, top_k=top_k)  # fails now (unknown mode, unmeasured bundle)
+    return _Choice(f"fixed ({plan.mode})" if plan.fixed else name, plan.factory, plan.table, plan.modes)
 
 
 def _link(args: argparse.Namespace) -> EmulatedLink | None:
-    spec = args.link if args.link is not None else str(demo_trace())
-    offset = args.link_offset_s if args.link_offset_s is not None else (DEMO_OFFSET_S if args.link is None else 0.0)
-    config = LinkOptions(uplink=spec, downlink=args.downlink, delay_ms=args.link_delay_ms, offset_s=offset).config()
-    return EmulatedLink(config) if config is not None else None
+    """``--link``, else the shipped :data:`DEMO_TRACE` from :data:`DEMO_OFFSET_S` seconds in."""
+    shipped = args.link is None
+    offset = args.link_offset_s if args.link_offset_s is not None else (DEMO_OFFSET_S if shipped else 0.0)
+    return cli_common.link_from_args(args, uplink=str(demo_trace()) if shipped else None, offset_s=offset)
 
 
-def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
-    out = stdout or sys.stdout
-    err = stderr or sys.stderr
-    args = build_parser().parse_args(argv)
-    live = False if args.plain or args.quiet else wants_live(out)
+@dataclass(frozen=True)
+class _Demo:
+    """Everything built before the stream starts, the server included."""
+
+    live: bool
+    frames: int
+    link: EmulatedLink | None
+    manifest: Manifest
+    choice: _Choice
+    client: ClientConfig
+    source: FrameSource
+    encoder: EncoderRuntime
+    server: ServerThread
+
+
+def _prepare(args: argparse.Namespace, console: cli_common.Console) -> _Demo:
+    """Check the flags, open the bundle, the source and the link, start the server (each failure a usage error)."""
+    live = False if args.plain or args.quiet else wants_live(console.out)
+    name = cli_common.check_control_args(args, extra=(SWEEP,))
+    if args.every < 0:
+        raise ConfigError(f"--every must be >= 0, got {args.every}")
+    frames = _frames(args, live)
+    link = _link(args)
+    bundle = cli_common.bundle_from_args(args)
+    manifest = bundle.manifest
+    client = ClientConfig(
+        max_in_flight=args.max_in_flight,
+        deadline_ms=args.deadline_ms,
+        give_up_ms=default_give_up_ms(args.deadline_ms),
+    )
+    choice = _controller(args, name, manifest, frames, client.top_k)
+    source = open_source(SAMPLE, manifest.input, manifest.classes)
+    from slimsplit.edge.runtime import EncoderRuntime
+    from slimsplit.server.app import ServerThread
+    from slimsplit.server.config import BackendConfig, GrpcConfig, ServerConfig
+
+    encoder = EncoderRuntime(bundle)
+    config = ServerConfig(
+        models=(bundle.root,),
+        log_level="warning",
+        grpc=GrpcConfig(host="127.0.0.1", port=0, grace_s=1.0),
+        backend=BackendConfig(name=args.backend),
+    )
+    console.out.write(f"{PROG}: starting a server on 127.0.0.1 with {args.backend} ...\n")
+    console.out.flush()
+    return _Demo(live, frames, link, manifest, choice, client, source, encoder, ServerThread(config).start())
+
+
+def _run(demo: _Demo, args: argparse.Namespace, console: cli_common.Console) -> int:
+    """Stream the frames through the link to the server, show them, stop the server, write the JSON."""
+    manifest, link, frames = demo.manifest, demo.link, demo.frames
     try:
-        if not args.deadline_ms > 0 or args.fps < 0 or args.every < 0:
-            raise ConfigError("--deadline-ms must be > 0, --fps and --every >= 0")
-        frames = _frames(args, live)
-        link = _link(args)
-        bundle_path = args.bundle if args.bundle is not None else default_bundle_path()
-        bundle = Bundle.open(bundle_path)
-        manifest = bundle.manifest
-        label, controller, modes = _controller(args, manifest, frames)
-        client = ClientConfig(
-            max_in_flight=args.max_in_flight,
-            deadline_ms=args.deadline_ms,
-            give_up_ms=default_give_up_ms(args.deadline_ms),
-        )
-        source = open_source(SAMPLE, manifest.input, manifest.classes)
-        from slimsplit.edge.runtime import EncoderRuntime
-        from slimsplit.server.app import ServerThread
-        from slimsplit.server.config import BackendConfig, GrpcConfig, ServerConfig
-
-        encoder = EncoderRuntime(bundle)
-        config = ServerConfig(
-            models=(bundle_path,),
-            log_level="warning",
-            grpc=GrpcConfig(host="127.0.0.1", port=0, grace_s=1.0),
-            backend=BackendConfig(name=args.backend),
-        )
-        out.write(f"{PROG}: starting a server on 127.0.0.1 with {args.backend} ...\n")
-        out.flush()
-        server = ServerThread(config).start()
-    except SlimsplitError as exc:
-        err.write(f"{PROG}: error: {exc}\n")
-        return 2
-    try:
-        target = server.address
+        target = demo.server.address
         run = EdgeRun(
             manifest=manifest,
-            encoder=encoder,
-            controller=controller,
-            mode_table=mode_options(manifest, overhead_bytes=frame_overhead_bytes(manifest.name, manifest.version)),
-            frames=source.take(frames, cycle=True),
+            encoder=demo.encoder,
+            controller=demo.choice.controller,
+            mode_table=demo.choice.table,
+            frames=demo.source.take(frames, cycle=True),
             target=target,
-            client=replace(client, target=target),
+            client=replace(demo.client, target=target),
             fps=args.fps,
             unary=args.unary,
-            modes=modes,
+            modes=demo.choice.modes,
             route=link.route if link is not None else None,
         )
         display = make_display(
-            out,
+            console.out,
             quiet=args.quiet,
-            live=live,
+            live=demo.live,
             class_names=manifest.classes,
             every=0.0 if args.plain else args.every,
             capacity=link.uplink_bps if link is not None else None,
@@ -288,40 +270,29 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         header = (
             f"{PROG}: server {target} ({args.backend}), edge encoder in ONNX Runtime, "
             f"{'Infer' if args.unary else 'InferStream'}; model {manifest.name} {manifest.version}; "
-            f"controller {label}; deadline {args.deadline_ms:g} ms; {frames} frames at {args.fps:g} fps{seconds} "
-            f"from {source.description}\n"
+            f"controller {demo.choice.label}; deadline {args.deadline_ms:g} ms; {frames} frames at {args.fps:g} fps"
+            f"{seconds} from {demo.source.description}\n"
             f"  link: {link.describe() if link is not None else 'none (direct loopback)'}"
         )
         report, summary = asyncio.run(run_edge(run, display, header))
-    except KeyboardInterrupt:
-        err.write(f"{PROG}: interrupted\n")
-        return 130
-    except BrokenPipeError:  # | head
-        silence_stdout()
-        return 141
-    except SlimsplitError as exc:
-        err.write(f"{PROG}: error: {exc}\n")
-        return 3
     finally:
-        server.stop(grace=1.0)
-    if args.json_out is not None:
-        meta = {
-            "demo": True,
-            "target": target,
-            "model": manifest.name,
-            "version": manifest.version,
-            "controller": label,
-            "deadline_ms": args.deadline_ms,
-            "fps": args.fps,
-            "rtt_ms": report.rtt_ms,
-            "link": link.describe() if link is not None else None,
-        }
-        try:
-            write_json(args.json_out, report, summary, meta)
-        except OSError as exc:
-            err.write(f"{PROG}: error: cannot write --json-out {args.json_out}: {exc}\n")
-            return 2
-    return exit_status(summary)
+        demo.server.stop(grace=1.0)
+    meta = {
+        "demo": True,
+        "target": target,
+        "model": manifest.name,
+        "version": manifest.version,
+        "controller": demo.choice.label,
+        "deadline_ms": args.deadline_ms,
+        "fps": args.fps,
+        "rtt_ms": report.rtt_ms,
+        "link": link.describe() if link is not None else None,
+    }
+    return cli_common.finish_run(console, args.json_out, report, summary, meta)
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    return cli_common.run_main(build_parser(), argv, _prepare, _run, stdout=stdout, stderr=stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

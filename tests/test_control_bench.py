@@ -36,7 +36,7 @@ def test_bench_writes_results_targets_and_miss_analysis(tmp_path: Path) -> None:
     args = ["--only", "step-collapse", "--seconds", "12", "--scenarios", "rpi4-300ms", "--plot-seconds", "12"]
     assert _load().main([*args, "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
-    assert doc["expiry"] == "sent" and doc["seconds"] == 12
+    assert doc["expiry"] == "captured" and doc["seconds"] == 12
     rows = doc["results"]
     assert {(r["trace"], r["controller"]) for r in rows} == {
         ("step-collapse", c) for c in ("fixed", "fixed-lightest", "ewma-greedy", "mpc", "oracle")
@@ -53,6 +53,9 @@ def test_bench_writes_results_targets_and_miss_analysis(tmp_path: Path) -> None:
     assert oracle["feasible_hit_rate"] == 1.0 and oracle["feasible_misses"] == {}
     (target,) = doc["targets"]
     assert target["scenario"] == "rpi4-300ms" and "beats_ewma_greedy" in target
-    assert {s["expiry"] for s in doc["sensitivity"]} == {"reply"}
+    assert {s["expiry"] for s in doc["sensitivity"]} == {"sent", "reply"}
     assert doc["decision_time_us"]["mpc"]["p50_median_us"] > 0
-    assert len(doc["plots"]) == 1 and Path(doc["plots"][0]).stat().st_size > 10_000
+    # the risk frontier: mpc at every other margin, on the same scenario x trace
+    assert [f["margin"] for f in doc["frontier"]] == [0.8, 0.65, 0.5]
+    assert all(0.0 <= f["feasible_hit_rate"] <= 1.0 for f in doc["frontier"])
+    assert len(doc["plots"]) == 2 and all(Path(p).stat().st_size > 10_000 for p in doc["plots"])

@@ -103,10 +103,11 @@ class EwmaGreedyController(Controller):
 class MpcConfig:
     """Options of :class:`MpcController` (its docstring says how each one enters the decision)."""
 
-    samples: int = 8  # throughput samples that form the forecast distribution
+    samples: int = 16  # throughput samples that form the forecast distribution
     sample_span: int = 4  # a sample measures up to this many frames queued back to back (TransferSampler.span)
     quantiles: int = 8  # evaluate this many evenly spaced quantiles of them (0 = every sample)
-    margin: float = 1.0  # a frame counts as in time in a scenario if it finishes within margin * deadline
+    margin: float = 0.95  # a frame counts as in time in a scenario if it finishes within margin * deadline (the
+    #                       risk knob: lower = fewer late frames, less accurate modes; see bench/controller.py)
     late_penalty: float | None = None  # frames' worth of accuracy charged per late frame; None = 1 when one
     #                                    frame at a time (a late frame blocks the next one), else 0 (the
     #                                    follower term already charges the delay a frame causes)

@@ -40,6 +40,7 @@ from slimsplit.errors import ConfigError
 from slimsplit.link.shaping import LinkConfig
 
 _COMPLETE, _EXPIRE, _SERVER_DONE, _SEND, _CAPTURE = 0, 1, 2, 3, 4
+_SAME_INSTANT_S = 1e-9  # capture and deadline times computed two ways may differ by float rounding
 EXPIRY_RULES = ("reply", "sent", "captured")
 
 
@@ -97,6 +98,14 @@ def simulate(
     while heap:
         t, kind, fid, nbytes = heapq.heappop(heap)
         if kind == _CAPTURE:
+            # a frame whose deadline is this very instant is given up before this capture's decision (the
+            # capture-time rule: one frame at a time with period == deadline frees its slot for the next frame);
+            # its reply, had it arrived at the deadline, was handled already (completions come first)
+            while heap and heap[0][1] == _EXPIRE and heap[0][0] <= t + _SAME_INSTANT_S:
+                _, _, efid, _ = heapq.heappop(heap)
+                if efid in server_ms and efid not in expired:
+                    expired.add(efid)
+                    loop.completed(efid, t, 0.0, ok=False)
             if fid + 1 < n:
                 heapq.heappush(heap, (config.t0 + (fid + 1) * period, _CAPTURE, fid + 1, 0))
             d = loop.decide(fid, t)
@@ -107,8 +116,8 @@ def simulate(
             enc_free = max(enc_free, t) + mode.encoder_ms / 1000.0
             server_ms[fid] = mode.server_ms
             heapq.heappush(heap, (enc_free, _SEND, fid, size))
-            if config.expiry == "captured":  # 1 ns after the deadline: a reply exactly at the deadline is a hit
-                heapq.heappush(heap, (t + deadline_s + 1e-9, _EXPIRE, fid, 0))
+            if config.expiry == "captured":  # at the deadline (a reply at that instant is handled first: a hit)
+                heapq.heappush(heap, (t + deadline_s, _EXPIRE, fid, 0))
         elif kind == _SEND:
             if fid in expired:  # expired while waiting for the encoder: never handed to the transport
                 expired.discard(fid)
