@@ -170,8 +170,40 @@ def _planning_modes(modes: Sequence[ModeOption], tolerance_ms: float) -> tuple[M
     )
 
 
-# per-scenario constants: 1/s, per mode latency on an idle link and offset when queued, follower step function
-_Table = tuple[float, list[tuple[float, float, float]], list[float], list[float]]
+class _Table:
+    """Per-scenario constants (see :meth:`MpcController._scenario_table`); ``subsets`` caches them restricted to
+    the modes evaluated in a decision (keyed by their indices)."""
+
+    __slots__ = ("follow", "idle_ok", "idle_pos", "inv", "min_start", "neg_thetas", "rows", "subsets")
+
+    def __init__(
+        self,
+        inv: float,
+        rows: list[tuple[float, float, float]],
+        neg_thetas: list[float],
+        follow: list[float],
+        idle_ok: list[bool],
+        idle_pos: list[int],
+    ) -> None:
+        self.inv = inv
+        self.rows = rows  # per mode: idle start, latency on an idle link, offset when queued
+        self.neg_thetas = neg_thetas  # the followers' value as a step function (see _scenario_table)
+        self.follow = follow
+        self.idle_ok = idle_ok  # per mode: in time on an idle link
+        self.idle_pos = idle_pos  # per mode: the followers' step index on an idle link
+        self.min_start = min(r[0] for r in rows)  # below this busy time every mode starts on an idle link
+        self.subsets: dict[tuple[int, ...], tuple[list[tuple[float, float, float]], list[bool], list[int]]] = {}
+
+    def subset(self, idx: tuple[int, ...]) -> tuple[list[tuple[float, float, float]], list[bool], list[int]]:
+        sub = self.subsets.get(idx)
+        if sub is None:
+            sub = self.subsets[idx] = (
+                [self.rows[j] for j in idx],
+                [self.idle_ok[j] for j in idx],
+                [self.idle_pos[j] for j in idx],
+            )
+        return sub
+
 
 _SENT, _BITS, _POST, _SEEN = 0, 1, 2, 3  # fields of a queue entry (a small list, for speed)
 _GRID = 0.02  # scenario rates are rounded to a logarithmic grid of 2% steps, so per-rate tables are reused
@@ -453,9 +485,12 @@ class MpcController(Controller):
             top = cache.get(s_top)
             if top is None:
                 top = cache[s_top] = self._scenario_table(s_top, period, h, ref)
-            idx = [j for j, row in enumerate(top[1]) if row[1] <= budget or j == light]
+            idx = [j for j, row in enumerate(top.rows) if row[1] <= budget or j == light]
         every = len(idx) == len(self._mode_rows)
         ev = self._mode_rows if every else [self._mode_rows[j] for j in idx]  # accuracy, follower offset, bits
+        idx_key = tuple(idx)
+        accs = [row[0] for row in ev]
+        late_vals = [-late_cost - waste * row[2] for row in ev]  # the value of a mode's frame when it is late
         gains = [0.0] * len(ev)
         busy: list[float] = []  # r per distinct scenario (for the predicted latency of the choice)
         queue = [(e[_SENT], e[_BITS]) for e in entries]
@@ -464,7 +499,7 @@ class MpcController(Controller):
             if table is None:
                 table = self._scenario_table(s2, period, h, ref)
                 cache[s2] = table
-            inv, rows, neg_thetas, follow = table
+            inv, neg_thetas, follow = table.inv, table.neg_thetas, table.follow
             follow[0] = none_v  # the followers' value when none fits depends on A (it moves; the rest does not)
             d = d0
             if queue:
@@ -482,19 +517,26 @@ class MpcController(Controller):
             busy.append(r)
             # skipping is an option too: the followers then face only the bytes already in flight
             skip_gain += w * follow[bisect_right(neg_thetas, period - (r if r > 0 else 0.0))]
-            if not every:
-                rows = [rows[j] for j in idx]
+            rows, idle_ok, idle_pos = (table.rows, table.idle_ok, table.idle_pos) if every else table.subset(idx_key)
             # per mode: latency = max(busy, idle start) + offset; value = accuracy if in time, else the late
             # value; plus the followers' value (they fit iff their start - next capture <= theta)
-            gains = [
-                acc_sum
-                + w
-                * (
-                    (acc if (lat := (idle_lat if start >= r else r + off)) <= budget else -late_cost - waste * bits)
-                    + follow[bisect_right(neg_thetas, f_off - lat)]
-                )
-                for acc_sum, (start, idle_lat, off), (acc, f_off, bits) in zip(gains, rows, ev, strict=True)
-            ]
+            if r <= table.min_start:  # every mode starts on an idle link: latencies and steps are precomputed
+                gains = [
+                    acc_sum + w * ((acc if ok else late) + follow[pos])
+                    for acc_sum, acc, ok, late, pos in zip(gains, accs, idle_ok, late_vals, idle_pos, strict=True)
+                ]
+            else:
+                gains = [
+                    acc_sum
+                    + w
+                    * (
+                        (acc if (lat := (idle_lat if start >= r else r + off)) <= budget else late)
+                        + follow[bisect_right(neg_thetas, f_off - lat)]
+                    )
+                    for acc_sum, (start, idle_lat, off), (acc, f_off, _), late in zip(
+                        gains, rows, ev, late_vals, strict=True
+                    )
+                ]
         n = float(n_scen)
         best_j = -1
         best_u = skip_gain / n
@@ -511,7 +553,7 @@ class MpcController(Controller):
             total = 0.0
             for (_, s2, w), r in zip(pairs, busy, strict=True):
                 table = cache.get(s2) or self._scenario_table(s2, period, h, ref)
-                start, idle_lat, off = table[1][j]
+                start, idle_lat, off = table.rows[j]
                 total += w * (idle_lat if start >= r else r + off)
             return total / n
 
@@ -567,7 +609,14 @@ class MpcController(Controller):
             top = acc_k if acc_k > top else top
             neg_thetas.append(neg)
             follow.append(followers * top)
-        return inv, rows, neg_thetas, follow
+        # on an idle link (busy time <= every start) the latency of mode j is its idle latency: precompute whether
+        # it is in time and where its followers land on the step function
+        budget = self.budget_s
+        idle_ok = [row[1] <= budget for row in rows]
+        idle_pos = [
+            bisect_right(neg_thetas, mode_row[1] - row[1]) for row, mode_row in zip(rows, self._mode_rows, strict=True)
+        ]
+        return _Table(inv, rows, neg_thetas, follow, idle_ok, idle_pos)
 
     def _send(self, mode: str, reason: str, bw: float | None, lat: float | None) -> Decision:
         self._prev = mode
