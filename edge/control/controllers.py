@@ -301,6 +301,7 @@ class MpcController(Controller):
         self.rtt_s = cfg.rtt_ms / 1000.0
         self.sampler = TransferSampler(rtt_s=self.rtt_s, packet_bytes=cfg.packet_bytes, span=cfg.sample_span)
         self._samples: deque[float] = deque(maxlen=cfg.samples)
+        self._estimate: float | None = None  # harmonic mean of the samples (for display), updated with them
         self._scenarios: list[float] = []
         self._post_of = {m.name: self.rtt_s + m.server_ms / 1000.0 for m in modes}
         self._pkt_bits = 8.0 * cfg.packet_bytes
@@ -362,6 +363,7 @@ class MpcController(Controller):
         s = self.sampler.sample(feedback, ahead_bits / 8.0, ahead_sent)
         if s is not None and s.bps > 0 and math.isfinite(s.bps):
             self._samples.append(s.bps)
+            self._estimate = len(self._samples) / sum(1.0 / x for x in self._samples)
             ordered = sorted(self._samples)
             q = self.config.quantiles
             n = len(ordered)
@@ -372,9 +374,7 @@ class MpcController(Controller):
 
     def estimate_bps(self) -> float | None:
         """Harmonic mean of the recent samples (for display)."""
-        if not self._samples:
-            return None
-        return len(self._samples) / sum(1.0 / x for x in self._samples)
+        return self._estimate
 
     @property
     def unconfirmed_frames(self) -> int:
@@ -492,7 +492,7 @@ class MpcController(Controller):
         accs = [row[0] for row in ev]
         late_vals = [-late_cost - waste * row[2] for row in ev]  # the value of a mode's frame when it is late
         gains = [0.0] * len(ev)
-        busy: list[float] = []  # r per distinct scenario (for the predicted latency of the choice)
+        busy: list[tuple[float, float, _Table]] = []  # (r, weight, table) per scenario: the choice's latency
         queue = [(e[_SENT], e[_BITS]) for e in entries]
         for s1, s2, w in pairs:
             table = cache.get(s2)
@@ -514,7 +514,7 @@ class MpcController(Controller):
                 t = now + pkt * inv
                 d = (t if t > d else d) + unsent_bits * inv
             r = d - now  # the uplink is busy for r more seconds in this scenario
-            busy.append(r)
+            busy.append((r, w, table))
             # skipping is an option too: the followers then face only the bytes already in flight
             skip_gain += w * follow[bisect_right(neg_thetas, period - (r if r > 0 else 0.0))]
             rows, idle_ok, idle_pos = (table.rows, table.idle_ok, table.idle_pos) if every else table.subset(idx_key)
@@ -551,13 +551,12 @@ class MpcController(Controller):
 
         def mean_latency(j: int) -> float:
             total = 0.0
-            for (_, s2, w), r in zip(pairs, busy, strict=True):
-                table = cache.get(s2) or self._scenario_table(s2, period, h, ref)
+            for r, w, table in busy:
                 start, idle_lat, off = table.rows[j]
                 total += w * (idle_lat if start >= r else r + off)
             return total / n
 
-        est = self.estimate_bps()
+        est = self._estimate
         if est is not None and cap < est:
             est = cap
         if best_j < 0 and in_flight_frames == 0:
