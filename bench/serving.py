@@ -409,36 +409,21 @@ def run(config: BenchConfig, console: Console) -> dict[str, Any]:
             progress.update()
         if "onnxruntime" in config.backends:
             doc["concurrency"]["onnxruntime"] = _sweep(address, manifest.name, mode, payloads, config, progress)
+
+    def one_in_flight(address: str, transport: str) -> list[Outcome]:
+        point = measure_point(
+            address, manifest.name, mode, payloads, config.overhead_frames, config.warmup, 1, transport == "unary"
+        )
+        return asyncio.run(point)[0]
+
     with server_process(ECHO, bundle_path) as address:
         for transport in ("unary", "stream"):
-            outcomes, _wall = asyncio.run(
-                measure_point(
-                    address,
-                    manifest.name,
-                    mode,
-                    payloads,
-                    config.overhead_frames,
-                    config.warmup,
-                    1,
-                    transport == "unary",
-                )
-            )
+            outcomes = one_in_flight(address, transport)
             doc["grpc_floor"][transport] = {"rtt_p50": percentile([o.rtt_ms for o in outcomes if o.ok], 50)}
             progress.update()
     with server_process("null", bundle_path) as address:
         for transport in ("unary", "stream"):
-            outcomes, _wall = asyncio.run(
-                measure_point(
-                    address,
-                    manifest.name,
-                    mode,
-                    payloads,
-                    config.overhead_frames,
-                    config.warmup,
-                    1,
-                    transport == "unary",
-                )
-            )
+            outcomes = one_in_flight(address, transport)
             rtts = [o.rtt_ms for o in outcomes if o.ok]
             totals = [c + r for c, r in zip(codec_ms, rtts, strict=False)]
             rtt_p50 = percentile(rtts, 50)
