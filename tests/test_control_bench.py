@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "controller.py"
+from script_loader import load_bench
+
 REQUIRED = (
     "scenario",
     "trace",
@@ -23,12 +22,7 @@ REQUIRED = (
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_controller", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("controller")
 
 
 def test_bench_writes_results_targets_and_miss_analysis(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from typing import Any
 
 import pytest
 import yaml
+from script_loader import load_script
 
 from slimsplit.server.config import GrpcConfig, ServerConfig, load_config
 
@@ -328,11 +329,7 @@ def unit_execstart() -> tuple[str, list[str]]:
 
 
 def load_healthcheck() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("slimsplit_deploy_healthcheck", DOCKER / "healthcheck.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DOCKER / "healthcheck.py", "slimsplit_deploy_healthcheck")
 
 
 @pytest.fixture(scope="module")

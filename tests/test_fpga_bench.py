@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 from fixtures_bundle import write_tiny_bundle
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "intar.py"
+from script_loader import load_bench
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_intar", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("intar")
 
 
 def test_bench_writes_kernels_bundle_rows_and_plots(tmp_path: Path) -> None:

@@ -110,6 +110,11 @@ def export_encoder(
     width_input: str = "width",
     output: str = "features",
 ) -> None:
+    if model.config.bottleneck.kind != "slices":
+        raise BundleError(
+            f"the width-switchable encoder export supports bottleneck kind 'slices' only, "
+            f"not {model.config.bottleneck.kind!r}"
+        )
     dummy = torch.zeros(1, *model.config.input_shape)
     _export(_EncoderFullWidth(model), dummy, path, image_input, output)
     _make_width_switchable(path, output, width_input, model.config.bottleneck.max_width)

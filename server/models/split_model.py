@@ -11,7 +11,7 @@ from torch import nn
 
 from slimsplit.errors import BundleError
 from slimsplit.server.models.backbones import Backbone, SplitPoint, build_backbone
-from slimsplit.server.models.bottleneck import BottleneckConfig, SlimmableDecoder, SlimmableEncoder
+from slimsplit.server.models.bottleneck import BottleneckConfig, SlimmableDecoder, build_encoder
 from slimsplit.server.models.layers import fake_quantize
 
 CHECKPOINT_FORMAT = 1
@@ -37,7 +37,11 @@ class SplitModelConfig:
             split_after=d["split_after"],
             input_shape=(int(d["input_shape"][0]), int(d["input_shape"][1]), int(d["input_shape"][2])),
             bottleneck=BottleneckConfig(
-                widths=tuple(b["widths"]), bits=tuple(b["bits"]), decoder_channels=int(b["decoder_channels"])
+                widths=tuple(b["widths"]),
+                bits=tuple(b["bits"]),
+                decoder_channels=int(b["decoder_channels"]),
+                kind=str(b.get("kind", "slices")),  # checkpoints written before the ensemble variant: slices
+                member_channels=int(b.get("member_channels", 0)),
             ),
         )
 
@@ -61,7 +65,7 @@ class SplitModel(nn.Module):
             int(probe.shape[3]),
         )
         c = self.head_shape[0]
-        self.encoder = SlimmableEncoder(c, config.bottleneck.max_width)
+        self.encoder = build_encoder(c, config.bottleneck)
         self.decoder = SlimmableDecoder(c, config.bottleneck.widths, config.bottleneck.decoder_channels)
         with torch.no_grad():
             z = self.encoder(probe)
