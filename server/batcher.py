@@ -10,7 +10,8 @@ queued or running and its tail has recently taken at most ``inline_tail_max_us``
 :meth:`ModeBatcher.try_inline` runs the frame's tail directly on the caller's thread (the event loop): no queue,
 no worker wake-up, no thread hop, which on a small machine is most of the serving overhead for a cheap tail.
 The tail time it tests is measured where the tail runs (a moving average per call), so a tail that becomes
-slow goes back to the executor by itself.
+slow goes back to the executor by itself; and once tails keep the server busy (:class:`TailLoad` above
+``inline_max_load``), every frame goes through the executor, where a tail runs beside the loop on another core.
 
 A full queue refuses the frame with :class:`~slimsplit.errors.Overloaded`; a frame whose deadline passed while
 it waited is answered with :class:`~slimsplit.errors.DeadlineExceeded` without running; a frame whose caller
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -49,6 +51,25 @@ class BatchResult:
     device_ms: float | None
 
 
+class TailLoad:
+    """How busy the tails keep the server: tail seconds per wall-clock second over the last ``tau_s`` (an
+    exponentially decayed sum), over every model and mode of one core, wherever the tails ran. Above
+    ``BatchingConfig.inline_max_load`` the batchers stop running tails on the event loop: under load a tail on an
+    executor thread runs beside the loop's gRPC work on another core, which is worth more than the thread hop."""
+
+    def __init__(self, tau_s: float = 0.05) -> None:
+        self.tau_s = tau_s
+        self._busy = 0.0
+        self._at = 0.0
+
+    def add(self, seconds: float, now: float) -> None:
+        self._busy = self._busy * math.exp(-max(0.0, now - self._at) / self.tau_s) + seconds
+        self._at = now
+
+    def utilization(self, now: float) -> float:
+        return self._busy * math.exp(-max(0.0, now - self._at) / self.tau_s) / self.tau_s
+
+
 @dataclass
 class _Item:
     features: npt.NDArray[np.float32]
@@ -69,6 +90,7 @@ class ModeBatcher:
         on_batch: BatchHook | None = None,
         *,
         inline_safe: bool = False,
+        load: TailLoad | None = None,
     ) -> None:
         self.name = name
         self._tail = tail
@@ -81,6 +103,7 @@ class ModeBatcher:
         self._closed = False
         self._inline_safe = inline_safe  # the tail may run on the event loop (TailRunner.inline_safe)
         self._tail_s: float | None = None  # moving average of one tail call's time, seconds
+        self._load = load if load is not None else TailLoad()  # shared by the batchers of one core
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -96,6 +119,7 @@ class ModeBatcher:
 
     def _observe(self, seconds: float) -> None:
         self._tail_s = seconds if self._tail_s is None else 0.8 * self._tail_s + 0.2 * seconds
+        self._load.add(seconds, time.perf_counter())
 
     def _timed_tail(self, x: npt.NDArray[np.float32]) -> tuple[TailOutput, float]:
         t0 = time.perf_counter()
@@ -117,6 +141,8 @@ class ModeBatcher:
         limit = self._config.inline_tail_max_us * 1e-6
         if not self._inline_safe or limit <= 0 or self._tail_s is None or self._tail_s > limit or self.pending:
             return None
+        if self._load.utilization(time.perf_counter()) > self._config.inline_max_load:
+            return None  # busy: leave the loop free for gRPC and run tails beside it
         out, seconds = self._timed_tail(features[None])
         self._check_logits(out, 1)
         self._observe(seconds)

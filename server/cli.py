@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="US",
         help="run tails this cheap on the event loop when their mode is idle; 0 = never (default 500)",
     )
+    ba.add_argument(
+        "--inline-max-load",
+        type=float,
+        metavar="X",
+        help="...but only while tails take less than this share of the last 50 ms (default 0.25)",
+    )
     ob = p.add_argument_group("observability")
     ob.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port (default off)"
@@ -134,6 +140,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("batching", "queue_capacity", args.queue_capacity)
     put("batching", "executor_threads", args.tail_threads)
     put("batching", "inline_tail_max_us", args.inline_tail_max_us)
+    put("batching", "inline_max_load", args.inline_max_load)
     put("metrics", "port", args.metrics_port)
     return out
 

@@ -109,6 +109,9 @@ class BatchingConfig:
     # model+mode is queued or running and that tail's recent time is at most this many microseconds.
     # Saves ~0.3 ms per frame for cheap tails; 0 = always use the queue and the executor.
     inline_tail_max_us: int = 500
+    # ... but only while tails keep the server less busy than this (tail seconds per second over the last 50 ms);
+    # above it a tail on an executor thread beside the loop is worth more than the saved hop.
+    inline_max_load: float = 0.25
 
     def __post_init__(self) -> None:
         _check(1 <= self.max_batch_size <= 4096, "batching.max_batch_size", "must be in [1, 4096]")
@@ -117,6 +120,7 @@ class BatchingConfig:
         _check(1 <= self.workers_per_mode <= 64, "batching.workers_per_mode", "must be in [1, 64]")
         _check(1 <= self.executor_threads <= 256, "batching.executor_threads", "must be in [1, 256]")
         _check(0 <= self.inline_tail_max_us <= 1_000_000, "batching.inline_tail_max_us", "must be in [0, 1000000]")
+        _check(0.0 <= self.inline_max_load <= 64.0, "batching.inline_max_load", "must be in [0, 64]")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from slimsplit.errors import (
     UnsupportedVersion,
 )
 from slimsplit.server.backends.base import Backend, TailRunner
-from slimsplit.server.batcher import BatchResult, ModeBatcher
+from slimsplit.server.batcher import BatchResult, ModeBatcher, TailLoad
 from slimsplit.server.config import BatchingConfig, ServerConfig
 from slimsplit.server.metrics import ServerMetrics
 from slimsplit.server.repository import discover_all, newest
@@ -165,6 +165,7 @@ class InferenceCore:
         self._latest = {name: newest(list(versions)) for name, versions in self._models.items()}
         self._executor = ThreadPoolExecutor(self.batching.executor_threads, thread_name_prefix="slimsplit-tail")
         self._batchers: dict[tuple[str, str, str], ModeBatcher] = {}
+        self._tail_load = TailLoad()  # how busy the tails keep this core (decides inline vs executor)
         self._accepting = True
         self._in_flight = 0
 
@@ -298,6 +299,7 @@ class InferenceCore:
                 self._executor,
                 hook,
                 inline_safe=loaded.runner.inline_safe,
+                load=self._tail_load,
             )
             self._batchers[key] = batcher
         return batcher

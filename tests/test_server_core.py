@@ -35,6 +35,7 @@ from slimsplit.errors import (
 from slimsplit.server import core as core_module
 from slimsplit.server.backends.base import Backend, TailOutput, TailRunner
 from slimsplit.server.backends.onnxruntime_backend import OnnxRuntimeBackend
+from slimsplit.server.batcher import TailLoad
 from slimsplit.server.config import BatchingConfig, ServerConfig
 from slimsplit.server.core import InferenceCore, InferRequest, top_k
 from slimsplit.server.metrics import ServerMetrics
@@ -147,8 +148,9 @@ def test_cheap_idle_tail_runs_inline_with_the_same_answer(tiny: TinyBundle) -> N
         (GateBackend, {}),  # not inline-safe (may block): always the executor
         (lambda: _SlowCpuBackend(0.004), {"inline_tail_max_us": 1000}),  # safe but slower than the limit
         (OnnxRuntimeBackend, {"inline_tail_max_us": 0}),  # the fast path switched off
+        (OnnxRuntimeBackend, {"inline_max_load": 0.0}),  # any tail load counts as busy: tails go beside the loop
     ],
-    ids=["not-inline-safe", "too-slow", "disabled"],
+    ids=["not-inline-safe", "too-slow", "disabled", "server-busy"],
 )
 def test_tails_that_must_not_run_inline_use_the_executor(
     tiny: TinyBundle, backend: Callable[[], Backend], batching: dict[str, Any]
@@ -164,6 +166,17 @@ def test_tails_that_must_not_run_inline_use_the_executor(
             np.testing.assert_allclose(res.logits, tiny.reference_logits("w4b8", r.features), rtol=1e-5, atol=1e-5)
 
     run(core, go)
+
+
+def test_tail_load_is_a_decaying_share_of_wall_time() -> None:
+    load = TailLoad(tau_s=0.05)
+    assert load.utilization(0.0) == 0.0
+    load.add(0.01, now=1.0)  # 10 ms of tail work just now: 20% of a 50 ms window
+    assert load.utilization(1.0) == pytest.approx(0.2)
+    assert load.utilization(1.05) == pytest.approx(0.2 * np.exp(-1.0))
+    load.add(0.01, now=1.05)
+    assert load.utilization(1.05) == pytest.approx(0.2 * np.exp(-1.0) + 0.2)
+    assert load.utilization(2.0) < 1e-6  # an idle server forgets
 
 
 def test_a_busy_mode_queues_behind_its_running_batch(tiny: TinyBundle) -> None:
