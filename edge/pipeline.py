@@ -19,6 +19,7 @@ submitted over the stream (or one unary call). Every frame produces exactly one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import time
@@ -39,6 +40,7 @@ from slimsplit.errors import ConfigError
 from slimsplit.v1 import slimsplit_pb2 as pb
 
 _perf = time.perf_counter
+_TICK_GRACE_S = 0.002  # how long a paced capture waits for a slot that is about to free
 _MIN_WAIT_S = 0.001  # a frame encoded past its give-up time still gets this long (then it is reported late)
 
 
@@ -163,11 +165,18 @@ class Pipeline:
         next_at = start
         try:
             for source in frames:
+                tick = 0.0
                 if period:
+                    tick = next_at
                     delay = next_at - _perf()
                     if delay > 0:
                         await asyncio.sleep(delay)
                     next_at = max(next_at + period, _perf() - period)
+                    if control.in_flight_frames >= limit:
+                        # a slot whose give-up timer is due at this very tick (one frame at a time with period =
+                        # deadline) frees a little after it: wait that moment instead of skipping the frame
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._next_completion(), _TICK_GRACE_S)
                 else:
                     while control.in_flight_frames >= limit:
                         await self._next_completion()
@@ -213,8 +222,11 @@ class Pipeline:
                 self._idle.clear()
                 sent_at = _perf()
                 control.sent(fid, wire_bytes(msg), sent_at)  # what crosses the link: payload + framing
-                # give up give_up_s after the capture (the deadline counts from there), however long encoding took
-                give_up_s = max(self._give_up_s - (sent_at - captured), _MIN_WAIT_S)
+                # give up give_up_s after the capture (the deadline counts from there), however long encoding took;
+                # a paced frame counts from its tick when it was captured just after it, so that with period =
+                # deadline its slot frees at the next tick and small wake-up delays do not add up frame after frame
+                origin = max(tick, captured - _TICK_GRACE_S) if period else captured
+                give_up_s = max(self._give_up_s - (sent_at - origin), _MIN_WAIT_S)
                 if stream is not None:
                     await stream.submit(msg, give_up_s, functools.partial(self._complete, item))
                 else:

@@ -123,6 +123,23 @@ def test_mpc_moves_to_lighter_modes_after_the_link_collapses(server: ServerThrea
     assert "link " in out and "est " in out  # the once-a-second lines
 
 
+def test_one_frame_at_a_time_gives_up_at_the_deadline_and_never_skips(server: ServerThread, tmp_path: Path) -> None:
+    """Period = deadline, one frame in flight, a link too slow for any frame: each frame is abandoned at its
+    deadline, which frees the slot for the next capture (the capture-time expiry rule of bench/controller.py), so
+    every frame is sent and none is skipped for the in-flight limit."""
+    path = tmp_path / "run.json"
+    code, _out, err = run_cli(
+        "--server", server.address, "--mode", "w16b8", "--link", "10kbit", "--fps", "10", "--deadline-ms", "100",
+        "--max-in-flight", "1", "--frames", "12", "--plain", "--json-out", str(path),
+    )  # fmt: skip
+    assert code in (0, 1), err  # 1: frames failed (they all miss their deadline here)
+    doc = json.loads(path.read_text())
+    frames = doc["frames"]
+    assert len(frames) == 12
+    assert [f["status"] for f in frames] == ["DEADLINE_EXCEEDED"] * 12, [f["reason"] for f in frames]
+    check_accounting(doc, 100.0)
+
+
 @pytest.mark.parametrize(
     ("argv", "fragments"),
     [
