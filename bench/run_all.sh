@@ -9,6 +9,7 @@ py=.venv/bin/python
 out=bench/results
 mkdir -p "$out"
 $py bench/rate_accuracy.py --out "$out/rate_accuracy.json" "$@"
+$py bench/entropy_bound.py --out "$out/entropy_bound.json" --rate-accuracy "$out/rate_accuracy.json"
 $py bench/features_dump.py --out "$out/features_w16.npy"
 $py bench/codec.py --features "$out/features_w16.npy" --out "$out/codec_real.json" "$@"
 $py bench/codec.py --out "$out/codec_synthetic.json" "$@"
@@ -16,3 +17,5 @@ $py bench/serving.py --out "$out/serving.json" "$@"
 $py bench/controller.py --out "$out/controller.json" "$@"
 $py bench/intar.py --out "$out/intar.json" "$@"
 rm -f "$out/features_w16.npy"
+# Trains two students (about 20 minutes on 2 cores; needs runs/v2/teacher.ckpt from slimsplit-train, see README):
+#   $py bench/ensemble_vs_slices.py --out "$out/ensemble_vs_slices.json"
