@@ -17,5 +17,5 @@ $py bench/serving.py --out "$out/serving.json" "$@"
 $py bench/controller.py --out "$out/controller.json" "$@"
 $py bench/intar.py --out "$out/intar.json" "$@"
 rm -f "$out/features_w16.npy"
-# Trains two students (about 20 minutes on 2 cores; needs runs/v2/teacher.ckpt from slimsplit-train, see README):
-#   $py bench/ensemble_vs_slices.py --out "$out/ensemble_vs_slices.json"
+# Trains two students (about 20 minutes on 2 cores) from the teacher that slimsplit-train wrote (README: Training):
+#   $py bench/ensemble_vs_slices.py --teacher runs/default/teacher.ckpt --out "$out/ensemble_vs_slices.json"
