@@ -222,6 +222,7 @@ def _run(prepared: _Prepared, args: argparse.Namespace, console: cli_common.Cons
         "link": None if link is None else link_meta(link, args),
         "client": client_meta(run.client),
     }
+    cli_common.report_link_check(console, link, report, run.mode_table, run.modes, meta)
     return cli_common.finish_run(console, args.json_out, report, summary, meta)
 
 

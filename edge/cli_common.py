@@ -31,6 +31,7 @@ from slimsplit.edge.client import frame_overhead_bytes
 from slimsplit.edge.control.base import ModeOption
 from slimsplit.edge.display import silence_stdout
 from slimsplit.edge.link import DEFAULT_DELAY_MS, DEFAULT_DOWNLINK, EmulatedLink, LinkOptions
+from slimsplit.edge.link_check import check_link, format_link_check
 from slimsplit.edge.pipeline import RunReport
 from slimsplit.edge.results import Summary
 from slimsplit.edge.run import (
@@ -393,6 +394,28 @@ def write_json_out(console: Console, path: Path | None, write: Callable[[Path], 
     return status
 
 
+def report_link_check(
+    console: Console,
+    link: EmulatedLink | None,
+    report: RunReport,
+    table: Sequence[ModeOption],
+    modes: Sequence[str],
+    meta: dict[str, Any],
+) -> None:
+    """After a run over an emulated link: print what the link allowed to the modes the run could send (``modes``,
+    empty = all; ``table`` says what each puts on the link; see :mod:`slimsplit.edge.link_check`) under the summary
+    and record it in ``meta["link_check"]``."""
+    if link is None:
+        return
+    usable = set(modes) or {m.name for m in table}
+    check = check_link(report.results, [m for m in table if m.name in usable], link.config)
+    if check is None:
+        return
+    console.out.write(format_link_check(check) + "\n")
+    console.out.flush()
+    meta["link_check"] = check.to_dict()
+
+
 def finish_run(console: Console, path: Path | None, report: RunReport, summary: Summary, meta: dict[str, Any]) -> int:
     """The end of one edge run: its frames, summary and ``meta`` written to ``path`` (``--json-out``, when given),
     then its exit status (:func:`~slimsplit.edge.run.exit_status`, or :data:`EXIT_USAGE` if the file cannot be
@@ -421,6 +444,7 @@ __all__ = [
     "finish_run",
     "link_from_args",
     "plan_control",
+    "report_link_check",
     "run_main",
     "write_json_out",
 ]

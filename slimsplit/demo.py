@@ -288,6 +288,7 @@ def _run(demo: _Demo, args: argparse.Namespace, console: cli_common.Console) -> 
         "rtt_ms": report.rtt_ms,
         "link": link.describe() if link is not None else None,
     }
+    cli_common.report_link_check(console, link, report, demo.choice.table, demo.choice.modes, meta)
     return cli_common.finish_run(console, args.json_out, report, summary, meta)
 
 

@@ -84,6 +84,12 @@ def test_mpc_over_a_rate_limited_link_runs_end_to_end(server: ServerThread, tmp_
     assert any(" hit " in line or " MISS" in line for line in out.splitlines())
     assert "est " in out and "link: uplink constant 2.00 Mbit/s" in out
     assert "deadline     150 ms:" in out and "modes sent" in out
+    # a constant 2 Mbit/s link allows every frame in some mode; the check splits the hits by what it allowed
+    check = meta["link_check"]
+    hits = sum(1 for f in doc["frames"] if f["ok"] and f["latency_ms"] <= 150.0)
+    assert check["frames"] == check["allowed"] == 45
+    assert check["hits"] == check["hits_allowed"] == hits
+    assert "link check   the link allowed 45 of 45 frames" in out
 
 
 def write_collapse_trace(path: Path, high_ms: int = 2000, low_gap_ms: int = 200, total_ms: int = 30_000) -> None:
@@ -121,6 +127,11 @@ def test_mpc_moves_to_lighter_modes_after_the_link_collapses(server: ServerThrea
     assert bytes_per_frame(after) < 0.6 * bytes_per_frame(before)  # ... and fewer bytes offered to the link
     assert all(f["reason"] for f in after if f["status"] == "SKIPPED")
     assert "link " in out and "est " in out  # the once-a-second lines
+    # one 1500-byte opportunity per 200 ms after the collapse: a frame captured just after one waits too long
+    check = doc["meta"]["link_check"]
+    assert check["frames"] == len(frames) and 0 < check["allowed"] < check["frames"]
+    assert check["hits_allowed"] <= check["hits"] and check["hits_allowed"] <= check["allowed"]
+    assert "link check" in out
 
 
 def test_one_frame_at_a_time_gives_up_at_the_deadline_and_never_skips(server: ServerThread, tmp_path: Path) -> None:
@@ -191,6 +202,10 @@ def test_the_demo_runs_under_ci_over_the_shipped_trace_and_exits_0(
     assert len(doc["frames"]) == 300  # 10 s at 30 frames/s
     check_accounting(doc, 100.0)
     assert doc["summary"]["ok"] > 0 and doc["summary"]["chosen"]
+    # the shipped window holds an outage: the link allows some frames, not all, and says so under the summary
+    check = doc["meta"]["link_check"]
+    assert 0 < check["allowed"] < check["frames"] == 300
+    assert "link check   the link allowed" in text and "fell in outages or fades" in text
 
 
 def test_the_demo_refuses_bad_flags_with_exit_2(tmp_path: Path) -> None:

@@ -69,10 +69,23 @@ def isolated_latencies(
     ``server_m``, reply). Returns an ``(n_frames, len(modes))`` array in the order of ``modes``. A frame is
     *feasible in isolation* when some mode's latency is within the deadline: the link state at its capture (the
     trace) allows it, whatever the frames around it did. Vectorised: one trace lookup per frame and mode."""
-    check_modes(modes)
     if fps <= 0 or n_frames < 0:
         raise ConfigError(f"isolated latencies: need fps > 0 and n_frames >= 0 (got {fps}, {n_frames})")
-    s = t0 + np.arange(n_frames, dtype=np.float64) / fps
+    return isolated_latencies_at(modes, link, t0 + np.arange(n_frames, dtype=np.float64) / fps, reply_bytes)
+
+
+def isolated_latencies_at(
+    modes: Sequence[ModeOption],
+    link: LinkConfig,
+    captures: npt.ArrayLike,
+    reply_bytes: int = 64,
+) -> npt.NDArray[np.float64]:
+    """:func:`isolated_latencies` for frames captured at the given link times (seconds since the link's time 0;
+    the trace is at ``link.start_offset_s`` plus this), e.g. the capture times of a live run's frames."""
+    check_modes(modes)
+    s = np.asarray(captures, dtype=np.float64).reshape(-1)
+    if not np.isfinite(s).all():
+        raise ConfigError("isolated latencies: capture times must be finite")
     enc = np.asarray([m.encoder_ms / 1000.0 for m in modes])
     size = np.asarray([float(round(m.payload_bytes)) for m in modes])
     srv = np.asarray([m.server_ms / 1000.0 for m in modes])
@@ -200,4 +213,4 @@ def plan_oracle(
     return OraclePlan(tuple(plan), sum(j >= 0 for j in plan_idx), acc_sum)
 
 
-__all__ = ["OraclePlan", "feasible_in_isolation", "isolated_latencies", "plan_oracle"]
+__all__ = ["OraclePlan", "feasible_in_isolation", "isolated_latencies", "isolated_latencies_at", "plan_oracle"]
