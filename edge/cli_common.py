@@ -407,8 +407,7 @@ def report_link_check(
     and record it in ``meta["link_check"]``."""
     if link is None:
         return
-    usable = set(modes) or {m.name for m in table}
-    check = check_link(report.results, [m for m in table if m.name in usable], link.config)
+    check = check_link(report.results, table, link.config, set(modes))
     if check is None:
         return
     console.out.write(format_link_check(check) + "\n")

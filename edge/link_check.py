@@ -11,7 +11,7 @@ frame's real capture time, so a summary can say how the controller did on the fr
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,9 +44,17 @@ class LinkCheck:
         return {**asdict(self), "hit_rate_allowed": self.hit_rate_allowed}
 
 
-def check_link(results: Sequence[FrameResult], modes: Sequence[ModeOption], link: LinkConfig) -> LinkCheck | None:
+def check_link(
+    results: Sequence[FrameResult],
+    modes: Sequence[ModeOption],
+    link: LinkConfig,
+    usable: Collection[str] = (),
+) -> LinkCheck | None:
     """The :class:`LinkCheck` of a run's ``results`` over ``link`` with the mode table ``modes`` (what a frame
-    of each mode puts on the link); ``None`` when no frame has both a capture time and a deadline."""
+    of each mode puts on the link), restricted to the names in ``usable`` (the modes the run could send; empty =
+    all); ``None`` when no frame has both a capture time and a deadline, or no mode is left."""
+    if usable:
+        modes = [m for m in modes if m.name in usable]
     timed = [r for r in results if r.deadline_ms is not None and math.isfinite(r.t_s)]
     if not timed or not modes:
         return None

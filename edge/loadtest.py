@@ -35,8 +35,10 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 from slimsplit.bundle import Manifest
 from slimsplit.edge import cli_common
 from slimsplit.edge.config import ClientConfig, parse_address
+from slimsplit.edge.control.base import ModeOption
 from slimsplit.edge.display import QuietDisplay
 from slimsplit.edge.link import DEFAULT_DELAY_MS, DEFAULT_DOWNLINK, EmulatedLink, LinkOptions
+from slimsplit.edge.link_check import LinkCheck, check_link
 from slimsplit.edge.pipeline import Encoder, RunReport
 from slimsplit.edge.results import SKIPPED, FrameResult, LatencyStats, Summary
 from slimsplit.edge.run import EdgeRun, default_give_up_ms, exit_status, run_edge
@@ -413,7 +415,8 @@ def _clean(obj: Any) -> Any:
 
 @dataclass(frozen=True)
 class ClientResult:
-    """What one client did: its link, its summary (``None`` when it could not run, with ``error``) and its frames."""
+    """What one client did: its link, its summary (``None`` when it could not run, with ``error``), its frames and,
+    over an emulated link, what the link allowed (:mod:`slimsplit.edge.link_check`)."""
 
     index: int
     link: str
@@ -423,6 +426,7 @@ class ClientResult:
     results: tuple[FrameResult, ...] = ()
     rtt_ms: float | None = None
     error: str = ""
+    link_check: LinkCheck | None = None
 
     def accounting(self) -> dict[str, int]:
         """Where every frame went: ``hits + late + skipped + dropped + errors == frames`` (errors = frames that
@@ -450,6 +454,7 @@ class ClientResult:
             "error": self.error or None,
             **self.accounting(),
             "summary": self.summary.to_dict() if self.summary is not None else None,
+            "link_check": self.link_check.to_dict() if self.link_check is not None else None,
         }
         out: dict[str, Any] = _clean(d)
         return out
@@ -459,7 +464,9 @@ class ClientResult:
 class Overall:
     """All clients together. ``delivered_fps`` = answered frames per second of the whole run; ``hit_rate`` =
     frames answered in time / all frames; ``server_ms``/``queue_ms``/``tail_ms`` = the server's own timing of
-    every answered frame (from the predictions); ``by_status`` = frames not answered, by status."""
+    every answered frame (from the predictions); ``by_status`` = frames not answered, by status; ``allowed`` =
+    frames the emulated links allowed in some mode and ``hits_allowed`` = those answered in time (both ``None``
+    when no client ran over an emulated link)."""
 
     clients: int
     failed_clients: int
@@ -483,6 +490,8 @@ class Overall:
     tail_ms: LatencyStats
     mean_batch_size: float | None
     by_status: dict[str, int]
+    allowed: int | None = None
+    hits_allowed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = _clean(asdict(self))
@@ -500,6 +509,7 @@ def aggregate(clients: Sequence[ClientResult], wall_s: float) -> Overall:
     batches = [t.batch_size for t in timed if t.batch_size > 0]
     hits = sum(b["hits"] for b in books)
     statuses = Counter(r.status for r in frames if not r.ok)
+    checks = [c.link_check for c in clients if c.link_check is not None]
     return Overall(
         clients=len(clients),
         failed_clients=sum(1 for c in clients if c.summary is None),
@@ -523,12 +533,20 @@ def aggregate(clients: Sequence[ClientResult], wall_s: float) -> Overall:
         tail_ms=LatencyStats.of([t.tail_ms for t in timed]),
         mean_batch_size=sum(batches) / len(batches) if batches else None,
         by_status=dict(statuses.most_common()),
+        allowed=sum(c.allowed for c in checks) if checks else None,
+        hits_allowed=sum(c.hits_allowed for c in checks) if checks else None,
     )
 
 
-def collect(plans: Sequence[ClientPlan], outcomes: Sequence[Outcome]) -> list[ClientResult]:
+def collect(
+    plans: Sequence[ClientPlan],
+    outcomes: Sequence[Outcome],
+    table: Sequence[ModeOption] = (),
+    usable: Sequence[str] = (),
+) -> list[ClientResult]:
     """Pair each client's plan with its outcome. A client stopped by a slimsplit error, a socket error or the time
-    limit becomes a failed row; anything else is a bug and is raised."""
+    limit becomes a failed row; anything else is a bug and is raised. With the controller's mode ``table`` (and the
+    ``usable`` mode names), a client over an emulated link also gets its :class:`LinkCheck`."""
     clients = []
     for plan, outcome in zip(plans, outcomes, strict=True):
         base = ClientResult(plan.index, plan.link_spec, plan.describe(), plan.offset_s)
@@ -538,7 +556,11 @@ def collect(plans: Sequence[ClientPlan], outcomes: Sequence[Outcome]) -> list[Cl
             raise outcome
         else:
             report, summary = outcome
-            clients.append(replace(base, summary=summary, results=tuple(report.results), rtt_ms=report.rtt_ms))
+            check = None
+            if plan.link is not None and table:
+                check = check_link(report.results, table, plan.link.config, set(usable))
+            results = tuple(report.results)
+            clients.append(replace(base, summary=summary, results=results, rtt_ms=report.rtt_ms, link_check=check))
     return clients
 
 
@@ -569,6 +591,8 @@ _COLUMNS = (
     "e2e p50",
     "e2e p95",
     "sw/min",
+    "allowed",
+    "in/allowed",
 )
 
 
@@ -590,6 +614,8 @@ def _row(c: ClientResult) -> list[str]:
         _num(s.latency_ms.p50),
         _num(s.latency_ms.p95),
         _num(s.switches_per_min),
+        "-" if c.link_check is None else str(c.link_check.allowed),
+        "-" if c.link_check is None else _pct(c.link_check.hit_rate_allowed),
     ]
 
 
@@ -610,6 +636,8 @@ def format_report(clients: Sequence[ClientResult], overall: Overall) -> str:
         _num(o.latency_ms.p50),
         _num(o.latency_ms.p95),
         "",
+        "-" if o.allowed is None else str(o.allowed),
+        "-" if o.allowed is None or not o.allowed else _pct((o.hits_allowed or 0) / o.allowed),
     ]
     rows = [list(_COLUMNS), *(_row(c) for c in clients), total]
     full = [r for r in rows if len(r) == len(_COLUMNS)]
@@ -633,6 +661,11 @@ def format_report(clients: Sequence[ClientResult], overall: Overall) -> str:
             f"p99 {_num(o.server_ms.p99, '.2f')} ms; queue p50 {_num(o.queue_ms.p50, '.2f')} ms, "
             f"p99 {_num(o.queue_ms.p99, '.2f')} ms; tail p50 {_num(o.tail_ms.p50, '.2f')} ms, "
             f"p99 {_num(o.tail_ms.p99, '.2f')} ms; mean batch {_num(o.mean_batch_size, '.2f')}"
+        )
+    if o.allowed is not None:
+        lines.append(
+            f"link check: the emulated links allowed {o.allowed} of {o.frames} frames in time in some mode (each "
+            f"frame alone on its link); {o.hits_allowed} of those were answered in time"
         )
     statuses = ", ".join(f"{k} {v}" for k, v in o.by_status.items())
     if statuses:
@@ -744,7 +777,7 @@ def _run(setup: _Setup, args: argparse.Namespace, console: cli_common.Console) -
                 every_s=args.every,
             )
         )
-        clients = collect(setup.plans, outcomes)
+        clients = collect(setup.plans, outcomes, setup.control.table, setup.control.modes)
         overall = aggregate(clients, wall_s)
         out.write(format_report(clients, overall) + "\n")
         out.flush()

@@ -91,3 +91,11 @@ def test_nothing_to_judge_gives_none() -> None:
     assert check_link([], [LO], link) is None
     assert check_link([frame(0, 0.0, hit=True, deadline_ms=None)], [LO], link) is None
     assert check_link([frame(0, 0.0, hit=True)], [], link) is None
+
+
+def test_only_the_usable_modes_count() -> None:
+    link = LinkConfig(uplink=Trace.constant(1e6), delay_ms=10.0)
+    results = [frame(i, 0.1 * i, hit=False, deadline_ms=40.0) for i in range(3)]
+    assert check_link(results, [HI, LO], link, {"hi"}) == LinkCheck(frames=3, allowed=0, hits=0, hits_allowed=0)
+    assert check_link(results, [HI, LO], link, {"lo", "hi"}) == LinkCheck(frames=3, allowed=3, hits=0, hits_allowed=0)
+    assert check_link(results, [HI, LO], link, {"other"}) is None

@@ -88,6 +88,14 @@ def test_three_clients_alternate_links_and_account_for_every_frame(
     assert [r[3] for r in rows] == [str(FPS * SECONDS)] * 3
     assert any(line.split()[:1] == ["all"] and str(3 * FPS * SECONDS) in line.split() for line in lines)
     assert "server timing (from the predictions): total p50" in out
+    # constant 2 and 0.5 Mbit/s links allow every frame in some mode; the hits split by what they allowed
+    for c in clients:
+        check = c["link_check"]
+        assert check["frames"] == check["allowed"] == FPS * SECONDS
+        assert check["hits_allowed"] == check["hits"] == c["hits"]
+    assert overall["allowed"] == 3 * FPS * SECONDS and overall["hits_allowed"] == overall["hits"]
+    assert [r[-2] for r in rows] == [str(FPS * SECONDS)] * 3  # the "allowed" column
+    assert f"the emulated links allowed {3 * FPS * SECONDS} of {3 * FPS * SECONDS} frames" in out
     assert f"/{3 * FPS * SECONDS}" in err  # the progress line
     assert "Traceback" not in err
 
