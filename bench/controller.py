@@ -396,6 +396,40 @@ def decision_time_summary(results: list[dict[str, Any]]) -> dict[str, dict[str, 
     return out
 
 
+def _fixed_work(iterations: int) -> float:
+    total = 0.0
+    for i in range(iterations):
+        total += i * 0.5
+    return total
+
+
+def timing_reference(target_us: float, n: int = 3600) -> dict[str, float]:
+    """How much this machine alone spreads a timing: a fixed pure-Python workload, calibrated to take about
+    ``target_us`` (mpc's median decision p50), timed ``n`` times exactly as the control loop times ``choose``
+    (``perf_counter_ns`` around the call). Its p99 / p50 is the spread of a computation that never varies, i.e.
+    the share of a decision p99 that comes from the machine (scheduling, timer interrupts, a shared VM's steal)."""
+    iterations = 64
+    while True:  # calibrate: double until one call takes at least the target (median of a few)
+        probe = []
+        for _ in range(25):
+            t = time.perf_counter_ns()
+            _fixed_work(iterations)
+            probe.append(time.perf_counter_ns() - t)
+        med = float(np.median(probe)) / 1e3
+        if med >= target_us or iterations > 1 << 22:
+            break
+        iterations *= 2
+    iterations = max(1, round(iterations * target_us / med))
+    ns = []
+    for _ in range(n):
+        t = time.perf_counter_ns()
+        _fixed_work(iterations)
+        ns.append(time.perf_counter_ns() - t)
+    us = np.asarray(ns, dtype=np.float64) / 1e3
+    p50, p99 = float(np.percentile(us, 50)), float(np.percentile(us, 99))
+    return {"target_us": target_us, "iterations": iterations, "p50_us": p50, "p99_us": p99, "p99_over_p50": p99 / p50}
+
+
 # ---------------------------------------------------------------------------------------------- output
 
 
@@ -655,6 +689,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     plots.append(str(png))
                 progress.advance(task)
     targets = evaluate_targets(results)
+    decision_times: dict[str, Any] = dict(decision_time_summary(results))
+    if "mpc" in decision_times:
+        decision_times["reference"] = timing_reference(decision_times["mpc"]["p50_median_us"])
     doc = {
         "benchmark": "controller",
         "command": " ".join(["bench/controller.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -680,7 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "placeholder_modes": placeholder,
         "results": results,
         "targets": targets,
-        "decision_time_us": decision_time_summary(results),
+        "decision_time_us": decision_times,
         "sensitivity": sens,
         "frontier": frontier,
         "plots": plots,
@@ -692,6 +729,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
     print_table(results, targets, sens, placeholder)
     print_frontier(results, frontier)
+    ref = decision_times.get("reference")
+    if ref is not None:
+        mpc_t = decision_times["mpc"]
+        print(
+            f"decision time, mpc: p50 {mpc_t['p50_median_us']:.1f} us, p99 {mpc_t['p99_median_us']:.1f} us (medians "
+            f"over runs); a fixed workload of the same p50 on this machine: p50 {ref['p50_us']:.1f} us, p99 "
+            f"{ref['p99_us']:.1f} us ({ref['p99_over_p50']:.2f}x)"
+        )
     print(f"wrote {args.out} and {len(plots)} plots in {doc['wall_seconds']:.0f} s")
     return 0
 

@@ -49,6 +49,10 @@ def test_bench_writes_results_targets_and_miss_analysis(tmp_path: Path) -> None:
     assert target["scenario"] == "rpi4-300ms" and "beats_ewma_greedy" in target
     assert {s["expiry"] for s in doc["sensitivity"]} == {"sent", "reply"}
     assert doc["decision_time_us"]["mpc"]["p50_median_us"] > 0
+    ref = doc["decision_time_us"]["reference"]  # the machine's own spread, beside mpc's decision times
+    assert ref["target_us"] == doc["decision_time_us"]["mpc"]["p50_median_us"]
+    assert ref["iterations"] >= 1 and 0 < ref["p50_us"] <= ref["p99_us"]
+    assert ref["p99_over_p50"] == ref["p99_us"] / ref["p50_us"]
     # the risk frontier: mpc at every other margin, on the same scenario x trace
     assert [f["margin"] for f in doc["frontier"]] == [0.8, 0.65, 0.5]
     assert all(0.0 <= f["feasible_hit_rate"] <= 1.0 for f in doc["frontier"])
