@@ -92,7 +92,7 @@ from slimsplit.edge.control.base import ModeOption
 from slimsplit.edge.control.controllers import make_controller
 from slimsplit.edge.control.loop import FrameRecord
 from slimsplit.edge.control.modes import modes_from_manifest, rpi4_ensemble_modes
-from slimsplit.edge.control.oracle import OraclePlan, isolated_latencies, plan_oracle
+from slimsplit.edge.control.oracle import OraclePlan, in_time, isolated_latencies, plan_oracle
 from slimsplit.errors import SlimsplitError
 from slimsplit.link.shaping import LinkConfig, LinkDirection
 from slimsplit.link.sim import EXPIRY_RULES, SimConfig, reason_kind, simulate, summarize
@@ -210,7 +210,7 @@ def ground_truth(sc: Scenario, trace: Trace, delay_ms: float, n_frames: int) -> 
     link = LinkConfig(uplink=trace, delay_ms=delay_ms)
     plan = plan_oracle(sc.modes, sc.deadline_ms, link, sc.fps, n_frames, sc.max_in_flight)
     iso = isolated_latencies(sc.modes, link, sc.fps, n_frames)
-    feasible = np.any(iso <= sc.deadline_ms / 1000.0 - 1e-7, axis=1)
+    feasible = np.any(in_time(iso, sc.deadline_ms), axis=1)
     t = trace.times_ms / 1000.0
     gaps = np.flatnonzero(np.diff(t) >= OUTAGE_GAP_S)
     return Truth(link, plan, iso, feasible, t[gaps], t[gaps + 1])

@@ -4,7 +4,7 @@ frame's capture, have been answered within its deadline?
 On a trace-driven link a run's misses have two kinds of cause: the link itself (an outage or a deep fade during
 which no mode arrives in time, whatever the edge does) and the edge's choices (a mode too heavy for the moment,
 or a queue of its own earlier frames). This module separates them after a live run, with the same link model as
-the simulator and the oracle (:func:`~slimsplit.edge.control.oracle.isolated_latencies_at`) evaluated at each
+the simulator and the oracle (:func:`~slimsplit.edge.control.oracle.feasible_at`) evaluated at each
 frame's real capture time, so a summary can say how the controller did on the frames the link allowed.
 """
 
@@ -18,11 +18,9 @@ from typing import Any
 import numpy as np
 
 from slimsplit.edge.control.base import ModeOption
-from slimsplit.edge.control.oracle import isolated_latencies_at
+from slimsplit.edge.control.oracle import feasible_at
 from slimsplit.edge.results import FrameResult
 from slimsplit.link.shaping import LinkConfig
-
-_EPS = 1e-7
 
 
 @dataclass(frozen=True)
@@ -55,13 +53,11 @@ def check_link(
     all); ``None`` when no frame has both a capture time and a deadline, or no mode is left."""
     if usable:
         modes = [m for m in modes if m.name in usable]
-    timed = [r for r in results if r.deadline_ms is not None and math.isfinite(r.t_s)]
+    timed = [(r, d) for r in results if (d := r.deadline_ms) is not None and math.isfinite(r.t_s)]
     if not timed or not modes:
         return None
-    latency = isolated_latencies_at(modes, link, [r.t_s for r in timed])
-    deadlines = np.asarray([r.deadline_ms for r in timed], dtype=np.float64) / 1000.0
-    allowed = np.any(latency <= deadlines[:, None] - _EPS, axis=1)
-    hits = np.asarray([bool(r.hit) for r in timed], dtype=bool)
+    allowed = feasible_at(modes, [d for _, d in timed], link, [r.t_s for r, _ in timed])
+    hits = np.asarray([bool(r.hit) for r, _ in timed], dtype=bool)
     return LinkCheck(
         frames=len(timed),
         allowed=int(allowed.sum()),

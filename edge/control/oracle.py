@@ -69,9 +69,14 @@ def isolated_latencies(
     ``server_m``, reply). Returns an ``(n_frames, len(modes))`` array in the order of ``modes``. A frame is
     *feasible in isolation* when some mode's latency is within the deadline: the link state at its capture (the
     trace) allows it, whatever the frames around it did. Vectorised: one trace lookup per frame and mode."""
+    return isolated_latencies_at(modes, link, _captures(fps, n_frames, t0), reply_bytes)
+
+
+def _captures(fps: float, n_frames: int, t0: float) -> npt.NDArray[np.float64]:
+    """Capture times of ``n_frames`` frames at ``fps`` from ``t0``."""
     if fps <= 0 or n_frames < 0:
         raise ConfigError(f"isolated latencies: need fps > 0 and n_frames >= 0 (got {fps}, {n_frames})")
-    return isolated_latencies_at(modes, link, t0 + np.arange(n_frames, dtype=np.float64) / fps, reply_bytes)
+    return t0 + np.arange(n_frames, dtype=np.float64) / fps
 
 
 def isolated_latencies_at(
@@ -114,8 +119,28 @@ def feasible_in_isolation(
 ) -> npt.NDArray[np.bool_]:
     """Per frame: could some mode, sent alone from the frame's capture, be delivered within the deadline (see
     :func:`isolated_latencies`)? This is the evaluation's definition of a *feasible* frame."""
-    lat = isolated_latencies(modes, link, fps, n_frames, reply_bytes, t0)
-    out: npt.NDArray[np.bool_] = np.any(lat <= deadline_ms / 1000.0 - _EPS, axis=1)
+    return feasible_at(modes, deadline_ms, link, _captures(fps, n_frames, t0), reply_bytes)
+
+
+def feasible_at(
+    modes: Sequence[ModeOption],
+    deadline_ms: npt.ArrayLike,
+    link: LinkConfig,
+    captures: npt.ArrayLike,
+    reply_bytes: int = 64,
+) -> npt.NDArray[np.bool_]:
+    """:func:`feasible_in_isolation` for frames captured at the given link times (see
+    :func:`isolated_latencies_at`), each with its deadline (one value for all, or one per frame)."""
+    lat = isolated_latencies_at(modes, link, captures, reply_bytes)
+    deadline = np.broadcast_to(np.asarray(deadline_ms, dtype=np.float64), lat.shape[:1])
+    out: npt.NDArray[np.bool_] = np.any(in_time(lat, deadline[:, None]), axis=1)
+    return out
+
+
+def in_time(latency_s: npt.ArrayLike, deadline_ms: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """Latencies (seconds) within a deadline (milliseconds), with the float tolerance every feasibility
+    judgement of the evaluation uses."""
+    out: npt.NDArray[np.bool_] = np.asarray(latency_s) <= np.asarray(deadline_ms) / 1000.0 - _EPS
     return out
 
 
@@ -213,4 +238,12 @@ def plan_oracle(
     return OraclePlan(tuple(plan), sum(j >= 0 for j in plan_idx), acc_sum)
 
 
-__all__ = ["OraclePlan", "feasible_in_isolation", "isolated_latencies", "isolated_latencies_at", "plan_oracle"]
+__all__ = [
+    "OraclePlan",
+    "feasible_at",
+    "feasible_in_isolation",
+    "in_time",
+    "isolated_latencies",
+    "isolated_latencies_at",
+    "plan_oracle",
+]
