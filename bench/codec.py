@@ -14,6 +14,10 @@ Synthetic features (default) imitate a bottleneck's output: a Gaussian field smo
 
 Real features: ``--features feats.npy`` with a float32 array ``[N, C, H, W]`` (e.g. dumped from the encoder).
 
+``huffman`` (and ``auto``/``max``, which then try it too) use learned tables: for synthetic features, tables
+fitted on as many *other* frames of the same family (a held-out draw); for real features, the tables that the
+bundle (``--bundle``, default the shipped one) ships for mode ``w<C>b<bits>``.
+
     python bench/codec.py --out out/codec.json                 # full: 200 frames per configuration
     python bench/codec.py --quick --out out/codec-quick.json   # 20 frames per configuration
     python bench/codec.py --features feats.npy --out out/codec-real.json
@@ -37,10 +41,13 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from slimsplit.codec import HEADER_SIZE, decode_features, encode_features, peek_header, quantize
+from slimsplit.bundle import Bundle, default_bundle_path
+from slimsplit.bundle.codec_tables import load_codec_tables
+from slimsplit.codec import HuffmanTables, decode_features, encode_features, peek_header, quantize
 from slimsplit.codec.bitpack import pack_bits, packed_size
+from slimsplit.codec.huffman import byte_contexts, count_bytes
 
-CODERS = ("none", "zlib", "lzma", "auto", "max")
+CODERS = ("none", "zlib", "lzma", "huffman", "auto", "max")
 FAMILIES = ("relu", "gauss", "sparse")
 F32 = npt.NDArray[np.float32]
 
@@ -54,6 +61,7 @@ class BenchConfig:
     frames: int = 200
     families: tuple[str, ...] = FAMILIES
     features: str | None = None
+    bundle: str | None = None  # tables for real features (default: the shipped bundle)
     seed: int = 0
 
 
@@ -107,39 +115,52 @@ def _p50(ns: list[int]) -> float:
     return float(np.median(ns)) / 1e3
 
 
-def measure(family: str, frames: F32, bits: int) -> list[Row]:
-    """All coder rows for one family/shape/bits over ``frames`` ``[N, C, H, W]``."""
+def fit_tables(frames: F32, bits: int) -> HuffmanTables:
+    """Huffman tables fitted on ``frames`` ``[N, C, H, W]`` at ``bits`` (one context per channel)."""
+    _, c, h, w = frames.shape
+    ctx = byte_contexts((c, h, w), bits, c)
+    return HuffmanTables.fit(count_bytes([pack_bits(quantize(x, bits)[0], bits) for x in frames], ctx, c))
+
+
+def measure(family: str, frames: F32, bits: int, tables: HuffmanTables | None) -> list[Row]:
+    """All coder rows for one family/shape/bits over ``frames`` ``[N, C, H, W]`` (huffman only with tables)."""
     n, c, h, w = frames.shape
     packed = packed_size(c * h * w, bits)
     rows: list[Row] = []
-    none_mean = float(HEADER_SIZE + packed)
+    none_mean = float(np.mean([len(encode_features(x, bits, entropy="none")) for x in frames]))
     for coder in CODERS:
-        encode_features(frames[0], bits, entropy=coder)  # warm-up
+        if coder == "huffman" and tables is None:
+            continue
+        encode_features(frames[0], bits, entropy=coder, tables=tables)  # warm-up
         sizes: list[int] = []
+        headers: list[int] = []
         enc_ns: list[int] = []
         dec_ns: list[int] = []
         chosen: Counter[str] = Counter()
         for x in frames:
             t0 = time.perf_counter_ns()
-            frame = encode_features(x, bits, entropy=coder)
+            frame = encode_features(x, bits, entropy=coder, tables=tables)
             t1 = time.perf_counter_ns()
-            decode_features(frame)
+            decode_features(frame, tables=tables)
             t2 = time.perf_counter_ns()
+            header = peek_header(frame)
             sizes.append(len(frame))
+            headers.append(header.header_len)
             enc_ns.append(t1 - t0)
             dec_ns.append(t2 - t1)
-            chosen[peek_header(frame).coder] += 1
-        mean = float(np.mean(sizes))
+            chosen[header.coder] += 1
+        mean, head = float(np.mean(sizes)), float(np.mean(headers))
         rows.append(
             Row(
-                family, c, h, w, bits, coder, n, packed, mean, mean - HEADER_SIZE, HEADER_SIZE / mean,
+                family, c, h, w, bits, coder, n, packed, mean, mean - head, head / mean,
                 mean / none_mean, _p50(enc_ns), _p50(dec_ns), {k: v / n for k, v in sorted(chosen.items())},
             )
         )  # fmt: skip
-    bz = [HEADER_SIZE + len(bz2.compress(pack_bits(quantize(x, bits)[0], bits), 9)) for x in frames]
+    head = float(np.mean([peek_header(encode_features(x, bits, entropy="zlib")).header_len for x in frames]))
+    bz = [head + len(bz2.compress(pack_bits(quantize(x, bits)[0], bits), 9)) for x in frames]
     mean = float(np.mean(bz))
     rows.append(
-        Row(family, c, h, w, bits, "bz2 (ref)", n, packed, mean, mean - HEADER_SIZE, HEADER_SIZE / mean,
+        Row(family, c, h, w, bits, "bz2 (ref)", n, packed, mean, mean - head, head / mean,
             mean / none_mean, None, None)
     )  # fmt: skip
     return rows
@@ -228,6 +249,7 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path | None, Path |
     p.add_argument("--bits", default="1,2,4,8", help="comma list of bit depths (1..16)")
     p.add_argument("--families", default=",".join(FAMILIES), help="comma list of synthetic families")
     p.add_argument("--features", help="a .npy file, float32 [N, C, H, W], of real features (first --frames)")
+    p.add_argument("--bundle", help="bundle whose codec tables code --features (default: the shipped one)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     frames = a.frames if a.frames is not None else (20 if a.quick else 200)
@@ -239,6 +261,7 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path | None, Path |
         frames=frames,
         families=tuple(a.families.split(",")),
         features=a.features,
+        bundle=a.bundle,
         seed=a.seed,
     )
     plot_path = a.plot if a.plot is not None else (a.out.with_suffix(".png") if a.out else None)
@@ -251,18 +274,21 @@ def main(argv: list[str] | None = None) -> int:
     if not console.is_terminal:
         console = Console(width=132)
     rng = np.random.default_rng(cfg.seed)
-    jobs: list[tuple[str, F32, int]] = []
+    jobs: list[tuple[str, F32, int, HuffmanTables | None]] = []
     if cfg.features:
         feats = load_features(cfg.features)[: cfg.frames]
-        jobs = [(f"file {Path(cfg.features).name}", feats, b) for b in cfg.bits]
+        shipped = load_codec_tables(Bundle.open(cfg.bundle or default_bundle_path()))
+        name = f"file {Path(cfg.features).name}"
+        jobs = [(name, feats, b, shipped.get(f"w{feats.shape[1]}b{b}")) for b in cfg.bits]
     else:
         for fam in cfg.families:
             for c in cfg.channels:
                 data = synthetic(fam, cfg.frames, c, cfg.height, cfg.width, rng)
-                jobs += [(fam, data, b) for b in cfg.bits]
+                held_out = synthetic(fam, cfg.frames, c, cfg.height, cfg.width, rng)
+                jobs += [(fam, data, b, fit_tables(held_out, b)) for b in cfg.bits]
     rows: list[Row] = []
-    for fam, data, b in track(jobs, description="encoding", console=console):
-        rows += measure(fam, data, b)
+    for fam, data, b, tables in track(jobs, description="encoding", console=console):
+        rows += measure(fam, data, b, tables)
     print_table(console, rows)
     result = {
         "benchmark": "codec",
@@ -274,7 +300,6 @@ def main(argv: list[str] | None = None) -> int:
             "machine": platform.machine(),
             "processor": platform.processor(),
         },
-        "header_bytes": HEADER_SIZE,
         "results": [asdict(r) for r in rows],
         "summary": summarize(rows),
     }

@@ -367,12 +367,13 @@ def run(config: BenchConfig, console: Console) -> dict[str, Any]:
     runtime = EncoderRuntime(bundle)
     runtime.set_mode(mode)
     features = [runtime.features(f.image) for f in sample]
-    payloads = [encode_features(x, spec.bits) for x in features]
+    tables = runtime.codec_tables(mode)
+    payloads = [encode_features(x, spec.bits, tables=tables) for x in features]
     codec_ms = []
     for i in range(config.overhead_frames):
         x = features[i % len(features)]
         t0 = time.perf_counter()
-        encode_features(x, spec.bits)
+        encode_features(x, spec.bits, tables=tables)
         codec_ms.append((time.perf_counter() - t0) * 1e3)
 
     points = len(config.backends) * len(config.concurrency) * 2

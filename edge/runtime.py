@@ -15,7 +15,8 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from slimsplit.bundle import Bundle, ModeSpec
-from slimsplit.codec import encode_features
+from slimsplit.bundle.codec_tables import load_codec_tables
+from slimsplit.codec import HuffmanTables, encode_features
 from slimsplit.errors import BundleError, InvalidFrame
 
 
@@ -72,6 +73,7 @@ class EncoderRuntime:
         self._mean = np.asarray(self._input.mean, np.float32).reshape(1, -1, 1, 1)
         self._inv_std = (1.0 / np.asarray(self._input.std, np.float32)).reshape(1, -1, 1, 1)
         self._modes = {mode.name: mode for mode in m.modes}
+        self._tables = load_codec_tables(bundle)  # the codec's learned huffman code per mode (may be empty)
         self._width_feeds = {mode.name: np.array([mode.width], np.int64) for mode in m.modes}
         widest = max(m.modes, key=lambda s: (s.width, s.bits))
         self._mode = widest
@@ -107,6 +109,10 @@ class EncoderRuntime:
     @property
     def modes(self) -> tuple[ModeSpec, ...]:
         return self.bundle.manifest.modes
+
+    def codec_tables(self, mode: str) -> HuffmanTables | None:
+        """The codec's learned huffman tables of ``mode`` (``None`` when the bundle ships none)."""
+        return self._tables.get(mode)
 
     def set_mode(self, name: str) -> None:
         """Switch the operating mode: O(1), two dictionary lookups."""
@@ -148,6 +154,6 @@ class EncoderRuntime:
         t0 = time.perf_counter()
         feats = self.features(image)
         t1 = time.perf_counter()
-        payload = encode_features(feats, mode.bits)
+        payload = encode_features(feats, mode.bits, tables=self._tables.get(mode.name))
         t2 = time.perf_counter()
         return EncodedFrame(payload=payload, mode=mode.name, encoder_ms=(t1 - t0) * 1e3, codec_ms=(t2 - t1) * 1e3)

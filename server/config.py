@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from slimsplit.codec.header import HEADER_SIZE, MAX_PAYLOAD
+from slimsplit.codec.header import MAX_HEADER_SIZE, MAX_PAYLOAD
 from slimsplit.errors import ConfigError
 
 DEFAULT_PORT = 50051
@@ -47,7 +47,7 @@ ENVELOPE_BYTES = 16 << 10
 # The largest message the server accepts by default: the largest frame the codec can produce (header + a
 # payload of at most 65535 bytes) plus the envelope. gRPC refuses anything larger with RESOURCE_EXHAUSTED
 # before it reaches a handler, so a hostile client cannot make the server buffer megabytes.
-DEFAULT_MAX_RECEIVE_BYTES = HEADER_SIZE + MAX_PAYLOAD + ENVELOPE_BYTES
+DEFAULT_MAX_RECEIVE_BYTES = MAX_HEADER_SIZE + MAX_PAYLOAD + ENVELOPE_BYTES
 BACKEND_DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

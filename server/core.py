@@ -27,7 +27,8 @@ import numpy as np
 import numpy.typing as npt
 
 from slimsplit.bundle import Bundle, Manifest, ModeSpec
-from slimsplit.codec import DecodeLimits, decode_features, peek_header
+from slimsplit.bundle.codec_tables import load_codec_tables
+from slimsplit.codec import DecodeLimits, HuffmanTables, decode_features, peek_header
 from slimsplit.errors import (
     BundleError,
     DeadlineExceeded,
@@ -103,6 +104,7 @@ class LoadedModel:
     runner: TailRunner
     limits: DecodeLimits  # the widest header this model accepts (before the per-mode check)
     mode_limits: Mapping[str, DecodeLimits]  # per mode: exactly its shape and bit depth
+    codec_tables: Mapping[str, HuffmanTables]  # per mode: the feature codec's learned huffman code (may be empty)
 
     @property
     def manifest(self) -> Manifest:
@@ -114,7 +116,10 @@ class LoadedModel:
         # Any bit depth passes this first check, so a frame of the wrong depth gets a message naming the mode.
         limits = DecodeLimits.for_shape((m.feature.max_channels, m.feature.height, m.feature.width))
         mode_limits = {s.name: DecodeLimits.for_shape(m.feature.shape(s.width), (s.bits,)) for s in m.modes}
-        return cls(bundle=bundle, runner=backend.load(bundle), limits=limits, mode_limits=mode_limits)
+        tables = load_codec_tables(bundle)
+        return cls(
+            bundle=bundle, runner=backend.load(bundle), limits=limits, mode_limits=mode_limits, codec_tables=tables
+        )
 
 
 def top_k(logits: npt.NDArray[np.float32], k: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -278,7 +283,9 @@ class InferenceCore:
                 value=header.shape,
                 expected=expected,
             )
-        decoded = decode_features(request.features, loaded.mode_limits[spec.name])
+        decoded = decode_features(
+            request.features, loaded.mode_limits[spec.name], tables=loaded.codec_tables.get(spec.name)
+        )
         x = decoded.array
         if not np.isfinite(x).all():
             raise InvalidFrame("the decoded features contain NaN or infinite values", field="features")

@@ -11,7 +11,7 @@ milliseconds).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from slimsplit.bundle import EncoderSpec, FeatureSpec, InputSpec, Manifest, ModeSpec, SplitSpec
-from slimsplit.codec import HEADER_SIZE, decode_features, encode_features
+from slimsplit.bundle.codec_tables import write_codec_tables
+from slimsplit.codec import HuffmanTables, decode_features, encode_features
+from slimsplit.codec.bitpack import pack_bits
+from slimsplit.codec.header import _parse_fields, _varint
+from slimsplit.codec.huffman import byte_contexts, count_bytes
+from slimsplit.codec.quantize import quantize
 
 OPSET = 17
 IR_VERSION = 8
@@ -80,6 +85,7 @@ class TinyBundle:
     root: Path
     manifest: Manifest
     weights: dict[int, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = field(repr=False)
+    tables: dict[str, HuffmanTables] = field(default_factory=dict, repr=False)  # codec tables, when shipped
 
     def mode(self, name: str) -> ModeSpec:
         return self.manifest.mode(name)
@@ -92,12 +98,12 @@ class TinyBundle:
 
     def frame(self, mode: str, seed: int = 0) -> bytes:
         """An encoded frame for ``mode``."""
-        return encode_features(self.features(mode, seed), self.mode(mode).bits)
+        return encode_features(self.features(mode, seed), self.mode(mode).bits, tables=self.tables.get(mode))
 
     def reference_logits(self, mode: str, frame: bytes) -> npt.NDArray[np.float32]:
         """What the tail must return for ``frame`` (decoded exactly as the server decodes it)."""
         spec = self.mode(mode)
-        x = decode_features(frame).array
+        x = decode_features(frame, tables=self.tables.get(mode)).array
         w, b = self.weights[spec.width]
         out: npt.NDArray[np.float32] = (x.reshape(1, -1) @ w + b).astype(np.float32)[0]
         return out
@@ -111,8 +117,12 @@ def write_tiny_bundle(
     widths: tuple[int, ...] = (2, 4),
     bits: tuple[int, ...] = (2, 8),
     seed: int = 0,
+    codec_tables: bool = False,
 ) -> TinyBundle:
-    """Write a complete bundle to ``root`` (created) and return it with its weights."""
+    """Write a complete bundle to ``root`` (created) and return it with its weights.
+
+    With ``codec_tables`` the bundle ships huffman tables fitted on features like :meth:`TinyBundle.features`.
+    """
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     weights: dict[int, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = {}
@@ -137,17 +147,32 @@ def write_tiny_bundle(
         ),
         torch_checkpoint=None,
     )
+    tables: dict[str, HuffmanTables] = {}
+    if codec_tables:
+        fit_rng = np.random.default_rng(seed + 1)
+        for m in manifest.modes:
+            shape = (m.width, FEATURE_H, FEATURE_W)
+            feats = fit_rng.normal(size=(200, *shape)).astype(np.float32)
+            packed = [pack_bits(quantize(f, m.bits)[0], m.bits) for f in feats]
+            tables[m.name] = HuffmanTables.fit(count_bytes(packed, byte_contexts(shape, m.bits, m.width), m.width))
+        write_codec_tables(root / "codec_tables.npz", tables)
+        manifest = replace(manifest, codec_tables="codec_tables.npz")
     (root / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
-    return TinyBundle(root=root, manifest=manifest, weights=weights)
+    return TinyBundle(root=root, manifest=manifest, weights=weights, tables=tables)
 
 
 def rewrite_header(frame: bytes, **changes: Any) -> bytes:
-    """Rewrite fields of a frame's 14-byte header (layout in slimsplit.codec.header) to build lying frames.
+    """Rewrite fields of a version-2 frame header (layout in slimsplit.codec.header) to build lying frames.
 
-    Field names: magic_version, coder_bits, c, h, w, lo, hi, payload_len.
+    Field names: magic_version, coder_bits, c, h, w, lo, hi, payload_len. The result is written in the
+    version-2 layout without any validation (varints may grow when a value does).
     """
     names = ["magic_version", "coder_bits", "c", "h", "w", "lo", "hi", "payload_len"]
-    fields = list(struct.unpack(">BBHHHeeH", frame[:HEADER_SIZE]))
+    _, coder_bits, c, h, w, lo, hi, payload_len, header_len = _parse_fields(frame)
+    fields = [frame[0], coder_bits, c, h, w, lo, hi, payload_len]
     for key, value in changes.items():
         fields[names.index(key)] = value
-    return struct.pack(">BBHHHeeH", *fields) + frame[HEADER_SIZE:]
+    mv, cb, c, h, w, lo, hi, n = fields
+    return (bytes([mv, cb]) + _varint(c) + _varint(h) + _varint(w) + struct.pack(">ee", lo, hi) + _varint(n)) + frame[
+        header_len:
+    ]

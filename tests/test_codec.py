@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 import slimsplit.codec as codec
 from slimsplit.codec import (
     CODEC_VERSION,
-    HEADER_SIZE,
+    MAX_HEADER_SIZE,
     DecodeLimits,
     decode_features,
     dequantize,
@@ -50,11 +50,12 @@ def test_public_api_is_stable() -> None:
         "CODEC_VERSION",
         "DEFAULT_LIMITS",
         "ENTROPY_CHOICES",
-        "HEADER_SIZE",
+        "MAX_HEADER_SIZE",
         "Coder",
         "DecodeLimits",
         "DecodedFeatures",
         "FeatureHeader",
+        "HuffmanTables",
         "decode_features",
         "dequantize",
         "encode_features",
@@ -64,8 +65,8 @@ def test_public_api_is_stable() -> None:
     }
     for name in codec.__all__:
         assert hasattr(codec, name), name
-    assert HEADER_SIZE == 14
-    assert CODEC_VERSION == 1
+    assert MAX_HEADER_SIZE == 18
+    assert CODEC_VERSION == 2
 
 
 # ------------------------------------------------------------------------------------------ bit packing
@@ -188,8 +189,9 @@ def test_round_trip_equals_reference_dequantization(bits: int, coder: str) -> No
     assert decoded.array.shape == (4, 8, 8) and decoded.array.dtype == np.float32
     np.testing.assert_array_equal(decoded.array, dequantize(q, lo, hi, bits))
     h = decoded.header
-    assert (h.version, h.coder, h.bits, h.shape, h.lo, h.hi) == (1, coder, bits, (4, 8, 8), lo, hi)
-    assert h.total_len == len(frame) == HEADER_SIZE + h.payload_len
+    assert (h.version, h.coder, h.bits, h.shape, h.lo, h.hi) == (2, coder, bits, (4, 8, 8), lo, hi)
+    assert h.total_len == len(frame) == h.header_len + h.payload_len
+    assert h.header_len == 10 + (h.payload_len >= 128)
     assert peek_header(frame) == h
 
 
@@ -214,7 +216,8 @@ def test_auto_picks_the_smallest_and_max_is_never_larger() -> None:
         x = features(c=16, seed=seed)
         sizes = {e: len(encode_features(x, bits, entropy=e)) for e in ("none", "zlib", "lzma", "auto", "max")}
         packed = pack_bits(quantize(x, bits)[0], bits)
-        fast_zlib = HEADER_SIZE + len(compress(Coder.ZLIB, packed, FAST_ZLIB_STRATEGIES))
+        z = compress(Coder.ZLIB, packed, FAST_ZLIB_STRATEGIES)
+        fast_zlib = dataclasses.replace(peek_header(encode_features(x, bits)), payload_len=len(z)).header_len + len(z)
         assert sizes["auto"] == min(sizes["none"], fast_zlib)
         assert sizes["max"] == min(sizes["none"], sizes["zlib"], sizes["lzma"]) <= sizes["auto"]
         assert sizes["zlib"] <= fast_zlib
@@ -283,10 +286,42 @@ def test_payload_beyond_the_format_limit_is_rejected() -> None:
 def test_golden_frame_bytes() -> None:
     x = np.array([[[0, 1], [2, 3]]], dtype=np.float32)
     frame = encode_features(x, 2, entropy="none")
-    assert frame == bytes.fromhex("a1 01 0001 0002 0002 0000 4200 0001 1b")
+    # version 2: magic/version, coder/bits, C H W varints, lo hi float16, payload_len varint, payload
+    assert frame == bytes.fromhex("a2 01 01 02 02 0000 4200 01 1b")
     h = peek_header(frame)
     assert (h.coder, h.bits, h.shape, h.lo, h.hi, h.payload_len) == ("none", 2, (1, 2, 2), 0.0, 3.0, 1)
+    assert h.header_len == 10
     np.testing.assert_array_equal(decode_features(frame).array, x)
+    # the same frame in version 1 (14-byte fixed header) still decodes to the same tensor
+    v1 = bytes.fromhex("a1 01 0001 0002 0002 0000 4200 0001 1b")
+    assert peek_header(v1).header_len == 14
+    np.testing.assert_array_equal(decode_features(v1).array, x)
+
+
+def test_varints_grow_with_the_values() -> None:
+    x = np.zeros((1, 1, 200), np.float32)
+    frame = encode_features(x, 8, entropy="none")
+    h = peek_header(frame)
+    assert (h.shape, h.payload_len, h.header_len) == ((1, 1, 200), 200, 12)  # W and payload_len: 2 bytes each
+    assert frame[4:6] == bytes([0xC8, 0x01])  # 200 = 0b1_1001000: low 7 bits first, continuation bit set
+    np.testing.assert_array_equal(decode_features(frame).array, x)
+
+
+@pytest.mark.parametrize(
+    ("header", "match"),
+    [
+        ("a2 03 8200 08 08 0000 3c00 40", "non-minimal varint in the channels"),
+        ("a2 03 ffffff 08 08 0000 3c00 40", "longer than 3 bytes"),
+        ("a2 03 808004 08 08 0000 3c00 40", "exceeds the format's 65535"),
+        ("a2 03 02 08 08 0000 3c00 80", "ends inside the payload_len"),
+        ("a2 03 02 08", "ends inside the width"),
+        ("a2 03 02 08 08 0000 3c", "ends inside the lo/hi"),
+    ],
+)
+def test_bad_varints_and_short_headers_raise_codec_error(header: str, match: str) -> None:
+    payload = b"" if "ends inside" in match else bytes(64)
+    with pytest.raises(CodecError, match=match):
+        decode_features(bytes.fromhex(header) + payload)
 
 
 def _frame(
@@ -302,7 +337,7 @@ def _frame(
     plen: int | None = None,
     payload: bytes | None = None,
 ) -> bytes:
-    """A hand-made frame: the defaults describe a valid 2x8x8, 4-bit, uncoded frame with a zero payload."""
+    """A hand-made version-1 frame: the defaults describe a valid 2x8x8, 4-bit, uncoded frame, zero payload."""
     if payload is None:
         payload = bytes(packed_size(2 * 8 * 8, bits))
     plen = len(payload) if plen is None else plen
@@ -344,15 +379,16 @@ def test_lying_header_fields_raise_codec_error(fields: dict[str, Any], match: st
 
 
 def test_newer_version_raises_unsupported_version() -> None:
-    with pytest.raises(UnsupportedVersion, match="version 2"):
-        peek_header(_frame(mv=0xA2))
+    with pytest.raises(UnsupportedVersion, match="version 3"):
+        peek_header(_frame(mv=0xA3))
     with pytest.raises(UnsupportedVersion):
         decode_features(_frame(mv=0xAF) + b"anything at all")
 
 
 def test_short_input_and_wrong_types() -> None:
-    for data in (b"", b"\xa1", _frame()[: HEADER_SIZE - 1]):
-        with pytest.raises(CodecError, match="shorter than"):
+    v2 = encode_features(features(c=2), 4)
+    for data in (b"", b"\xa1", _frame()[:13], v2[:2], v2[:4], v2[:8], v2[:9]):
+        with pytest.raises(CodecError, match=r"shorter than|ends inside"):
             decode_features(data)
     for obj in ("a string", None, 42, [1, 2]):
         with pytest.raises(CodecError, match="must be bytes"):
@@ -391,7 +427,7 @@ def test_bad_limits_raise_config_error(kwargs: dict[str, object]) -> None:
 
 def test_header_to_bytes_rejects_fields_that_do_not_fit() -> None:
     good = peek_header(encode_features(features(c=2), 4))
-    assert good.to_bytes() == encode_features(features(c=2), 4)[:HEADER_SIZE]
+    assert good.to_bytes() == encode_features(features(c=2), 4)[: good.header_len]
     for bad in (
         dataclasses.replace(good, shape=(70000, 8, 8)),
         dataclasses.replace(good, payload_len=-1),

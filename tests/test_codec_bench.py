@@ -19,17 +19,20 @@ def test_bench_writes_json_for_synthetic_features(tmp_path: Path) -> None:
     args = ["--frames", "3", "--channels", "2,4", "--bits", "1,8", "--families", "relu", "--out", str(out)]
     assert _load().main([*args, "--plot", str(tmp_path / "codec.png")]) == 0
     result = json.loads(out.read_text())
-    assert result["header_bytes"] == 14
     rows = result["results"]
-    assert {r["coder"] for r in rows} == {"none", "zlib", "lzma", "auto", "max", "bz2 (ref)"}
-    assert len(rows) == 2 * 2 * 6
+    assert {r["coder"] for r in rows} == {"none", "zlib", "lzma", "huffman", "auto", "max", "bz2 (ref)"}
+    assert len(rows) == 2 * 2 * 7
     for r in rows:
         assert r["frames"] == 3
-        assert r["bytes_mean"] == r["payload_bytes_mean"] + 14
+        header = r["bytes_mean"] - r["payload_bytes_mean"]
+        assert 10 <= header <= 11  # version-2 header: one-byte shape varints, 1-2 bytes of payload length
+        assert abs(r["header_share"] - header / r["bytes_mean"]) < 1e-9
         if r["coder"] == "none":
-            assert r["bytes_mean"] == 14 + r["packed_bytes"]
-        if r["coder"] == "auto":
+            assert r["payload_bytes_mean"] == r["packed_bytes"]
+        if r["coder"] in ("auto", "max"):
             assert abs(sum(r["chosen"].values()) - 1) < 1e-9
+            same = [x for x in rows if (x["channels"], x["bits"]) == (r["channels"], r["bits"])]
+            assert r["bytes_mean"] <= min(x["bytes_mean"] for x in same if x["coder"] in ("none", "huffman"))
     assert len(result["summary"]) == 4
 
 

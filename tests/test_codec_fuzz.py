@@ -15,7 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from slimsplit.codec import HEADER_SIZE, DecodedFeatures, DecodeLimits, decode_features, encode_features
+from slimsplit.codec import DecodedFeatures, DecodeLimits, HuffmanTables, decode_features, encode_features, peek_header
+from slimsplit.codec.bitpack import pack_bits
+from slimsplit.codec.huffman import byte_contexts, count_bytes
+from slimsplit.codec.quantize import quantize
 from slimsplit.errors import CodecError, InvalidFrame, UnsupportedVersion
 
 DECODE_ERRORS = (CodecError, UnsupportedVersion)
@@ -30,21 +33,34 @@ def _features(c: int, seed: int) -> np.ndarray:
     return np.maximum(z / 6, 0).astype(np.float32)
 
 
+def _tables() -> HuffmanTables:
+    """Huffman tables (16 contexts) fitted on 4-bit frames of these features; valid for any frame."""
+    ctx = byte_contexts((16, 8, 8), 4, 16)
+    packed = [pack_bits(quantize(_features(16, seed=100 + i), 4)[0], 4) for i in range(20)]
+    return HuffmanTables.fit(count_bytes(packed, ctx, 16))
+
+
+TABLES = _tables()
+
+
 def _valid_frames() -> list[bytes]:
     frames = []
-    for coder in ("none", "zlib", "lzma"):
+    for coder in ("none", "zlib", "lzma", "huffman"):
         for c, bits in ((2, 1), (4, 3), (8, 4), (16, 8), (2, 12)):
-            frames.append(encode_features(_features(c, seed=c * bits), bits, entropy=coder))
+            frames.append(encode_features(_features(c, seed=c * bits), bits, entropy=coder, tables=TABLES))
+    frames.append(bytes(_V1_OF_FIRST))
     return frames
 
 
+# one version-1 frame (14-byte header), which decoders still accept
+_V1_OF_FIRST = struct.pack(">BBHHHeeH", 0xA1, 0x03, 2, 8, 8, 0.0, 1.0, 64) + bytes(64)
 FRAMES = _valid_frames()
 
 
 def _decode_or_codec_error(data: bytes) -> DecodedFeatures | None:
     """Decode; a CodecError/UnsupportedVersion is fine, any other exception fails the test."""
     try:
-        out = decode_features(data, LIMITS)
+        out = decode_features(data, LIMITS, tables=TABLES)
     except DECODE_ERRORS:
         return None
     # if it decoded, the result must honour its header and the limits
@@ -58,7 +74,7 @@ def _decode_or_codec_error(data: bytes) -> DecodedFeatures | None:
 
 def _must_fail(data: bytes) -> InvalidFrame:
     with pytest.raises(DECODE_ERRORS) as info:
-        decode_features(data, LIMITS)
+        decode_features(data, LIMITS, tables=TABLES)
     assert type(info.value) in DECODE_ERRORS  # exactly these classes, not some other subclass
     return info.value
 
@@ -98,9 +114,18 @@ def test_trailing_bytes_fail(index: int) -> None:
 
 @pytest.mark.parametrize("index", range(len(FRAMES)))
 def test_every_corruption_of_a_structural_header_byte_fails(index: int) -> None:
-    """Magic/version (byte 0), shape (2..7) and payload_len (12..13): every other value must be rejected."""
+    """Magic/version (byte 0), shape and payload_len: every other value must be rejected."""
     frame = FRAMES[index]
-    for pos in (0, *range(2, 8), 12, 13):
+    h = peek_header(frame)
+    if h.version == 1:
+        structural = [0, *range(2, 8), 12, 13]
+    elif h.coder == "huffman":
+        # a huffman stream has no length of its own: another shape may decode from the same bits when the
+        # codes are short (the server also checks the shape against the mode), so only magic and length here
+        structural = [0, *range(9, h.header_len)]
+    else:  # version 2: C, H, W are one-byte varints here; payload_len is the header's last 1 or 2 bytes
+        structural = [0, 2, 3, 4, *range(9, h.header_len)]
+    for pos in structural:
         for value in range(256):
             if value != frame[pos]:
                 _must_fail(frame[:pos] + bytes([value]) + frame[pos + 1 :])
@@ -110,7 +135,10 @@ def test_every_corruption_of_a_structural_header_byte_fails(index: int) -> None:
 def test_every_corruption_of_the_remaining_bytes_never_escapes(index: int) -> None:
     """coder/bits, lo/hi and payload bytes: may still decode (no checksum), but never another exception."""
     frame = FRAMES[index]
-    positions = [1, 8, 9, 10, 11, *range(HEADER_SIZE, len(frame), max(1, (len(frame) - HEADER_SIZE) // 12))]
+    h = peek_header(frame)
+    lo_hi = [8, 9, 10, 11] if h.version == 1 else [5, 6, 7, 8] if h.coder != "huffman" else [2, 3, 4, 5, 6, 7, 8]
+    payload = range(h.header_len, len(frame), max(1, h.payload_len // 12))
+    positions = [1, *lo_hi, *payload]
     for pos in positions:
         for value in range(0, 256, 3):
             if value != frame[pos]:
@@ -180,6 +208,12 @@ def corrupted(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
+def hostile_v2_headers(draw: st.DrawFn) -> bytes:
+    """Version-2 headers with arbitrary coder/bits and varint bytes, then arbitrary payloads."""
+    return bytes([0xA2]) + draw(st.binary(min_size=1, max_size=18)) + draw(st.binary(max_size=200))
+
+
+@st.composite
 def hostile_headers(draw: st.DrawFn) -> bytes:
     """Plausible headers (right magic and version) with arbitrary fields and payloads."""
     head = struct.pack(
@@ -204,6 +238,12 @@ def test_hostile_headers_never_escape(data: bytes) -> None:
 
 
 @FUZZ
+@given(data=hostile_v2_headers())
+def test_hostile_v2_headers_never_escape(data: bytes) -> None:
+    _decode_or_codec_error(data)
+
+
+@FUZZ
 @given(data=corrupted())
 def test_random_corruptions_never_escape(data: bytes) -> None:
     _decode_or_codec_error(data)
@@ -211,6 +251,6 @@ def test_random_corruptions_never_escape(data: bytes) -> None:
 
 @pytest.mark.slow
 @SOAK
-@given(data=st.one_of(st.binary(max_size=2000), hostile_headers(), corrupted()))
+@given(data=st.one_of(st.binary(max_size=2000), hostile_headers(), hostile_v2_headers(), corrupted()))
 def test_soak_hostile_input_never_escapes(data: bytes) -> None:
     _decode_or_codec_error(data)

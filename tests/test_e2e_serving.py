@@ -75,8 +75,9 @@ def in_process(bundle: Bundle, mode: str, frames: list[SourceFrame]) -> list[Ref
     name = tail.get_inputs()[0].name
     refs = []
     for f in frames:
-        payload = encode_features(runtime.features(f.image), spec.bits)
-        x = decode_features(payload).array[None].astype(np.float32)
+        tables = runtime.codec_tables(mode)  # the bundle's learned code for the mode, as the edge uses it
+        payload = encode_features(runtime.features(f.image), spec.bits, tables=tables)
+        x = decode_features(payload, tables=tables).array[None].astype(np.float32)
         logits: Any = tail.run(None, {name: x})[0][0]
         refs.append(Reference(len(payload), _softmax(np.asarray(logits, np.float32))))
     return refs

@@ -32,10 +32,17 @@ def test_every_mode_encodes_its_width_and_bits(runtime: EncoderRuntime, images: 
     for mode in runtime.modes:
         runtime.set_mode(mode.name)
         frame = runtime.encode(images[0])
-        decoded = decode_features(frame.payload)
+        decoded = decode_features(frame.payload, tables=runtime.codec_tables(mode.name))
         assert decoded.header.bits == mode.bits
         assert decoded.array.shape == (mode.width, f.height, f.width)
         assert frame.mode == mode.name
+    # the narrow modes ship a learned huffman code, and the runtime uses it where it is the smallest
+    runtime.set_mode("w2b2")
+    coders = {
+        decode_features(runtime.encode(img).payload, tables=runtime.codec_tables("w2b2")).header.coder
+        for img in images[:20]
+    }
+    assert "huffman" in coders
 
 
 def test_narrow_width_is_a_slice_of_the_widest(runtime: EncoderRuntime, images: np.ndarray) -> None:

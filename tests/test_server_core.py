@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from server_helpers import GateBackend
 
 from slimsplit.bundle import Bundle
-from slimsplit.codec import HEADER_SIZE, DecodedFeatures, decode_features, encode_features
+from slimsplit.codec import DecodedFeatures, decode_features, encode_features, peek_header
 from slimsplit.errors import (
     BackendError,
     BundleError,
@@ -257,7 +257,7 @@ def test_bad_frames_raise_the_right_error(tiny: TinyBundle, case: str, error: ty
         "empty": replace(good, features=b""),
         "NaN lo": replace(good, features=rewrite_header(f, lo=float("nan"))),
         "Inf hi": replace(good, features=rewrite_header(f, hi=float("inf"))),
-        "newer codec version": replace(good, features=bytes([0xA2]) + f[1:]),
+        "newer codec version": replace(good, features=bytes([0xA3]) + f[1:]),
     }[case]
     core = make_core(tiny)
 
@@ -307,8 +307,8 @@ def test_non_finite_decoded_values_are_refused(tiny: TinyBundle, monkeypatch: py
     """The codec cannot produce NaN from a valid header; the core checks anyway (defence in depth)."""
     good = req(tiny, "w2b8")
 
-    def poisoned(data: bytes, limits: Any = None) -> DecodedFeatures:
-        d = decode_features(data, limits)
+    def poisoned(data: bytes, limits: Any = None, *, tables: Any = None) -> DecodedFeatures:
+        d = decode_features(data, limits, tables=tables)
         arr = d.array.copy()
         arr[0, 0, 0] = np.nan
         return DecodedFeatures(array=arr, header=d.header)
@@ -575,4 +575,5 @@ def test_fixture_bundle_is_copyable(tiny: TinyBundle, tmp_path: Path) -> None:
     dst = tmp_path / "copy"
     shutil.copytree(tiny.root, dst)
     assert Bundle.open(dst).manifest == tiny.manifest
-    assert len(encode_features(tiny.features("w2b2"), 2)) > HEADER_SIZE
+    frame = encode_features(tiny.features("w2b2"), 2)
+    assert len(frame) > peek_header(frame).header_len

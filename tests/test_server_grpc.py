@@ -215,7 +215,7 @@ BAD_CASES: dict[str, tuple[Callable[[TinyBundle], pb.FeatureFrame], grpc.StatusC
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
     "newer codec version": (
-        lambda t: frame(t, "w4b8", features=bytes([0xA2]) + t.frame("w4b8")[1:]),
+        lambda t: frame(t, "w4b8", features=bytes([0xA3]) + t.frame("w4b8")[1:]),
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
 }

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from slimsplit.bundle import Bundle, default_samples_path
+from slimsplit.bundle.codec_tables import load_codec_tables
 from slimsplit.errors import DatasetError
 from slimsplit.server.training import cli
 from slimsplit.server.training.data import (
@@ -141,6 +142,8 @@ def test_train_cli_on_an_image_folder_writes_a_valid_bundle(tmp_path: Path) -> N
     m = bundle.manifest
     assert m.name == "tiny" and [x.name for x in m.modes] == ["w2b2", "w2b8", "w4b2", "w4b8"]
     assert m.baseline_model is not None and all(x.accuracy is not None for x in m.modes)
+    assert m.codec_tables == "codec_tables.npz"  # the codec's huffman tables, fitted on the training images
+    assert set(load_codec_tables(bundle)) <= {x.name for x in m.modes}  # the modes where a learned code pays
     # resuming a finished run trains nothing again and reproduces the same weights
     first = (tmp_path / "run" / "bundle" / "tails" / "w4.onnx").read_bytes()
     assert (

@@ -6,9 +6,10 @@ real codec, so the manifest describes what a deployment will actually see.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import onnxruntime as ort
 from torch import nn
 
 from slimsplit.bundle import EncoderSpec, FeatureSpec, InputSpec, Manifest, ModeSpec, SplitSpec
-from slimsplit.codec import decode_features, encode_features
+from slimsplit.bundle.codec_tables import write_codec_tables
+from slimsplit.codec import HuffmanTables, decode_features, encode_features
 from slimsplit.server.export.onnx_export import export_backbone, export_encoder, export_tail
 from slimsplit.server.models import SplitModel
 
@@ -88,14 +90,15 @@ def evaluate_mode(
     widest: npt.NDArray[np.float32],
     mode: ModeSpec,
     labels: npt.NDArray[np.int64],
+    tables: HuffmanTables | None = None,
 ) -> ModeQuality:
-    """One mode through the real codec (encode + decode per frame, batch 1) and its ORT tail."""
+    """One mode through the real codec (encode + decode per frame, batch 1, the mode's tables) and its ORT tail."""
     sizes = np.empty(len(widest), np.int64)
     decoded = np.empty((len(widest), mode.width, *widest.shape[2:]), np.float32)
     for i in range(len(widest)):
-        payload = encode_features(widest[i, : mode.width], mode.bits)
+        payload = encode_features(widest[i, : mode.width], mode.bits, tables=tables)
         sizes[i] = len(payload)
-        decoded[i] = decode_features(payload).array
+        decoded[i] = decode_features(payload, tables=tables).array
     batches = [tail.run(None, {"features": decoded[i : i + 512]})[0] for i in range(0, len(decoded), 512)]
     logits = np.concatenate(batches)
     return ModeQuality(float((logits.argmax(1) == labels).mean()), float(sizes.mean()), decoded)
@@ -109,8 +112,10 @@ def measure_modes(
     *,
     latency_repeats: int = 50,
     progress: ProgressFn | None = None,
+    tables: Mapping[str, HuffmanTables] | None = None,
 ) -> dict[str, ModeMeasurement]:
     """Accuracy and mean payload over ``images`` through ORT + the real codec; batch-1 latencies at 1 thread."""
+    tables = tables or {}
     enc1 = _session(root / manifest.encoder.file, threads=1)
     full = widest_features(root, manifest, images)
     tails: dict[str, ort.InferenceSession] = {}
@@ -120,16 +125,19 @@ def measure_modes(
         if progress:
             progress(f"measuring {mode.name}")
         tail = tails.setdefault(mode.tail, _session(root / mode.tail, threads=0))
-        quality = evaluate_mode(tail, full, mode, labels)
+        mode_tables = tables.get(mode.name)
+        quality = evaluate_mode(tail, full, mode, labels, mode_tables)
         decoded = quality.decoded
         width_arr = np.array([mode.width], np.int64)
 
-        def encode_one(w: npt.NDArray[np.int64] = width_arr, bits: int = mode.bits) -> None:
+        def encode_one(
+            w: npt.NDArray[np.int64] = width_arr, bits: int = mode.bits, t: HuffmanTables | None = mode_tables
+        ) -> None:
             f = enc1.run(
                 [manifest.encoder.output],
                 {manifest.encoder.image_input: one, manifest.encoder.width_input: w},
             )[0]
-            encode_features(f[0], bits)
+            encode_features(f[0], bits, tables=t)
 
         tail1 = _session(root / mode.tail, threads=1)
         z = decoded[:1]
@@ -160,8 +168,13 @@ def write_bundle(
     baseline: nn.Module | None = None,
     progress: ProgressFn | None = None,
     latency_repeats: int = 50,
+    fit_images: npt.NDArray[np.uint8] | None = None,
 ) -> Manifest:
-    """Export ``model`` to ``root`` (encoder, tails, checkpoint), measure every mode, write ``manifest.json``."""
+    """Export ``model`` to ``root`` (encoder, tails, checkpoint), measure every mode, write ``manifest.json``.
+
+    With ``fit_images`` (training images, uint8 NHWC) the feature codec's huffman tables are fitted on them
+    and shipped in the bundle (``codec_tables.npz``), and every measurement uses them.
+    """
     root.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     cfg = model.config
@@ -198,8 +211,17 @@ def write_bundle(
         baseline_model=baseline_file,
         notes=dict(notes or {}),
     )
+    tables: dict[str, HuffmanTables] = {}
+    if fit_images is not None:
+        from slimsplit.server.export.codec_tables import TABLES_FILE, fit_codec_tables
+
+        if progress:
+            progress(f"fitting codec tables on {len(fit_images)} training images")
+        tables = fit_codec_tables(root, manifest, fit_images)
+        write_codec_tables(root / TABLES_FILE, tables)
+        manifest = dataclasses.replace(manifest, codec_tables=TABLES_FILE)
     measured = measure_modes(
-        root, manifest, test_images, test_labels, latency_repeats=latency_repeats, progress=progress
+        root, manifest, test_images, test_labels, latency_repeats=latency_repeats, progress=progress, tables=tables
     )
     modes = tuple(
         ModeSpec(

@@ -27,8 +27,8 @@ class TrainConfig:
     backbone: str = "resnet_small"
     split_after: str = "stage1"
     bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)
-    teacher: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=4, lr=3e-3))
-    student: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=6, lr=2e-3))
+    teacher: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=8, lr=3e-3))
+    student: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=12, lr=2e-3))
     # student loss weights: head distillation (MSE to the teacher's split features) and logit distillation
     feature_weight: float = 1.0
     kd_temperature: float = 2.0
@@ -40,5 +40,5 @@ class TrainConfig:
     device: str = "auto"
     num_threads: int | None = None
     bundle_name: str = "fashion64-resnet"
-    bundle_version: str = "1"
+    bundle_version: str = "2"
     show_progress: bool = True

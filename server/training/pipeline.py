@@ -32,6 +32,9 @@ from slimsplit.server.training.train import (
 INPUT_SPEC = InputSpec()
 
 
+CODEC_FIT_IMAGES = 5000  # training images the feature codec's huffman tables are fitted on
+
+
 def load_data(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
     if cfg.data == "fashion-mnist":
         root = cfg.data_dir or FASHION_MNIST_DIR
@@ -102,6 +105,7 @@ def run(cfg: TrainConfig, samples_out: Path | None = None) -> Path:
         input_spec=INPUT_SPEC,
         test_images=test.images,
         test_labels=test.labels,
+        fit_images=train.images[:CODEC_FIT_IMAGES],
         notes={
             "unsplit_teacher_accuracy": round(teacher_acc, 6),
             "data": cfg.data,

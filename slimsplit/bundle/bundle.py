@@ -31,6 +31,8 @@ class Bundle:
         files = [self.manifest.encoder.file, *(m.tail for m in self.manifest.modes)]
         if self.manifest.baseline_model is not None:
             files.append(self.manifest.baseline_model)
+        if self.manifest.codec_tables is not None:
+            files.append(self.manifest.codec_tables)
         return files
 
     def path(self, relative: str) -> Path:

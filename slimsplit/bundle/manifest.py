@@ -8,6 +8,8 @@ A bundle is a folder::
       tails/w<W>.onnx        decoder + tail for one width (shared by every bit depth of that width)
       model.pt               torch checkpoint of the whole split model (server's PyTorch backend, fine-tuning)
       baseline/backbone.onnx the unsplit backbone (teacher), for baselines (optional)
+      codec_tables.npz       learned huffman code lengths per mode for the feature codec (optional; numpy .npz,
+                             see ``slimsplit.bundle.codec_tables``)
 
 The manifest is parsed into frozen dataclasses and validated field by field; anything wrong is a
 :class:`~slimsplit.errors.BundleError` that names the field. This module needs only the standard library.
@@ -107,6 +109,8 @@ class Manifest:
     # the unsplit backbone (teacher) as ONNX, input ``image`` -> ``logits``: the baseline benchmarks compare with
     baseline_model: str | None = None
     codec: str = "slimsplit-feature"
+    # the feature codec's learned huffman tables (.npz, one [width, 256] uint8 array of code lengths per mode)
+    codec_tables: str | None = None
     schema_version: int = SCHEMA_VERSION
     notes: Mapping[str, Any] = field(default_factory=dict)
 
@@ -271,6 +275,7 @@ def _parse_manifest(raw: Mapping[str, Any], source: str) -> Manifest:
         raise BundleError(f"{source}: 'classes' must list at least two class names", field="classes")
     ckpt = raw.get("torch_checkpoint")
     baseline = raw.get("baseline_model")
+    tables = raw.get("codec_tables")
     notes = raw.get("notes", {})
     if not isinstance(notes, Mapping):
         raise BundleError(f"{source}: 'notes' must be an object", field="notes")
@@ -286,6 +291,7 @@ def _parse_manifest(raw: Mapping[str, Any], source: str) -> Manifest:
         torch_checkpoint=None if ckpt is None else _rel_path(ckpt, "torch_checkpoint"),
         baseline_model=None if baseline is None else _rel_path(baseline, "baseline_model"),
         codec=_str(raw.get("codec", "slimsplit-feature"), "codec"),
+        codec_tables=None if tables is None else _rel_path(tables, "codec_tables"),
         schema_version=SCHEMA_VERSION,
         notes=dict(notes),
     )

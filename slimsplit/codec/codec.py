@@ -1,8 +1,8 @@
 """Encode a feature tensor to one self-describing frame and back.
 
-A frame is ``header (14 bytes) + payload`` where the payload is ``entropy(bitpack(quantize(x, bits)))``.
+A frame is ``header (10-18 bytes) + payload`` where the payload is ``entropy(bitpack(quantize(x, bits)))``.
 See ``header`` for the byte layout, ``quantize`` for the exact quantization formula, ``bitpack`` for the bit
-order and ``entropy`` for the coders.
+order, ``entropy`` for the coders and ``huffman`` for the learned code of the ``huffman`` coder.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from slimsplit.codec.bitpack import pack_bits, unpack_bits
 from slimsplit.codec.header import (
     CODEC_VERSION,
     DEFAULT_LIMITS,
-    HEADER_SIZE,
     MAX_DIM,
     MAX_PAYLOAD,
     DecodeLimits,
     FeatureHeader,
     parse_header,
 )
+from slimsplit.codec.huffman import HuffmanTables, as_tables, byte_contexts
 from slimsplit.codec.quantize import as_float32, dequantize, quantize
 from slimsplit.errors import CodecError
 
@@ -37,16 +37,23 @@ class DecodedFeatures:
     header: FeatureHeader
 
 
-def encode_features(x: npt.ArrayLike, bits: int, *, entropy: str = "auto") -> bytes:
+def encode_features(
+    x: npt.ArrayLike, bits: int, *, entropy: str = "auto", tables: HuffmanTables | None = None
+) -> bytes:
     """Quantize ``x`` (float ``[C, H, W]`` or ``[1, C, H, W]``) to ``bits`` bits and encode it as one frame.
 
-    ``entropy`` is ``"auto"`` (smallest of none/fast zlib, per frame), ``"max"`` (thorough zlib, lzma too),
-    or one coder name (``"none"``, ``"zlib"``, ``"lzma"``) to force it (see ``entropy``).
+    ``entropy`` is ``"auto"`` (smallest of none/fast zlib/huffman, per frame), ``"max"`` (thorough zlib, lzma
+    too), or one coder name (``"none"``, ``"zlib"``, ``"lzma"``, ``"huffman"``) to force it (see ``entropy``).
+    ``tables`` are the mode's learned huffman codes (from the bundle); without them the huffman coder is not
+    tried (and ``entropy="huffman"`` is an error). The decoder needs the same tables.
 
     Raises :class:`CodecError` for non-finite values, a wrong rank, dimensions beyond 65535, values beyond the
     float16 range, or a payload beyond 65535 bytes.
     """
     choice = _entropy.entropy_choice(entropy)
+    huffman = as_tables(tables)
+    if choice.coders == (_entropy.Coder.HUFFMAN,) and huffman is None:
+        raise CodecError('entropy="huffman" needs the mode\'s code tables (tables=)', field="entropy")
     arr = as_float32(x)
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
@@ -63,7 +70,14 @@ def encode_features(x: npt.ArrayLike, bits: int, *, entropy: str = "auto") -> by
         )
     q, lo, hi = quantize(arr, bits)
     packed = pack_bits(q, bits)
-    best_coder, payload = _entropy.encode_payload(packed, choice)
+    best = _entropy.encode_payload(packed, choice)
+    if huffman is not None and _entropy.Coder.HUFFMAN in choice.coders:
+        coded = huffman.encode(packed, byte_contexts((c, h, w), bits, huffman.contexts))
+        if best is None or len(coded) < len(best[1]):
+            best = (_entropy.Coder.HUFFMAN, coded)
+    if best is None:  # unreachable: a choice without table-free coders is "huffman", checked above
+        raise CodecError("no coder to encode with", field="entropy")
+    best_coder, payload = best
     if len(payload) > MAX_PAYLOAD:
         raise CodecError(
             f"payload of {len(payload)} bytes exceeds the format's {MAX_PAYLOAD}-byte limit "
@@ -88,8 +102,12 @@ def peek_header(data: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> FeatureHead
     return parse_header(_as_bytes(data), limits)
 
 
-def decode_features(data: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedFeatures:
+def decode_features(
+    data: Any, limits: DecodeLimits = DEFAULT_LIMITS, *, tables: HuffmanTables | None = None
+) -> DecodedFeatures:
     """Decode a frame made by :func:`encode_features`, validating every field against ``limits`` first.
+
+    ``tables`` are the mode's huffman codes; a huffman-coded frame without them is a :class:`CodecError`.
 
     Raises :class:`CodecError` (or :class:`UnsupportedVersion` for a newer codec version) and nothing else for
     any malformed input; memory use is bounded by ``limits`` whatever the header claims.
@@ -97,7 +115,16 @@ def decode_features(data: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> Decoded
     buf = _as_bytes(data)
     header = parse_header(buf, limits)
     coder = _entropy.coder_from_label(header.coder)
-    packed = _entropy.decompress(coder, buf[HEADER_SIZE:], header.packed_len)
+    payload = buf[header.header_len :]
+    if coder is _entropy.Coder.HUFFMAN:
+        huffman = as_tables(tables)
+        if huffman is None:
+            raise CodecError(
+                "the frame is huffman-coded, which needs the model's code tables for its mode", field="coder"
+            )
+        packed = huffman.decode(payload, byte_contexts(header.shape, header.bits, huffman.contexts))
+    else:
+        packed = _entropy.decompress(coder, payload, header.packed_len)
     q = unpack_bits(packed, header.bits, header.numel)
     if header.hi == header.lo and q.any():
         raise CodecError(f"lo == hi == {header.lo} but the payload holds non-zero quantized values", field="payload")

@@ -6,14 +6,17 @@ Coder ids (the high nibble of header byte 1):
 * ``1 zlib`` - raw DEFLATE (RFC 1951; ``wbits=-15``: no zlib/gzip framing, no checksum). The encoder runs
   one or more zlib strategies and keeps the smallest stream; the decoder does not care which was used.
 * ``2 lzma`` - raw LZMA2 (``FORMAT_RAW``, one filter ``FILTER_LZMA2``, ``dict_size=65536``; no .xz framing).
+* ``3 huffman`` - static canonical Huffman codes per channel, learned offline and shipped in the model bundle
+  (``huffman``); only available when the caller passes the mode's tables (codec version 2).
 
 The ``entropy=`` choices of the encoder (the smallest candidate wins; a tie goes to the earlier coder):
 
-* ``"auto"`` - none or zlib with the RLE and Huffman-only strategies: both are single fast passes (no match
-  search) and on feature frames each compresses better than zlib's default strategy at a quarter of its time.
+* ``"auto"`` - none, zlib with the RLE and Huffman-only strategies (both single fast passes, no match search;
+  on feature frames each compresses better than zlib's default strategy at a quarter of its time), and the
+  learned huffman code when the caller has tables for the mode.
 * ``"max"``  - none, zlib with RLE, Huffman-only and default strategies, or lzma: a few percent smaller on
   some frames (mostly 8-bit ones) for 2-4x the encode time.
-* ``"none"``, ``"zlib"`` (all three strategies), ``"lzma"`` - force that coder.
+* ``"none"``, ``"zlib"`` (all three strategies), ``"lzma"``, ``"huffman"`` - force that coder.
 
 bz2 was measured too (``bench/codec.py``) and never won on feature frames (its framing alone is ~40 bytes).
 """
@@ -44,6 +47,7 @@ class Coder(enum.IntEnum):
     NONE = 0
     ZLIB = 1
     LZMA = 2
+    HUFFMAN = 3
 
     @property
     def label(self) -> str:
@@ -60,11 +64,12 @@ class EntropyChoice:
 
 ENTROPY_CHOICES: Mapping[str, EntropyChoice] = MappingProxyType(
     {
-        "auto": EntropyChoice((Coder.NONE, Coder.ZLIB), FAST_ZLIB_STRATEGIES),
-        "max": EntropyChoice((Coder.NONE, Coder.ZLIB, Coder.LZMA)),
+        "auto": EntropyChoice((Coder.NONE, Coder.ZLIB, Coder.HUFFMAN), FAST_ZLIB_STRATEGIES),
+        "max": EntropyChoice((Coder.NONE, Coder.ZLIB, Coder.LZMA, Coder.HUFFMAN)),
         "none": EntropyChoice((Coder.NONE,)),
         "zlib": EntropyChoice((Coder.ZLIB,)),
         "lzma": EntropyChoice((Coder.LZMA,)),
+        "huffman": EntropyChoice((Coder.HUFFMAN,)),
     }
 )
 
@@ -81,14 +86,19 @@ def entropy_choice(entropy: str) -> EntropyChoice:
         ) from None
 
 
-def encode_payload(packed: bytes, choice: EntropyChoice) -> tuple[Coder, bytes]:
-    """The smallest encoding of ``packed`` among the choice's coders (ties: the earlier coder)."""
-    best_coder, best = choice.coders[0], compress(choice.coders[0], packed, choice.zlib_strategies)
-    for coder in choice.coders[1:]:
+def encode_payload(packed: bytes, choice: EntropyChoice) -> tuple[Coder, bytes] | None:
+    """The smallest encoding of ``packed`` among the choice's table-free coders (ties: the earlier coder).
+
+    ``None`` when the choice has no table-free coder (``"huffman"``); the caller adds the huffman candidate.
+    """
+    best: tuple[Coder, bytes] | None = None
+    for coder in choice.coders:
+        if coder is Coder.HUFFMAN:
+            continue
         out = compress(coder, packed, choice.zlib_strategies)
-        if len(out) < len(best):
-            best_coder, best = coder, out
-    return best_coder, best
+        if best is None or len(out) < len(best[1]):
+            best = (coder, out)
+    return best
 
 
 def coder_from_id(coder_id: int) -> Coder:
@@ -114,6 +124,8 @@ def compress(coder: Coder, packed: bytes, zlib_strategies: tuple[int, ...] = ALL
     """Encode ``packed`` with ``coder`` (``NONE`` returns it unchanged; zlib keeps its smallest strategy)."""
     if coder is Coder.NONE:
         return packed
+    if coder is Coder.HUFFMAN:
+        raise CodecError("the huffman coder needs the mode's code tables: use encode_features(..., tables=)")
     if coder is Coder.ZLIB:
         best: bytes | None = None
         for strategy in zlib_strategies:
@@ -143,6 +155,8 @@ def decompress(coder: Coder, payload: bytes, expected_len: int) -> bytes:
     """
     if coder is Coder.NONE:
         return payload
+    if coder is Coder.HUFFMAN:
+        raise CodecError("the huffman coder needs the mode's code tables: use decode_features(..., tables=)")
     dec: _Decompressor
     errors: tuple[type[Exception], ...]
     if coder is Coder.ZLIB:

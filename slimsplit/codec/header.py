@@ -1,22 +1,26 @@
-"""The 14-byte frame header, its decode limits and its validation.
+"""The frame header, its decode limits and its validation.
 
-Byte layout of codec version 1 (``struct`` format ``">BBHHHeeH"``, big-endian, no padding)::
+Codec version 2 (written by this encoder; 10 bytes for the small frames of the narrow modes, at most 18)::
 
-    offset size field
-     0     1    magic_version  high nibble: magic 0xA; low nibble: codec version (1)     -> byte 0 is 0xA1
-     1     1    coder_bits     high nibble: entropy coder id (0 none, 1 zlib, 2 lzma);
-                               low nibble: bits - 1 (0..15 for 1..16 bits)
-     2     2    channels  C    uint16
-     4     2    height    H    uint16
-     6     2    width     W    uint16
-     8     2    lo             float16 (IEEE binary16), the quantization minimum
-    10     2    hi             float16, the quantization maximum
-    12     2    payload_len    uint16, bytes after the header (the frame is exactly 14 + payload_len bytes)
+    size  field
+     1    magic_version  high nibble: magic 0xA; low nibble: codec version (2)     -> byte 0 is 0xA2
+     1    coder_bits     high nibble: entropy coder id (0 none, 1 zlib, 2 lzma, 3 huffman);
+                         low nibble: bits - 1 (0..15 for 1..16 bits)
+     1-3  channels  C    unsigned LEB128 varint (7 bits per byte, low group first, high bit = "more")
+     1-3  height    H    varint
+     1-3  width     W    varint
+     2    lo             float16 (IEEE binary16, big-endian), the quantization minimum
+     2    hi             float16, the quantization maximum
+     1-3  payload_len    varint, bytes after the header (the frame is exactly header + payload_len bytes)
+
+Every varint must be minimal (no redundant ``0x80`` groups) and at most 65535, so each value has exactly one
+encoding. Codec version 1 (``struct`` format ``">BBHHHeeH"``: the same fields, C/H/W and payload_len as
+big-endian uint16, always 14 bytes) is still decoded, so frames from older edges keep working.
 
 The tensor is always 3-D ``[C, H, W]`` float32 on decode. The payload is the entropy-coded bit packing of the
-quantized values (see ``bitpack`` and ``entropy``). Byte 0 keeps its meaning in every future version, so a
-decoder can always tell "not a slimsplit frame" (:class:`CodecError`) from "a newer codec version"
-(:class:`UnsupportedVersion`).
+quantized values (see ``bitpack``, ``entropy`` and ``huffman``). Byte 0 keeps its meaning in every future
+version, so a decoder can always tell "not a slimsplit frame" (:class:`CodecError`) from "a newer codec
+version" (:class:`UnsupportedVersion`).
 Payloads are limited to 65535 bytes by the format (a float32 tensor of 16x8x8 at 8 bits packs to 1024 bytes).
 """
 
@@ -32,14 +36,18 @@ from slimsplit.codec.entropy import Coder, coder_from_id, coder_from_label
 from slimsplit.codec.quantize import MAX_BITS, MIN_BITS
 from slimsplit.errors import CodecError, ConfigError, UnsupportedVersion
 
-HEADER_FORMAT = ">BBHHHeeH"
-HEADER_SIZE = struct.calcsize(HEADER_FORMAT)  # 14
+V1_HEADER_FORMAT = ">BBHHHeeH"
+V1_HEADER_SIZE = struct.calcsize(V1_HEADER_FORMAT)  # 14
+MIN_HEADER_SIZE = 10  # version 2 with every varint one byte
+MAX_HEADER_SIZE = 18  # version 2 with every varint three bytes
 MAGIC = 0xA
-CODEC_VERSION = 1
+CODEC_VERSION = 2  # what the encoder writes; versions 1 and 2 decode
+MIN_CODEC_VERSION = 1
 MAX_DIM = 0xFFFF
 MAX_PAYLOAD = 0xFFFF
 
-_STRUCT = struct.Struct(HEADER_FORMAT)
+_V1 = struct.Struct(V1_HEADER_FORMAT)
+_F16X2 = struct.Struct(">ee")
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,7 @@ class FeatureHeader:
     """A parsed, validated frame header."""
 
     version: int
-    coder: str  # "none" | "zlib" | "lzma"
+    coder: str  # "none" | "zlib" | "lzma" | "huffman"
     bits: int
     shape: tuple[int, int, int]
     lo: float
@@ -104,9 +112,17 @@ class FeatureHeader:
     payload_len: int
 
     @property
+    def header_len(self) -> int:
+        """Bytes of this header on the wire (14 for version 1; 10-18 for version 2)."""
+        if self.version == 1:
+            return V1_HEADER_SIZE
+        c, h, w = self.shape
+        return 6 + sum(_varint_len(v) for v in (c, h, w, self.payload_len))
+
+    @property
     def total_len(self) -> int:
         """Header plus payload bytes: the exact length of the frame."""
-        return HEADER_SIZE + self.payload_len
+        return self.header_len + self.payload_len
 
     @property
     def numel(self) -> int:
@@ -123,40 +139,74 @@ class FeatureHeader:
         return packed_size(self.numel, self.bits)
 
     def to_bytes(self) -> bytes:
-        """The 14 header bytes; raises :class:`CodecError` when a field does not fit the layout."""
+        """The header bytes in this header's version; :class:`CodecError` when a field does not fit the layout."""
         c, h, w = self.shape
         coder = coder_from_label(self.coder)
-        if not (1 <= self.version <= 0xF and MIN_BITS <= self.bits <= MAX_BITS):
+        if not (MIN_CODEC_VERSION <= self.version <= CODEC_VERSION and MIN_BITS <= self.bits <= MAX_BITS):
             raise CodecError(f"version={self.version}, bits={self.bits} do not fit", field="header")
+        if self.version == 1 and coder.value > 2:
+            raise CodecError(f"codec version 1 has no {coder.label} coder", field="coder")
+        first = bytes(((MAGIC << 4) | self.version, (coder.value << 4) | (self.bits - 1)))
         try:
-            return _STRUCT.pack(
-                (MAGIC << 4) | self.version,
-                (coder.value << 4) | (self.bits - 1),
-                c,
-                h,
-                w,
-                self.lo,
-                self.hi,
-                self.payload_len,
+            if self.version == 1:
+                return _V1.pack(first[0], first[1], c, h, w, self.lo, self.hi, self.payload_len)
+            for name, value in (("channels", c), ("height", h), ("width", w), ("payload_len", self.payload_len)):
+                if not 0 <= value <= MAX_DIM:
+                    raise CodecError(f"{name}={value} does not fit the layout (0..{MAX_DIM})", field=name)
+            return (
+                first + _varint(c) + _varint(h) + _varint(w) + _F16X2.pack(self.lo, self.hi) + _varint(self.payload_len)
             )
         except (struct.error, OverflowError) as exc:
             raise CodecError(f"header {self} does not fit the layout: {exc}", field="header") from None
 
 
-def parse_header(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> FeatureHeader:
-    """Parse and validate the header of the frame ``data`` (the whole frame, so lengths can be checked).
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
 
-    Checks, in order: length, magic, version, coder id, bits, shape, element count, payload length against the
-    limits and against the bytes present, the packed length for uncoded payloads, and lo/hi. Raises
-    :class:`CodecError` (or :class:`UnsupportedVersion`) naming the field and the values.
-    """
-    if len(data) < HEADER_SIZE:
+
+def _varint_len(value: int) -> int:
+    return 1 if value < 0x80 else 2 if value < 0x4000 else 3
+
+
+def _read_varint(data: bytes, pos: int, name: str) -> tuple[int, int]:
+    """The varint at ``data[pos:]`` and the position after it; at most 3 bytes, minimal, <= 65535."""
+    value, shift = 0, 0
+    for i in range(3):
+        if pos + i >= len(data):
+            raise CodecError(
+                f"frame is {len(data)} bytes: the header ends inside the {name} field",
+                field="header",
+                actual=len(data),
+            )
+        byte = data[pos + i]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            if i > 0 and byte == 0:
+                raise CodecError(f"non-minimal varint in the {name} field", field=name)
+            if value > MAX_DIM:
+                raise CodecError(f"{name}={value} exceeds the format's {MAX_DIM}", field=name, value=value)
+            return value, pos + i + 1
+    raise CodecError(f"the {name} varint is longer than 3 bytes", field=name)
+
+
+def _parse_fields(data: bytes) -> tuple[int, int, int, int, int, float, float, int, int]:
+    """Raw fields of a version-1 or -2 header (magic and version checked, nothing else): ..., header length."""
+    if len(data) < 2:
         raise CodecError(
-            f"frame is {len(data)} bytes, shorter than the {HEADER_SIZE}-byte header",
+            f"frame is {len(data)} bytes, shorter than any header ({MIN_HEADER_SIZE} bytes)",
             field="header",
             actual=len(data),
         )
-    magic_version, coder_bits, c, h, w, lo, hi, payload_len = _STRUCT.unpack_from(data)
+    magic_version, coder_bits = data[0], data[1]
     magic, version = magic_version >> 4, magic_version & 0xF
     if magic != MAGIC:
         raise CodecError(
@@ -171,8 +221,37 @@ def parse_header(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> FeatureH
             value=version,
             supported=CODEC_VERSION,
         )
-    if version != CODEC_VERSION:
+    if version < MIN_CODEC_VERSION:
         raise CodecError(f"invalid feature codec version {version}", field="version", value=version)
+    if version == 1:
+        if len(data) < V1_HEADER_SIZE:
+            raise CodecError(
+                f"frame is {len(data)} bytes, shorter than the {V1_HEADER_SIZE}-byte version-1 header",
+                field="header",
+                actual=len(data),
+            )
+        _, _, c, h, w, lo, hi, payload_len = _V1.unpack_from(data)
+        return version, coder_bits, c, h, w, lo, hi, payload_len, V1_HEADER_SIZE
+    c, pos = _read_varint(data, 2, "channels")
+    h, pos = _read_varint(data, pos, "height")
+    w, pos = _read_varint(data, pos, "width")
+    if len(data) < pos + _F16X2.size:
+        raise CodecError(
+            f"frame is {len(data)} bytes: the header ends inside the lo/hi fields", field="header", actual=len(data)
+        )
+    lo, hi = _F16X2.unpack_from(data, pos)
+    payload_len, pos = _read_varint(data, pos + _F16X2.size, "payload_len")
+    return version, coder_bits, c, h, w, lo, hi, payload_len, pos
+
+
+def parse_header(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> FeatureHeader:
+    """Parse and validate the header of the frame ``data`` (the whole frame, so lengths can be checked).
+
+    Checks, in order: length, magic, version, coder id, bits, shape, element count, payload length against the
+    limits and against the bytes present, the packed length for uncoded payloads, and lo/hi. Raises
+    :class:`CodecError` (or :class:`UnsupportedVersion`) naming the field and the values.
+    """
+    version, coder_bits, c, h, w, lo, hi, payload_len, header_len = _parse_fields(data)
     coder: Coder = coder_from_id(coder_bits >> 4)
     bits = (coder_bits & 0xF) + 1
     if bits not in limits.allowed_bits:
@@ -204,7 +283,7 @@ def parse_header(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> FeatureH
             value=payload_len,
             limit=limits.max_payload_bytes,
         )
-    present = len(data) - HEADER_SIZE
+    present = len(data) - header_len
     if payload_len != present:
         kind = "truncated frame" if present < payload_len else "trailing bytes after the payload"
         raise CodecError(
@@ -214,6 +293,8 @@ def parse_header(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> FeatureH
             actual=present,
         )
     expected_packed = packed_size(numel, bits)
+    if version == 1 and coder is Coder.HUFFMAN:
+        raise CodecError("codec version 1 has no huffman coder", field="coder", value=coder.value)
     if coder is Coder.NONE and payload_len != expected_packed:
         raise CodecError(
             f"payload_len={payload_len} but shape {(c, h, w)} at {bits} bits packs to {expected_packed} B",
