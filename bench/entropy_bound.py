@@ -5,6 +5,7 @@ and the bundle's learned per-channel huffman code (``slimsplit.codec``). This be
 sample images through the real ONNX encoder, per mode:
 
 * ``codec_bytes_mean``: what the shipped codec sends (header included; with the bundle's learned huffman tables);
+* ``codec_without_tables_bytes_mean``: the same codec without the learned tables (packed bits or DEFLATE);
 * ``adaptive_bytes_mean``: header + the code length of an *adaptive order-0 arithmetic coder* with one context per
   channel (Krichevsky-Trofimov estimator: symbol ``s`` after ``n`` symbols of which ``c_s`` were ``s`` costs
   ``-log2((c_s + 1/2) / (n + L/2))`` bits, ``L = 2**bits``), i.e. what such a coder would send, to within a few bytes
@@ -98,6 +99,8 @@ def main() -> int:
                 "codec_bytes_mean": float(
                     np.mean([len(encode_features(f, spec.bits, tables=runtime.codec_tables(spec.name))) for f in feats])
                 ),
+                "has_table": runtime.codec_tables(spec.name) is not None,
+                "codec_without_tables_bytes_mean": float(np.mean([len(encode_features(f, spec.bits)) for f in feats])),
                 "adaptive_bytes_mean": float(np.mean([frame_bound(f, spec.bits) for f in feats])),
             }
         )
@@ -113,14 +116,18 @@ def main() -> int:
 
     console = Console()
     t = Table(title=f"bytes per frame on {len(images)} sample images (header included)")
-    for col in ("mode", "accuracy", "shipped codec", "adaptive order-0 bound", "saving"):
+    cols = ("mode", "accuracy", "without tables", "shipped codec", "table saves", "adaptive order-0 bound", "saving")
+    for col in cols:
         t.add_column(col, justify="right")
     for m in modes:
         saving = 1 - m["adaptive_bytes_mean"] / m["codec_bytes_mean"]
+        table_saving = 1 - m["codec_bytes_mean"] / m["codec_without_tables_bytes_mean"]
         t.add_row(
             m["mode"],
             f"{m['accuracy']:.4f}",
+            f"{m['codec_without_tables_bytes_mean']:.1f}",
             f"{m['codec_bytes_mean']:.1f}",
+            f"{100 * table_saving:.0f}%" if m["has_table"] else "(no table)",
             f"{m['adaptive_bytes_mean']:.1f}",
             f"{100 * saving:+.0f}%",
         )

@@ -40,7 +40,8 @@ from slimsplit.errors import ConfigError
 from slimsplit.v1 import slimsplit_pb2 as pb
 
 _perf = time.perf_counter
-_TICK_GRACE_S = 0.002  # how long a paced capture waits for a slot that is about to free
+_TICK_GRACE_S = 0.005  # how long a paced capture waits for a slot that is about to free (timer wake-ups
+# on a loaded machine come several ms late; 2 ms made one-frame-at-a-time runs skip frames now and then)
 _MIN_WAIT_S = 0.001  # a frame encoded past its give-up time still gets this long (then it is reported late)
 
 

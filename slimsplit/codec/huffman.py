@@ -67,16 +67,21 @@ def _huffman_lengths(weights: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
 
 
 def _canonical_codes(lengths: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint32]:
-    """Canonical codes: shorter codes first, equal lengths in value order."""
-    codes = np.zeros(ALPHABET, dtype=np.uint32)
-    code, prev_len = 0, 0
-    for sym in np.lexsort((np.arange(ALPHABET), lengths)):
-        ln = int(lengths[sym])
-        code <<= ln - prev_len
-        codes[sym] = code
-        code += 1
-        prev_len = ln
-    return codes
+    """Canonical codes (RFC 1951 3.2.2): shorter codes first, equal lengths in value order."""
+    lens = lengths.astype(np.int64)
+    counts = np.bincount(lens, minlength=17)
+    counts[0] = 0
+    first = np.zeros(17, dtype=np.int64)  # the first code of each length
+    code = 0
+    for n in range(1, 17):
+        code = (code + int(counts[n - 1])) << 1
+        first[n] = code
+    order = np.lexsort((np.arange(ALPHABET), lens))  # by length, then by value
+    rank = np.empty(ALPHABET, dtype=np.int64)
+    sorted_lens = lens[order]
+    starts = np.searchsorted(sorted_lens, sorted_lens, side="left")  # index of the first code of the same length
+    rank[order] = np.arange(ALPHABET) - starts
+    return (first[lens] + rank).astype(np.uint32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,7 +92,7 @@ class HuffmanTables:
     lengths: npt.NDArray[np.uint8]
     max_len: int = MAX_CODE_LEN
     _codes: npt.NDArray[np.uint32] = field(init=False, repr=False)
-    _lut: list[int] = field(init=False, repr=False)  # [(k << max_len) | window] -> byte | code length << 8
+    _lut: list[int] | None = field(init=False, repr=False)  # [(k << max_len) | window] -> byte | length << 8
 
     def __post_init__(self) -> None:
         lengths = np.asarray(self.lengths)
@@ -107,18 +112,23 @@ class HuffmanTables:
                 field="lengths",
             )
         codes = np.stack([_canonical_codes(row) for row in lengths])
+        object.__setattr__(self, "lengths", lengths)
+        object.__setattr__(self, "_codes", codes)
+        object.__setattr__(self, "_lut", None)  # the decode table, built on the first decode (edges never need it)
+
+    def _build_lut(self) -> list[int]:
         luts = []
-        for k in range(lengths.shape[0]):
-            shift = self.max_len - lengths[k].astype(np.int64)
-            starts = codes[k].astype(np.int64) << shift
+        for k in range(self.lengths.shape[0]):
+            shift = self.max_len - self.lengths[k].astype(np.int64)
+            starts = self._codes[k].astype(np.int64) << shift
             spans = np.int64(1) << shift
             idx = np.repeat(starts, spans) + (np.arange(int(spans.sum())) - np.repeat(np.cumsum(spans) - spans, spans))
             lut = np.zeros(1 << self.max_len, dtype=np.int64)  # the code is complete: every window is filled
-            lut[idx] = np.repeat(np.arange(ALPHABET) | (lengths[k].astype(np.int64) << 8), spans)
+            lut[idx] = np.repeat(np.arange(ALPHABET) | (self.lengths[k].astype(np.int64) << 8), spans)
             luts.append(lut)
-        object.__setattr__(self, "lengths", lengths)
-        object.__setattr__(self, "_codes", codes)
-        object.__setattr__(self, "_lut", np.concatenate(luts).tolist())
+        table: list[int] = np.concatenate(luts).tolist()
+        object.__setattr__(self, "_lut", table)
+        return table
 
     @classmethod
     def fit(cls, counts: npt.ArrayLike, max_len: int = MAX_CODE_LEN) -> HuffmanTables:
@@ -165,11 +175,13 @@ class HuffmanTables:
                 field="payload",
                 coder="huffman",
             )
-        # every window of max_len bits from each bit position (the stream padded with zero bits)
-        bits = np.unpackbits(np.frombuffer(payload + bytes(2), dtype=np.uint8))
-        weights = np.int64(1) << np.arange(max_len - 1, -1, -1, dtype=np.int64)
-        windows = (np.lib.stride_tricks.sliding_window_view(bits, max_len)[: nbits + 1] @ weights).tolist()
-        lut = self._lut
+        # the max_len-bit window at every bit position: from the big-endian 32-bit word at its byte (zero padded)
+        b = np.frombuffer(payload + bytes(3), dtype=np.uint8).astype(np.int64)
+        words = (b[:-3] << 24) | (b[1:-2] << 16) | (b[2:-1] << 8) | b[3:]
+        positions = np.arange(nbits)
+        windows = ((words[positions >> 3] >> (32 - max_len - (positions & 7))) & ((1 << max_len) - 1)).tolist()
+        windows.append(0)  # position nbits: reached only after the last code
+        lut = self._lut if self._lut is not None else self._build_lut()
         offsets = (contexts.astype(np.int64) << max_len).tolist()
         out = bytearray(n)
         pos = 0
@@ -187,7 +199,7 @@ class HuffmanTables:
                 field="payload_len",
                 coder="huffman",
             )
-        if any(bits[pos:nbits]):
+        if pos < nbits and payload[-1] & ((1 << (nbits - pos)) - 1):
             raise CodecError("non-zero padding bits after the huffman stream", field="payload", coder="huffman")
         return bytes(out)
 
