@@ -247,8 +247,9 @@ def _parse_fields(data: bytes) -> tuple[int, int, int, int, int, float, float, i
 def parse_header(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> FeatureHeader:
     """Parse and validate the header of the frame ``data`` (the whole frame, so lengths can be checked).
 
-    Checks, in order: length, magic, version, coder id, bits, shape, element count, payload length against the
-    limits and against the bytes present, the packed length for uncoded payloads, and lo/hi. Raises
+    Checks, in order: length, magic, version, the encoding of every field (for version 2: each varint minimal, at
+    most 3 bytes and 65535, and present), coder id, bits, shape, element count, payload length against the limits
+    and against the bytes present, the packed length for uncoded payloads, and lo/hi. Raises
     :class:`CodecError` (or :class:`UnsupportedVersion`) naming the field and the values.
     """
     version, coder_bits, c, h, w, lo, hi, payload_len, header_len = _parse_fields(data)
