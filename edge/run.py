@@ -206,6 +206,14 @@ def check_server(response: pb.DescribeResponse, manifest: Manifest, modes: Itera
             f"the server's {manifest.name!r} {manifest.version} has feature shape "
             f"{list(info.feature_shape)}, the edge bundle {expected}; the two bundles differ"
         )
+    if info.manifest_json:
+        theirs = _codec_tables_fingerprint(info.manifest_json)
+        if theirs != manifest.codec_tables_fingerprint:
+            raise BundleError(
+                f"the server's {manifest.name!r} {manifest.version} decodes features with codec tables "
+                f"{theirs or 'none'}, the edge bundle encodes with {manifest.codec_tables_fingerprint or 'none'}; "
+                "the two bundles differ (use the same bundle on both sides)"
+            )
     known = {m.name for m in info.modes}
     for mode in modes:
         if mode not in known:
@@ -215,6 +223,14 @@ def check_server(response: pb.DescribeResponse, manifest: Manifest, modes: Itera
                 mode=mode,
             )
     return info.version
+
+
+def _codec_tables_fingerprint(manifest_json: str) -> str | None:
+    try:
+        value = json.loads(manifest_json).get("codec_tables_fingerprint")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True)

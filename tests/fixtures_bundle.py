@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from slimsplit.bundle import EncoderSpec, FeatureSpec, InputSpec, Manifest, ModeSpec, SplitSpec
-from slimsplit.bundle.codec_tables import write_codec_tables
+from slimsplit.bundle.codec_tables import tables_fingerprint, write_codec_tables
 from slimsplit.codec import HuffmanTables, decode_features, encode_features
 from slimsplit.codec.bitpack import pack_bits
 from slimsplit.codec.header import _parse_fields, _varint
@@ -156,7 +156,9 @@ def write_tiny_bundle(
             packed = [pack_bits(quantize(f, m.bits)[0], m.bits) for f in feats]
             tables[m.name] = HuffmanTables.fit(count_bytes(packed, byte_contexts(shape, m.bits, m.width), m.width))
         write_codec_tables(root / "codec_tables.npz", tables)
-        manifest = replace(manifest, codec_tables="codec_tables.npz")
+        manifest = replace(
+            manifest, codec_tables="codec_tables.npz", codec_tables_fingerprint=tables_fingerprint(tables)
+        )
     (root / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
     return TinyBundle(root=root, manifest=manifest, weights=weights, tables=tables)
 

@@ -14,7 +14,7 @@ from fixtures_bundle import TinyBundle, write_tiny_bundle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slimsplit.bundle import Bundle
+from slimsplit.bundle import Bundle, Manifest
 from slimsplit.bundle.codec_tables import load_codec_tables, write_codec_tables
 from slimsplit.codec import HuffmanTables, decode_features, encode_features, peek_header
 from slimsplit.codec.bitpack import pack_bits
@@ -158,9 +158,17 @@ def test_bundle_tables_round_trip(tmp_path: Path) -> None:
 def test_bad_bundle_tables_raise_bundle_error(tmp_path: Path) -> None:
     tiny = write_tiny_bundle(tmp_path / "b", codec_tables=True)
     path = tiny.root / "codec_tables.npz"
+    other = {name: HuffmanTables(np.roll(t.lengths, 1, axis=1)) for name, t in tiny.tables.items()}
+    write_codec_tables(path, other)  # well-formed tables, but not the ones the manifest was written with
+    with pytest.raises(BundleError, match="not the ones the manifest"):
+        load_codec_tables(Bundle.open(tiny.root))
     some = dict(list(tiny.tables.items())[:-1])
-    write_codec_tables(path, some)  # a mode without a table is allowed: it has no learned code
-    assert set(load_codec_tables(Bundle.open(tiny.root))) == set(some)
+    write_codec_tables(path, some)  # a mode without a table is allowed (it has no learned code) ...
+    with pytest.raises(BundleError, match="not the ones the manifest"):  # ... but these are not the shipped ones
+        load_codec_tables(Bundle.open(tiny.root))
+    manifest = (tiny.root / "manifest.json").read_text()
+    (tiny.root / "manifest.json").write_text(manifest.replace(f'"{tiny.manifest.codec_tables_fingerprint}"', "null"))
+    assert set(load_codec_tables(Bundle.open(tiny.root))) == set(some)  # no fingerprint recorded: not checked
     wrong = {**tiny.tables, "w2b2": HuffmanTables(np.full((3, 256), 8, np.uint8))}
     write_codec_tables(path, wrong)
     with pytest.raises(BundleError, match="expected uint8"):
@@ -208,6 +216,26 @@ def test_tables_are_shipped_only_for_modes_where_they_pay(tmp_path: Path) -> Non
     assert fit_tables_on_features(manifest, sparse, min_saving=0.99) == {}
     kept = fit_tables_on_features(manifest, sparse)  # the default rule: at least 3% smaller on held-out frames
     assert "w2b2" in kept  # 2-bit frames of sparse features: the learned code wins clearly
+
+
+def test_the_edge_refuses_a_server_whose_codec_tables_differ(tmp_path: Path) -> None:
+    from slimsplit.edge.run import check_server
+
+    with_tables = write_tiny_bundle(tmp_path / "t", codec_tables=True).manifest
+    without = write_tiny_bundle(tmp_path / "p").manifest
+
+    def describe(served: Manifest) -> pb.DescribeResponse:
+        info = pb.ModelInfo(
+            name=served.name, version=served.version, feature_shape=[4, 4, 4], manifest_json=served.to_json()
+        )
+        info.modes.extend(pb.ModeInfo(name=m.name, width=m.width, bits=m.bits) for m in served.modes)
+        return pb.DescribeResponse(protocol_version=1, models=[info])
+
+    assert check_server(describe(with_tables), with_tables, ["w2b2"], "srv") == with_tables.version
+    assert check_server(describe(without), without, ["w2b2"], "srv") == without.version
+    for served, edge in ((without, with_tables), (with_tables, without)):
+        with pytest.raises(BundleError, match="codec tables"):
+            check_server(describe(served), edge, ["w2b2"], "srv")
 
 
 # ------------------------------------------------------------------------------------------ on a real server

@@ -19,7 +19,7 @@ import onnxruntime as ort
 from torch import nn
 
 from slimsplit.bundle import EncoderSpec, FeatureSpec, InputSpec, Manifest, ModeSpec, SplitSpec
-from slimsplit.bundle.codec_tables import write_codec_tables
+from slimsplit.bundle.codec_tables import tables_fingerprint, write_codec_tables
 from slimsplit.codec import HuffmanTables, decode_features, encode_features
 from slimsplit.server.export.onnx_export import export_backbone, export_encoder, export_tail
 from slimsplit.server.models import SplitModel
@@ -219,7 +219,9 @@ def write_bundle(
             progress(f"fitting codec tables on {len(fit_images)} training images")
         tables = fit_codec_tables(root, manifest, fit_images)
         write_codec_tables(root / TABLES_FILE, tables)
-        manifest = dataclasses.replace(manifest, codec_tables=TABLES_FILE)
+        manifest = dataclasses.replace(
+            manifest, codec_tables=TABLES_FILE, codec_tables_fingerprint=tables_fingerprint(tables)
+        )
     measured = measure_modes(
         root, manifest, test_images, test_labels, latency_repeats=latency_repeats, progress=progress, tables=tables
     )

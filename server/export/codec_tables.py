@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from slimsplit.bundle import Bundle, Manifest
-from slimsplit.bundle.codec_tables import write_codec_tables
+from slimsplit.bundle.codec_tables import tables_fingerprint, write_codec_tables
 from slimsplit.codec import encode_features
 from slimsplit.codec.bitpack import pack_bits
 from slimsplit.codec.huffman import MAX_CODE_LEN, HuffmanTables, byte_contexts, count_bytes
@@ -91,7 +91,9 @@ def add_tables_to_bundle(
     write_codec_tables(root / TABLES_FILE, tables)
     sizes = payload_bytes_means(manifest, widest_features(root, manifest, test_images), tables)
     modes = tuple(dataclasses.replace(m, payload_bytes_mean=round(sizes[m.name], 3)) for m in manifest.modes)
-    manifest = dataclasses.replace(manifest, modes=modes, codec_tables=TABLES_FILE)
+    manifest = dataclasses.replace(
+        manifest, modes=modes, codec_tables=TABLES_FILE, codec_tables_fingerprint=tables_fingerprint(tables)
+    )
     (root / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
     return manifest
 

@@ -9,6 +9,7 @@ table-free coders. Unlike the rest of
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,7 +60,21 @@ def load_codec_tables(bundle: Bundle) -> Mapping[str, HuffmanTables]:
             raise BundleError(f"{path}: bad codec table for mode {mode.name}: {exc}", path=str(path)) from None
     if arrays:
         raise BundleError(f"{path}: tables for unknown modes {sorted(arrays)}", path=str(path))
+    want = bundle.manifest.codec_tables_fingerprint
+    if want is not None and (got := tables_fingerprint(tables)) != want:
+        raise BundleError(
+            f"{path}: the codec tables (fingerprint {got}) are not the ones the manifest was written with ({want})",
+            path=str(path),
+        )
     return MappingProxyType(tables)
+
+
+def tables_fingerprint(tables: Mapping[str, HuffmanTables]) -> str:
+    """A short hash of every mode's code (name, max_len, lengths): equal fingerprints decode each other's frames."""
+    h = hashlib.sha256()
+    for name in sorted(tables):
+        h.update(name.encode() + b"\0" + tables[name].fingerprint().encode())
+    return h.hexdigest()[:16]
 
 
 def write_codec_tables(path: Path, tables: Mapping[str, HuffmanTables]) -> None:

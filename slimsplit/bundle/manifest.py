@@ -111,6 +111,9 @@ class Manifest:
     codec: str = "slimsplit-feature"
     # the feature codec's learned huffman tables (.npz, one [width, 256] uint8 array of code lengths per mode)
     codec_tables: str | None = None
+    # a hash of those tables' contents (``slimsplit.bundle.codec_tables.tables_fingerprint``): the edge checks that
+    # the server decodes with the same code, and loading checks that the file is the one the manifest was made with
+    codec_tables_fingerprint: str | None = None
     schema_version: int = SCHEMA_VERSION
     notes: Mapping[str, Any] = field(default_factory=dict)
 
@@ -276,6 +279,7 @@ def _parse_manifest(raw: Mapping[str, Any], source: str) -> Manifest:
     ckpt = raw.get("torch_checkpoint")
     baseline = raw.get("baseline_model")
     tables = raw.get("codec_tables")
+    fingerprint = raw.get("codec_tables_fingerprint")
     notes = raw.get("notes", {})
     if not isinstance(notes, Mapping):
         raise BundleError(f"{source}: 'notes' must be an object", field="notes")
@@ -292,6 +296,7 @@ def _parse_manifest(raw: Mapping[str, Any], source: str) -> Manifest:
         baseline_model=None if baseline is None else _rel_path(baseline, "baseline_model"),
         codec=_str(raw.get("codec", "slimsplit-feature"), "codec"),
         codec_tables=None if tables is None else _rel_path(tables, "codec_tables"),
+        codec_tables_fingerprint=None if fingerprint is None else _str(fingerprint, "codec_tables_fingerprint"),
         schema_version=SCHEMA_VERSION,
         notes=dict(notes),
     )
