@@ -21,7 +21,6 @@ least as accurate (manifest accuracy on the full test set) and the ratio, with t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -34,7 +33,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from slimsplit.bundle import Bundle, default_bundle_path, default_samples_path
-from slimsplit.codec import encode_features, peek_header
+from slimsplit.codec import CODEC_VERSION, FeatureHeader, encode_features
 from slimsplit.codec.quantize import quantize
 from slimsplit.edge.runtime import EncoderRuntime
 
@@ -51,10 +50,11 @@ def adaptive_bits(symbols: npt.NDArray[np.integer[Any]], levels: int) -> float:
 
 def frame_bound(features: npt.NDArray[np.float32], bits: int) -> float:
     """Header + per-channel adaptive code length of one frame [C, H, W], in bytes."""
-    q = quantize(features, bits)[0]
+    q, lo, hi = quantize(features, bits)
     levels = 1 << bits
     payload = sum(adaptive_bits(q[c].ravel(), levels) for c in range(q.shape[0])) / 8.0
-    header = dataclasses.replace(peek_header(encode_features(features, bits)), payload_len=math.ceil(payload))
+    c, h, w = q.shape
+    header = FeatureHeader(CODEC_VERSION, "none", bits, (c, h, w), lo, hi, math.ceil(payload))
     return header.header_len + payload
 
 
