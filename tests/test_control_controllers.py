@@ -235,3 +235,61 @@ def test_modes_from_manifest(tmp_path: object) -> None:
     spec = manifest.modes[0]
     assert modes[0].payload_bytes == spec.payload_bytes_mean
     assert modes[0].server_ms == pytest.approx((spec.tail_ms_p50 or 0.0) + 1.0)
+
+
+def _mpc_run(modes: list[ModeOption], fps: float, deadline_ms: float, k: int, **opts: object) -> list[str | None]:
+    trace = gilbert_elliott(good_bps=1.5e6, bad_bps=0.3e6, outage_s=1.0, p_outage=0.3, duration_s=60.0, seed=3)
+    link = LinkConfig(uplink=trace.trace(), delay_ms=10.0)
+    cfg = SimConfig(fps=fps, deadline_ms=deadline_ms, duration_s=60.0, max_in_flight=k, expiry="captured")
+    ctl = make_controller("mpc", modes, deadline_ms, rtt_ms=20, fps=fps, max_in_flight=k, **opts)
+    return [r.mode for r in simulate(ctl, modes, link, cfg).records]
+
+
+SETUPS = [  # (modes, fps, deadline, in flight): a bundle-like table at 30 fps, the Raspberry Pi table one at a time
+    pytest.param(
+        [
+            ModeOption("hi", 16, 8, 0.91, 4000.0, 3.0, 1.0),
+            ModeOption("mid", 8, 4, 0.88, 1000.0, 2.0, 1.0),
+            ModeOption("lo", 2, 1, 0.75, 100.0, 1.0, 1.0),
+        ],
+        30.0,
+        100.0,
+        8,
+        id="30fps",
+    ),
+    pytest.param(rpi4_ensemble_modes(), 1000.0 / 300, 300.0, 1, id="rpi4-300ms"),
+]
+
+
+@pytest.mark.parametrize(("modes", "fps", "deadline_ms", "k"), SETUPS)
+def test_mpc_shortcuts_decide_exactly_as_the_full_evaluation(
+    modes: list[ModeOption], fps: float, deadline_ms: float, k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision's shortcuts change its cost, not its choices: tables built at construction or on first use,
+    and the idle-link sums taken over all scenarios at once or scenario by scenario (forced by making every table
+    look busy), give the same mode for every frame of a minute with outages."""
+    default = _mpc_run(modes, fps, deadline_ms, k)
+    assert len(set(default) - {None}) >= 2  # the run exercises the choice
+    assert _mpc_run(modes, fps, deadline_ms, k, precompute_bps=None) == default
+    build = MpcController._scenario_table
+
+    def always_busy(self: MpcController, *args: object) -> object:
+        table = build(self, *args)  # type: ignore[arg-type]
+        table.min_start = -np.inf  # every latency through the general (queued) formula
+        return table
+
+    monkeypatch.setattr(MpcController, "_scenario_table", always_busy)
+    assert _mpc_run(modes, fps, deadline_ms, k) == default
+
+
+def test_mpc_builds_its_rate_tables_at_construction() -> None:
+    ctl = MpcController(ABC, 100, MpcConfig(fps=30, precompute_bps=(1e5, 1e7)))
+    built = len(ctl._cache)
+    assert built == pytest.approx(np.log(100) / 0.02, abs=2)  # every 2% grid step of the range
+    feed(ctl, 1e6)
+    ctl.choose(1000.0, 0, 0)
+    assert len(ctl._cache) == built  # the decision found every table it needed
+    assert len(MpcController(ABC, 100, MpcConfig(fps=0))._cache) == 0  # frame rate unknown: built on first use
+    for bad in ((0.0, 1e6), (1e6, 1e5), (1e5, float("inf"))):
+        with pytest.raises(ConfigError, match="precompute_bps"):
+            MpcConfig(precompute_bps=bad)

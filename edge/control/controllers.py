@@ -127,6 +127,8 @@ class MpcConfig:
     horizon: int = 0  # frames planned: this one + horizon-1 followers; 0 = ceil(deadline * fps) + 1
     time_tolerance: float = 0.01  # plan only with modes not dominated once encoder/server times within this
     #                               fraction of the deadline count as equal (differences below it are noise)
+    precompute_bps: tuple[float, float] | None = (8e3, 1e9)  # with fps known, the per-rate tables of this range
+    #                                                         are built at construction, not during decisions
 
     def __post_init__(self) -> None:
         if (
@@ -149,6 +151,8 @@ class MpcConfig:
             raise ConfigError(f"bad MPC options: {self}")
         if (self.outage_after or 0.0) < 0 or not 0 <= self.time_tolerance < 1:
             raise ConfigError(f"bad MPC options: {self}")
+        if self.precompute_bps is not None and not 0 < self.precompute_bps[0] <= self.precompute_bps[1] < math.inf:
+            raise ConfigError(f"bad MPC options: precompute_bps must be (low, high) rates, 0 < low <= high; {self}")
 
 
 def _planning_modes(modes: Sequence[ModeOption], tolerance_ms: float) -> tuple[ModeOption, ...]:
@@ -170,11 +174,29 @@ def _planning_modes(modes: Sequence[ModeOption], tolerance_ms: float) -> tuple[M
     )
 
 
-class _Table:
-    """Per-scenario constants (see :meth:`MpcController._scenario_table`); ``subsets`` caches them restricted to
-    the modes evaluated in a decision (keyed by their indices)."""
+# _Table.idle_code counts the scenarios without a follower above this bit, the late ones below it
+_NO_FOLLOWER_SHIFT = 20
+_NO_FOLLOWER = 1 << _NO_FOLLOWER_SHIFT
+_LATE_COUNT = _NO_FOLLOWER - 1
 
-    __slots__ = ("follow", "idle_ok", "idle_pos", "inv", "min_start", "neg_thetas", "rows", "subsets")
+
+class _Table:
+    """Per-scenario constants (see :meth:`MpcController._scenario_table`); ``subsets`` caches the rows of the
+    modes evaluated in a decision (keyed by their indices)."""
+
+    __slots__ = (
+        "fit",
+        "follow",
+        "idle_base",
+        "idle_code",
+        "idle_ok",
+        "idle_pos",
+        "inv",
+        "min_start",
+        "neg_thetas",
+        "rows",
+        "subsets",
+    )
 
     def __init__(
         self,
@@ -184,6 +206,8 @@ class _Table:
         follow: list[float],
         idle_ok: list[bool],
         idle_pos: list[int],
+        fit: tuple[int, ...],
+        acc: Sequence[float],
     ) -> None:
         self.inv = inv
         self.rows = rows  # per mode: idle start, latency on an idle link, offset when queued
@@ -192,22 +216,46 @@ class _Table:
         self.idle_ok = idle_ok  # per mode: in time on an idle link
         self.idle_pos = idle_pos  # per mode: the followers' step index on an idle link
         self.min_start = min(r[0] for r in rows)  # below this busy time every mode starts on an idle link
-        self.subsets: dict[tuple[int, ...], tuple[list[tuple[float, float, float]], list[bool], list[int]]] = {}
+        self.fit = fit  # the modes in time on an idle link, and the lightest: those evaluated when this is the top
+        self.subsets: dict[tuple[int, ...], list[tuple[float, float, float]]] = {}
+        # every mode's value on an idle link, split so that decisions can sum it over scenarios in C: ``idle_base``
+        # (its accuracy if in time, plus the followers' value if some follower fits) and ``idle_code`` (1 if it is
+        # late, plus _NO_FOLLOWER if no follower fits: the terms that depend on the running mean accuracy, counted)
+        self.idle_base = tuple(
+            (a if ok else 0.0) + (follow[pos] if pos else 0.0)
+            for a, ok, pos in zip(acc, idle_ok, idle_pos, strict=True)
+        )
+        self.idle_code = tuple(
+            (0 if ok else 1) + (0 if pos else _NO_FOLLOWER) for ok, pos in zip(idle_ok, idle_pos, strict=True)
+        )
 
-    def subset(self, idx: tuple[int, ...]) -> tuple[list[tuple[float, float, float]], list[bool], list[int]]:
+    def subset(self, idx: tuple[int, ...]) -> list[tuple[float, float, float]]:
+        """``rows`` of the modes ``idx`` (cached)."""
         sub = self.subsets.get(idx)
         if sub is None:
-            sub = self.subsets[idx] = (
-                [self.rows[j] for j in idx],
-                [self.idle_ok[j] for j in idx],
-                [self.idle_pos[j] for j in idx],
-            )
+            sub = self.subsets[idx] = [self.rows[j] for j in idx]
         return sub
+
+
+def _scenario_pairs(scenarios: Sequence[float], cap: float, n_capped: int) -> list[tuple[float, float, float]]:
+    """The distinct scenarios as (rate until the latest evidence, rate after it, weight): the first ``n_capped``
+    (the slowest; ``scenarios`` ascend) run at ``min(s, cap)`` throughout, the others at ``min(s, cap)`` and then
+    ``s``. The last pair has the fastest rate after the evidence (every rate after it is at most its ``s``)."""
+    pairs: list[tuple[float, float, float]] = []
+    for i, s2 in enumerate(scenarios):
+        s1 = s2 if s2 < cap else cap
+        if i < n_capped:
+            s2 = s1
+        if pairs and pairs[-1][1] == s2 and pairs[-1][0] == s1:
+            pairs[-1] = (s1, s2, pairs[-1][2] + 1.0)
+        else:
+            pairs.append((s1, s2, 1.0))
+    return pairs
 
 
 _SENT, _BITS, _POST, _SEEN = 0, 1, 2, 3  # fields of a queue entry (a small list, for speed)
 _GRID = 0.02  # scenario rates are rounded to a logarithmic grid of 2% steps, so per-rate tables are reused
-_CACHE_MAX = 1024
+_CACHE_MAX = 4096  # per-rate tables kept (the precomputed range alone is about 590)
 
 
 def _on_grid(bps: float, down: bool = False) -> float:
@@ -283,8 +331,14 @@ class MpcController(Controller):
     not planned with (measurement noise; fewer modes, faster decisions). With no sample yet it sends the lightest
     mode; with no frame waiting for a reply and a forecast that nothing fits it still sends the lightest mode (the
     forecast only learns from frames, and a skipped frame is a certain miss). At ``max_in_flight`` frames in
-    flight it always skips. Cost: O(Q * (K + M)) arithmetic and Q * M bisections per decision, with per-rate
-    tables cached (Q scenarios, K unconfirmed frames, M modes); about 30 microseconds (``bench/controller.py``).
+    flight it always skips.
+
+    **Cost.** O(Q * (K + M)) arithmetic per decision (Q scenarios, K unconfirmed frames, M modes). The per-rate
+    tables (latencies on an idle link, the followers' step functions) are built once per rate of the 2% grid; with
+    the frame rate known they are built at construction for every grid rate in ``precompute_bps`` (about 590
+    tables, 10-15 ms), so no decision builds one. Where the link is idle for every mode in a scenario (the common
+    case) the scenario's values come from its table and are summed over the scenarios in C; only the terms in the
+    running mean accuracy are added per mode. Measured: ``bench/controller.py`` (decision time).
     """
 
     name = "mpc"
@@ -303,6 +357,8 @@ class MpcController(Controller):
         self._samples: deque[float] = deque(maxlen=cfg.samples)
         self._estimate: float | None = None  # harmonic mean of the samples (for display), updated with them
         self._scenarios: list[float] = []
+        self._pairs: list[tuple[float, float, float]] = []  # _scenario_pairs of the scenarios without a stall bound
+        self._evaluated: dict[tuple[int, ...], list[tuple[float, float, float]]] = {}
         self._post_of = {m.name: self.rtt_s + m.server_ms / 1000.0 for m in modes}
         self._pkt_bits = 8.0 * cfg.packet_bytes
         # per Pareto mode (most accurate first), as flat lists for the inner loop
@@ -324,7 +380,13 @@ class MpcController(Controller):
         self._mode_rows: list[tuple[float, float, float]] = []
         self._last_now: float | None = None
         self._period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0
+        self._fixed_period = round(self._period, 3)  # 0 = learned from the spacing of choose()
         self.last_cap_bps = math.inf  # the stall bound of the last decision (for display and tests)
+        if self._fixed_period > 0:  # the frame spacing is known: plan for it now, and build the usual rates' tables
+            period = self._fixed_period
+            self._set_timing(period, cfg.horizon or (math.ceil(self.deadline_s / period - 1e-9) + 1))
+            if cfg.precompute_bps is not None:
+                self._precompute(*cfg.precompute_bps)
 
     # ------------------------------------------------------------------ feedback
     def on_sent(self, frame_id: int, mode: str, payload_bytes: int, sent_at: float) -> None:
@@ -371,6 +433,7 @@ class MpcController(Controller):
                 self._cache = {}
             picked = ordered if q <= 0 or n <= q else [ordered[int((i + 0.5) * n / q)] for i in range(q)]
             self._scenarios = [_on_grid(x) for x in picked]
+            self._pairs = _scenario_pairs(self._scenarios, math.inf, 0)
 
     def estimate_bps(self) -> float | None:
         """Harmonic mean of the recent samples (for display)."""
@@ -393,7 +456,8 @@ class MpcController(Controller):
 
     def choose(self, now: float, in_flight_bytes: int, in_flight_frames: int) -> Decision:
         cfg = self.config
-        period = round(self._frame_period(now), 3)  # ms resolution keeps the per-scenario tables cacheable
+        # ms resolution keeps the per-scenario tables cacheable
+        period = self._fixed_period if self._fixed_period > 0 else round(self._frame_period(now), 3)
         if in_flight_frames >= cfg.max_in_flight:
             return Decision(None, f"in-flight limit ({cfg.max_in_flight} frames)")
         scenarios = self._scenarios
@@ -451,47 +515,35 @@ class MpcController(Controller):
         none_v = -(h - 1) * cfg.follower_penalty * ref
         key = (period, h)
         if self._cache_key != key:
-            self._cache = {}
-            self._cache_key = key
-            # per mode: accuracy and follower offset (the followers start when this frame has left the uplink,
-            # dep = lat - post, or, one frame at a time, when it has completed)
-            self._mode_rows = [
-                (acc, period + (0.0 if one_at_a_time else post), bits)
-                for acc, post, bits in zip(self._acc, self._post, self._bits, strict=True)
-            ]
+            self._set_timing(period, h)
         cache = self._cache
         light = self._light_j
         skip_gain = 0.0
-        n_capped = math.ceil(cfg.stall_fraction * n_scen - 1e-9)
         # distinct scenarios as (rate until the evidence time, rate after it, weight): the link carried at most
         # the stall bound until then; the slowest ones stay stalled, the others come back now at their rate
-        pairs: list[list[float]] = []
-        for i in range(n_scen):
-            s2 = scenarios[i]
-            s1 = s2 if s2 < cap else cap
-            if i < n_capped:
-                s2 = s1
-            if pairs and pairs[-1][1] == s2 and pairs[-1][0] == s1:
-                pairs[-1][2] += 1.0
-            else:
-                pairs.append([s1, s2, 1.0])
+        if cap == math.inf:
+            pairs = self._pairs  # no stall bound: they depend on the samples only (made when they change)
+        else:
+            pairs = _scenario_pairs(scenarios, cap, math.ceil(cfg.stall_fraction * n_scen - 1e-9))
         # the modes evaluated: in an outage the lightest only; else those in time on an idle link at the fastest
         # scenario (one late in every scenario is never better than a skip: it only delays the followers), and
-        # the lightest (the probe)
+        # the lightest (the probe). The fastest scenario is the last pair's (scenarios ascend; see _scenario_pairs)
         if outage:
-            idx = [light]
+            idx: tuple[int, ...] = (light,)
         else:
-            s_top = max(p[1] for p in pairs)
+            s_top = pairs[-1][1]
             top = cache.get(s_top)
             if top is None:
                 top = cache[s_top] = self._scenario_table(s_top, period, h, ref)
-            idx = [j for j, row in enumerate(top.rows) if row[1] <= budget or j == light]
+            idx = top.fit
         every = len(idx) == len(self._mode_rows)
-        ev = self._mode_rows if every else [self._mode_rows[j] for j in idx]  # accuracy, follower offset, bits
-        idx_key = tuple(idx)
-        accs = [row[0] for row in ev]
+        ev = self._evaluated.get(idx)  # per mode evaluated: accuracy, follower offset, bits
+        if ev is None:
+            ev = self._evaluated[idx] = self._mode_rows if every else [self._mode_rows[j] for j in idx]
         late_vals = [-late_cost - waste * row[2] for row in ev]  # the value of a mode's frame when it is late
         gains = [0.0] * len(ev)
+        idle_base: list[tuple[float, ...]] = []  # the idle terms of the scenarios where every mode finds it idle
+        idle_code: list[tuple[int, ...]] = []
         busy: list[tuple[float, float, _Table]] = []  # (r, weight, table) per scenario: the choice's latency
         queue = [(e[_SENT], e[_BITS]) for e in entries]
         for s1, s2, w in pairs:
@@ -517,15 +569,17 @@ class MpcController(Controller):
             busy.append((r, w, table))
             # skipping is an option too: the followers then face only the bytes already in flight
             skip_gain += w * follow[bisect_right(neg_thetas, period - (r if r > 0 else 0.0))]
-            rows, idle_ok, idle_pos = (table.rows, table.idle_ok, table.idle_pos) if every else table.subset(idx_key)
             # per mode: latency = max(busy, idle start) + offset; value = accuracy if in time, else the late
             # value; plus the followers' value (they fit iff their start - next capture <= theta)
             if r <= table.min_start:  # every mode starts on an idle link: latencies and steps are precomputed
-                gains = [
-                    acc_sum + w * ((acc if ok else late) + follow[pos])
-                    for acc_sum, acc, ok, late, pos in zip(gains, accs, idle_ok, late_vals, idle_pos, strict=True)
-                ]
+                if w == 1.0:
+                    idle_base.append(table.idle_base)
+                    idle_code.append(table.idle_code)
+                else:  # w equal scenarios (an integer count)
+                    idle_base.extend([table.idle_base] * round(w))
+                    idle_code.extend([table.idle_code] * round(w))
             else:
+                rows = table.rows if every else table.subset(idx)
                 gains = [
                     acc_sum
                     + w
@@ -537,17 +591,34 @@ class MpcController(Controller):
                         gains, rows, ev, late_vals, strict=True
                     )
                 ]
+        if idle_base:  # the idle scenarios' values summed per mode (in C), then the terms in A added once
+            base_sum = list(map(sum, zip(*idle_base, strict=True)))
+            code_sum = list(map(sum, zip(*idle_code, strict=True)))
+            if not every:
+                base_sum = [base_sum[j] for j in idx]
+                code_sum = [code_sum[j] for j in idx]
+            gains = [
+                g + b + late * (c & _LATE_COUNT) + none_v * (c >> _NO_FOLLOWER_SHIFT)
+                for g, b, c, late in zip(
+                    gains,
+                    base_sum,
+                    code_sum,
+                    late_vals,
+                    strict=True,
+                )
+            ]
         n = float(n_scen)
-        best_j = -1
+        best_k = -1
         best_u = skip_gain / n
         prev = self._prev
         names = self._names
-        for j, g in zip(idx, gains, strict=True):
+        switch_penalty = cfg.switch_penalty
+        for k, (j, g) in enumerate(zip(idx, gains, strict=True)):
             u = g / n
             if prev is not None and names[j] != prev:
-                u -= cfg.switch_penalty
+                u -= switch_penalty
             if u > best_u + 1e-12:
-                best_u, best_j = u, j
+                best_u, best_k = u, k
 
         def mean_latency(j: int) -> float:
             total = 0.0
@@ -559,12 +630,12 @@ class MpcController(Controller):
         est = self._estimate
         if est is not None and cap < est:
             est = cap
-        if best_j < 0 and in_flight_frames == 0:
+        if best_k < 0 and in_flight_frames == 0:
             # nothing waiting for a reply and a forecast that says nothing makes it: the forecast may be stale (it
             # only learns from frames), and a skipped frame is a certain miss, so send the lightest mode
             lat = mean_latency(light)
             return self._send(self.lightest.name, "probe: forecast says nothing fits, link idle", est, lat)
-        if best_j < 0:
+        if best_k < 0:
             light_lat = mean_latency(light) * 1e3
             return Decision(
                 None,
@@ -573,8 +644,34 @@ class MpcController(Controller):
                 f"{', outage' if outage else ''})",
                 est,
             )
+        best_j = idx[best_k]
         self._ref_acc = 0.95 * ref + 0.05 * self._acc[best_j]
         return self._send(names[best_j], "mpc: outage, lightest mode" if outage else "mpc", est, mean_latency(best_j))
+
+    def _set_timing(self, period: float, h: int) -> None:
+        """Start planning with frame spacing ``period`` and horizon ``h``: drops the tables made for others."""
+        self._cache = {}
+        self._evaluated = {}
+        self._cache_key = (period, h)
+        # per mode: accuracy and follower offset (the followers start when this frame has left the uplink,
+        # dep = lat - post, or, one frame at a time, when it has completed)
+        one_at_a_time = self.config.max_in_flight == 1
+        self._mode_rows = [
+            (acc, period + (0.0 if one_at_a_time else post), bits)
+            for acc, post, bits in zip(self._acc, self._post, self._bits, strict=True)
+        ]
+
+    def _precompute(self, lo_bps: float, hi_bps: float) -> None:
+        """Build the scenario tables of every grid rate in ``[lo_bps, hi_bps]`` now (the frame rate is known), so
+        that no decision pays for one (a table costs more than a whole decision)."""
+        assert self._cache_key is not None
+        period, h = self._cache_key
+        k = math.ceil(math.log(lo_bps) / _GRID - 1e-9)
+        while (rate := math.exp(k * _GRID)) <= hi_bps * (1 + 1e-12):
+            s = _on_grid(rate)
+            if s not in self._cache:
+                self._cache[s] = self._scenario_table(s, period, h, self._ref_acc)
+            k += 1
 
     def _scenario_table(self, s: float, period: float, h: int, ref: float) -> _Table:
         """Per-scenario constants (cached until the samples change): ``1 / s``; per mode the busy time below which
@@ -615,7 +712,8 @@ class MpcController(Controller):
         idle_pos = [
             bisect_right(neg_thetas, mode_row[1] - row[1]) for row, mode_row in zip(rows, self._mode_rows, strict=True)
         ]
-        return _Table(inv, rows, neg_thetas, follow, idle_ok, idle_pos)
+        fit = tuple(j for j, ok in enumerate(idle_ok) if ok or j == self._light_j)
+        return _Table(inv, rows, neg_thetas, follow, idle_ok, idle_pos, fit, self._acc)
 
     def _send(self, mode: str, reason: str, bw: float | None, lat: float | None) -> Decision:
         self._prev = mode
