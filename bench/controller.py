@@ -36,7 +36,9 @@ Controllers
 ``fixed`` (the most accurate mode), ``fixed-lightest`` (the lightest mode every frame: the least exposure to the
 link; its feasible-frame hit rate is the reference for what a causal controller can reach), ``ewma-greedy`` (the
 published baseline), ``mpc`` (this project's) and ``oracle`` (knows the trace: the optimal schedule for the most
-frames in time, then the highest accuracy; an upper bound).
+frames in time, then the highest accuracy; an upper bound). Beside them, ``lagged_oracle`` in the JSON: the
+oracle's schedule one frame late (frame ``i`` in the mode the oracle chose for frame ``i - 1``), which shows how
+much the right choice changes from one frame to the next at the scenario's frame spacing.
 
 Feasible frames (the definition)
 --------------------------------
@@ -89,7 +91,7 @@ import numpy.typing as npt
 
 from slimsplit.bundle import default_bundle_path, read_manifest
 from slimsplit.edge.control.base import ModeOption
-from slimsplit.edge.control.controllers import make_controller
+from slimsplit.edge.control.controllers import OracleController, make_controller
 from slimsplit.edge.control.loop import FrameRecord
 from slimsplit.edge.control.modes import modes_from_manifest, rpi4_ensemble_modes
 from slimsplit.edge.control.oracle import OraclePlan, in_time, isolated_latencies, plan_oracle
@@ -347,6 +349,30 @@ def run_trace(
             keep = ("scenario", "trace", "controller", "expiry", "hit_rate", "feasible_hit_rate", "mean_accuracy")
             sens.append({k: row[k] for k in keep} | {"feasible_misses": row["feasible_misses"]})
     return rows, records, sens, truth
+
+
+def run_lagged_oracle(sc: Scenario, trace: Trace, truth: Truth, expiry: str) -> dict[str, Any]:
+    """The oracle's schedule one frame late: frame ``i`` is sent in the mode the oracle chose for frame ``i - 1``
+    (the lightest mode where the oracle skipped it, and for the first frame). A sender with perfect knowledge of
+    the link up to the previous frame's deadline could do no worse than what this measures if the link changed
+    slowly; how far it falls short of the oracle shows how much the right choice changes from one frame to the
+    next (evaluation only: it reads the trace)."""
+    lightest = min(sc.modes, key=lambda m: (m.payload_bytes, m.encoder_ms)).name
+    plan = truth.plan.modes
+    lagged = [lightest, *(m if m is not None else lightest for m in plan[:-1])]
+    cfg = SimConfig(
+        fps=sc.fps,
+        deadline_ms=sc.deadline_ms,
+        duration_s=trace.period_s,
+        max_in_flight=sc.max_in_flight,
+        expiry=expiry,
+    )
+    res = simulate(OracleController(lagged, sc.fps), sc.modes, truth.link, cfg)
+    row = summarize(res.records, sc.modes, truth.feasible)
+    keep = ("hit_rate", "feasible_hit_rate", "mean_accuracy", "late", "dropped")
+    return {"scenario": sc.name, "trace": trace.name, "controller": "oracle-lag1", "expiry": expiry} | {
+        k: row[k] for k in keep
+    }
 
 
 def run_frontier(sc: Scenario, trace: Trace, truth: Truth, expiry: str) -> list[dict[str, Any]]:
@@ -616,20 +642,30 @@ def _frontier_points(
     return pts
 
 
-def print_frontier(results: list[dict[str, Any]], frontier: list[dict[str, Any]]) -> None:
+def print_frontier(
+    results: list[dict[str, Any]], frontier: list[dict[str, Any]], lagged: Sequence[dict[str, Any]] = ()
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     if not frontier:
         return
-    labels = ["fixed-lightest", "ewma-greedy", "mpc", *(f"mpc@{m}" for m in FRONTIER_MARGINS), "oracle"]
-    table = Table(title="risk frontier: feasible hit % / mean accuracy (mpc = margin 0.95; mpc@m = margin m)")
+    labels = ["fixed-lightest", "ewma-greedy", "mpc", *(f"mpc@{m}" for m in FRONTIER_MARGINS), "oracle-lag1", "oracle"]
+    table = Table(
+        title="risk frontier: feasible hit % / mean accuracy (mpc = margin 0.95; mpc@m = margin m; oracle-lag1 = "
+        "the oracle's choice for the frame before)"
+    )
     table.add_column("scenario")
     table.add_column("trace")
     for label in labels:
         table.add_column(label, justify="right")
     for sc, tr in sorted({(f["scenario"], f["trace"]) for f in frontier}):
         got = {label: (h, a) for label, h, a in _frontier_points(results, frontier, sc, tr)}
+        got |= {
+            g["controller"]: (g["feasible_hit_rate"], g["mean_accuracy"])
+            for g in lagged
+            if (g["scenario"], g["trace"]) == (sc, tr)
+        }
         table.add_row(sc, tr, *(f"{100 * got[c][0]:.2f} / {got[c][1]:.4f}" if c in got else "-" for c in labels))
     Console(width=max(170, Console().width)).print(table)
 
@@ -706,6 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     sens: list[dict[str, Any]] = []
     frontier: list[dict[str, Any]] = []
+    lagged: list[dict[str, Any]] = []
     plots: list[str] = []
     started = time.perf_counter()
     with Progress() as progress:
@@ -719,6 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.extend(rows)
                 sens.extend(sens_rows)
                 frontier.extend(run_frontier(sc, tr, truth, args.expiry))
+                lagged.append(run_lagged_oracle(sc, tr, truth, args.expiry))
                 if sc.name in ("bundle-30fps-100ms", "rpi4-300ms") and not args.no_plots:
                     png = plot_dir / f"{args.out.stem}_{sc.name}_{tr.name}.png"
                     plot_timeline(png, tr, sc, records, truth, args.plot_seconds)
@@ -758,6 +796,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "decision_time_us": decision_times,
         "sensitivity": sens,
         "frontier": frontier,
+        "lagged_oracle": lagged,
         "plots": plots,
     }
     if not args.no_plots:
@@ -766,7 +805,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plots.append(str(png))
     args.out.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
     print_table(results, targets, sens, placeholder)
-    print_frontier(results, frontier)
+    print_frontier(results, frontier, lagged)
     ref = decision_times.get("reference")
     if ref is not None:
         mpc_t = decision_times["mpc"]

@@ -62,5 +62,9 @@ def test_bench_writes_results_targets_and_miss_analysis(tmp_path: Path) -> None:
     assert 0 < ref["own_p50_us"] <= ref["p50_us"]
     # the risk frontier: mpc at every other margin, on the same scenario x trace
     assert [f["margin"] for f in doc["frontier"]] == [0.8, 0.65, 0.5]
+    (lag,) = doc["lagged_oracle"]  # the oracle's choice one frame late: how fast the right choice changes
+    assert lag["controller"] == "oracle-lag1" and 0.0 <= lag["feasible_hit_rate"] <= 1.0
+    # one frame at a time the oracle's frames do not interact, so it is the most accurate schedule as well
+    assert lag["mean_accuracy"] <= oracle["mean_accuracy"] + 1e-12
     assert all(0.0 <= f["feasible_hit_rate"] <= 1.0 for f in doc["frontier"])
     assert len(doc["plots"]) == 2 and all(Path(p).stat().st_size > 10_000 for p in doc["plots"])
