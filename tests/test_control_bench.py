@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 from script_loader import load_bench
 
 REQUIRED = (
@@ -68,3 +69,22 @@ def test_bench_writes_results_targets_and_miss_analysis(tmp_path: Path) -> None:
     assert lag["mean_accuracy"] <= oracle["mean_accuracy"] + 1e-12
     assert all(0.0 <= f["feasible_hit_rate"] <= 1.0 for f in doc["frontier"])
     assert len(doc["plots"]) == 2 and all(Path(p).stat().st_size > 10_000 for p in doc["plots"])
+
+
+def test_decision_ab_compares_two_revisions_side_by_side(tmp_path: Path) -> None:
+    """bench/decision_ab.py loads the controller module of a git revision beside the current one (here HEAD against
+    the working tree: the same decisions), times both, and refuses a revision it cannot read."""
+    ab = load_bench("decision_ab")
+    out = tmp_path / "ab.json"
+    args = ["--base", "HEAD", "--only", "step-collapse", "--seconds", "10", "--passes", "2", "--out", str(out)]
+    assert ab.main(args) == 0
+    doc = json.loads(out.read_text())
+    assert doc["base"] == "HEAD" and doc["passes"] == 2
+    assert [(r["scenario"], r["trace"]) for r in doc["results"]] == [
+        (sc, "step-collapse") for sc in ("bundle-30fps-100ms", "rpi4-300ms", "rpi4-600ms")
+    ]
+    for r in doc["results"]:
+        assert r["decisions"] > 0 and 0 < r["current_own_p50_us"] <= r["current_own_p99_us"]
+        assert r["p50_ratio"] == r["current_own_p50_us"] / r["base_own_p50_us"]
+    with pytest.raises(SystemExit, match="cannot read"):
+        ab.main(["--base", "no-such-revision", "--out", str(out)])
