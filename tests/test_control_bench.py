@@ -1,4 +1,5 @@
-"""bench/controller.py runs end to end on a tiny configuration and writes the JSON the lead reports from."""
+"""bench/controller.py and bench/decision_ab.py run end to end on tiny configurations and write the JSON the lead
+reports from."""
 
 from __future__ import annotations
 
