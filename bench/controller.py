@@ -275,6 +275,17 @@ def miss_analysis(records: Sequence[FrameRecord], sc: Scenario, truth: Truth, ex
 # ---------------------------------------------------------------------------------------------- runs
 
 
+def sim_config(sc: Scenario, trace: Trace, expiry: str) -> SimConfig:
+    """The simulation of one scenario over the whole of one trace."""
+    return SimConfig(
+        fps=sc.fps,
+        deadline_ms=sc.deadline_ms,
+        duration_s=trace.period_s,
+        max_in_flight=sc.max_in_flight,
+        expiry=expiry,
+    )
+
+
 def run_controller(
     label: str, sc: Scenario, trace: Trace, truth: Truth, expiry: str, timed: bool, repeats: int = 1
 ) -> tuple[dict[str, Any], list[FrameRecord]]:
@@ -282,13 +293,7 @@ def run_controller(
     controller; the runs must decide identically (the simulation is deterministic), and per decision the fastest of
     its timings is its *own cost* (``decision_us_own_p50/p99``: what the computation takes when nothing else on
     the machine interferes, the convention of ``timeit``), beside the timings of the first run as measured."""
-    cfg = SimConfig(
-        fps=sc.fps,
-        deadline_ms=sc.deadline_ms,
-        duration_s=trace.period_s,
-        max_in_flight=sc.max_in_flight,
-        expiry=expiry,
-    )
+    cfg = sim_config(sc, trace, expiry)
     kind, opts = controller_options(label, sc, truth.link, cfg.n_frames)
     ctl = make_controller(kind, sc.modes, sc.deadline_ms, **opts)
     t0 = time.perf_counter()
@@ -360,13 +365,7 @@ def run_lagged_oracle(sc: Scenario, trace: Trace, truth: Truth, expiry: str) -> 
     lightest = min(sc.modes, key=lambda m: (m.payload_bytes, m.encoder_ms)).name
     plan = truth.plan.modes
     lagged = [lightest, *(m if m is not None else lightest for m in plan[:-1])]
-    cfg = SimConfig(
-        fps=sc.fps,
-        deadline_ms=sc.deadline_ms,
-        duration_s=trace.period_s,
-        max_in_flight=sc.max_in_flight,
-        expiry=expiry,
-    )
+    cfg = sim_config(sc, trace, expiry)
     res = simulate(OracleController(lagged, sc.fps), sc.modes, truth.link, cfg)
     row = summarize(res.records, sc.modes, truth.feasible)
     keep = ("hit_rate", "feasible_hit_rate", "mean_accuracy", "late", "dropped")
