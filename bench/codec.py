@@ -45,6 +45,7 @@ from slimsplit.bundle import Bundle, default_bundle_path
 from slimsplit.bundle.codec_tables import load_codec_tables
 from slimsplit.codec import HuffmanTables, decode_features, encode_features, peek_header, quantize
 from slimsplit.codec.bitpack import pack_bits, packed_size
+from slimsplit.codec.header import header_size
 from slimsplit.codec.huffman import byte_contexts, count_bytes
 
 CODERS = ("none", "zlib", "lzma", "huffman", "auto", "max")
@@ -156,9 +157,9 @@ def measure(family: str, frames: F32, bits: int, tables: HuffmanTables | None) -
                 mean / none_mean, _p50(enc_ns), _p50(dec_ns), {k: v / n for k, v in sorted(chosen.items())},
             )
         )  # fmt: skip
-    head = float(np.mean([peek_header(encode_features(x, bits, entropy="zlib")).header_len for x in frames]))
-    bz = [head + len(bz2.compress(pack_bits(quantize(x, bits)[0], bits), 9)) for x in frames]
-    mean = float(np.mean(bz))
+    bz_payloads = [len(bz2.compress(pack_bits(quantize(x, bits)[0], bits), 9)) for x in frames]
+    head = float(np.mean([header_size((c, h, w), p) for p in bz_payloads]))
+    mean = head + float(np.mean(bz_payloads))
     rows.append(
         Row(family, c, h, w, bits, "bz2 (ref)", n, packed, mean, mean - head, head / mean,
             mean / none_mean, None, None)

@@ -33,7 +33,8 @@ from rich.table import Table
 from tqdm import tqdm
 
 from slimsplit.bundle import Bundle, default_bundle_path, default_samples_path
-from slimsplit.codec import CODEC_VERSION, FeatureHeader, encode_features
+from slimsplit.codec import encode_features
+from slimsplit.codec.header import header_size
 from slimsplit.codec.quantize import quantize
 from slimsplit.edge.runtime import EncoderRuntime
 
@@ -50,12 +51,11 @@ def adaptive_bits(symbols: npt.NDArray[np.integer[Any]], levels: int) -> float:
 
 def frame_bound(features: npt.NDArray[np.float32], bits: int) -> float:
     """Header + per-channel adaptive code length of one frame [C, H, W], in bytes."""
-    q, lo, hi = quantize(features, bits)
+    q = quantize(features, bits)[0]
     levels = 1 << bits
     payload = sum(adaptive_bits(q[c].ravel(), levels) for c in range(q.shape[0])) / 8.0
     c, h, w = q.shape
-    header = FeatureHeader(CODEC_VERSION, "none", bits, (c, h, w), lo, hi, math.ceil(payload))
-    return header.header_len + payload
+    return header_size((c, h, w), math.ceil(payload)) + payload
 
 
 def ten_x(modes: list[dict[str, Any]], codecs: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:

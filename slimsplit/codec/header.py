@@ -114,10 +114,7 @@ class FeatureHeader:
     @property
     def header_len(self) -> int:
         """Bytes of this header on the wire (14 for version 1; 10-18 for version 2)."""
-        if self.version == 1:
-            return V1_HEADER_SIZE
-        c, h, w = self.shape
-        return 6 + sum(_varint_len(v) for v in (c, h, w, self.payload_len))
+        return V1_HEADER_SIZE if self.version == 1 else header_size(self.shape, self.payload_len)
 
     @property
     def total_len(self) -> int:
@@ -174,6 +171,11 @@ def _varint(value: int) -> bytes:
 
 def _varint_len(value: int) -> int:
     return 1 if value < 0x80 else 2 if value < 0x4000 else 3
+
+
+def header_size(shape: tuple[int, int, int], payload_len: int) -> int:
+    """Bytes of the header (this codec version) of a frame of ``shape`` with ``payload_len`` payload bytes."""
+    return 6 + sum(_varint_len(v) for v in (*shape, payload_len))
 
 
 def _read_varint(data: bytes, pos: int, name: str) -> tuple[int, int]:
