@@ -46,7 +46,7 @@ from slimsplit.bundle.codec_tables import load_codec_tables
 from slimsplit.codec import HuffmanTables, decode_features, encode_features, peek_header, quantize
 from slimsplit.codec.bitpack import pack_bits, packed_size
 from slimsplit.codec.header import header_size
-from slimsplit.codec.huffman import byte_contexts, count_bytes
+from slimsplit.codec.huffman import count_frame_bytes
 
 CODERS = ("none", "zlib", "lzma", "huffman", "auto", "max")
 FAMILIES = ("relu", "gauss", "sparse")
@@ -114,13 +114,6 @@ def load_features(path: str) -> F32:
 
 def _p50(ns: list[int]) -> float:
     return float(np.median(ns)) / 1e3
-
-
-def fit_tables(frames: F32, bits: int) -> HuffmanTables:
-    """Huffman tables fitted on ``frames`` ``[N, C, H, W]`` at ``bits`` (one context per channel)."""
-    _, c, h, w = frames.shape
-    ctx = byte_contexts((c, h, w), bits, c)
-    return HuffmanTables.fit(count_bytes([pack_bits(quantize(x, bits)[0], bits) for x in frames], ctx, c))
 
 
 def measure(family: str, frames: F32, bits: int, tables: HuffmanTables | None) -> list[Row]:
@@ -286,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             for c in cfg.channels:
                 data = synthetic(fam, cfg.frames, c, cfg.height, cfg.width, rng)
                 held_out = synthetic(fam, cfg.frames, c, cfg.height, cfg.width, rng)
-                jobs += [(fam, data, b, fit_tables(held_out, b)) for b in cfg.bits]
+                jobs += [(fam, data, b, HuffmanTables.fit(count_frame_bytes(held_out, b))) for b in cfg.bits]
     rows: list[Row] = []
     for fam, data, b, tables in track(jobs, description="encoding", console=console):
         rows += measure(fam, data, b, tables)

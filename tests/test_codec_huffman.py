@@ -18,7 +18,7 @@ from slimsplit.bundle import Bundle, Manifest
 from slimsplit.bundle.codec_tables import load_codec_tables, write_codec_tables
 from slimsplit.codec import HuffmanTables, decode_features, encode_features, peek_header
 from slimsplit.codec.bitpack import pack_bits
-from slimsplit.codec.huffman import MAX_CODE_LEN, byte_contexts, code_lengths, count_bytes
+from slimsplit.codec.huffman import MAX_CODE_LEN, byte_contexts, code_lengths, count_bytes, count_frame_bytes
 from slimsplit.codec.quantize import quantize
 from slimsplit.errors import BundleError, CodecError
 from slimsplit.server.app import ServerThread
@@ -33,9 +33,18 @@ def relu_features(c: int, seed: int) -> npt.NDArray[np.float32]:
 
 
 def fitted(c: int, bits: int, n: int = 300) -> HuffmanTables:
-    ctx = byte_contexts((c, 8, 8), bits, c)
-    packed = [pack_bits(quantize(relu_features(c, s), bits)[0], bits) for s in range(n)]
-    return HuffmanTables.fit(count_bytes(packed, ctx, c))
+    return HuffmanTables.fit(count_frame_bytes(np.stack([relu_features(c, s) for s in range(n)]), bits))
+
+
+def test_frame_byte_counts_are_the_packed_bytes_per_channel_and_add_up() -> None:
+    frames = np.stack([relu_features(4, s) for s in range(30)])
+    for bits in (1, 3, 8):
+        ctx = byte_contexts((4, 8, 8), bits, 4)
+        packed = [pack_bits(quantize(f, bits)[0], bits) for f in frames]
+        counts = count_frame_bytes(frames, bits)
+        assert counts.shape == (4, 256) and counts.sum() == 30 * len(packed[0])
+        assert np.array_equal(counts, count_bytes(packed, ctx, 4))
+        assert np.array_equal(counts, count_frame_bytes(frames[:11], bits) + count_frame_bytes(frames[11:], bits))
 
 
 # ------------------------------------------------------------------------------------------ the code

@@ -24,9 +24,7 @@ import numpy.typing as npt
 from slimsplit.bundle import Bundle, Manifest
 from slimsplit.bundle.codec_tables import tables_fingerprint, write_codec_tables
 from slimsplit.codec import encode_features
-from slimsplit.codec.bitpack import pack_bits
-from slimsplit.codec.huffman import MAX_CODE_LEN, HuffmanTables, byte_contexts, count_bytes
-from slimsplit.codec.quantize import quantize
+from slimsplit.codec.huffman import MAX_CODE_LEN, HuffmanTables, count_frame_bytes
 from slimsplit.errors import SlimsplitError
 from slimsplit.server.export.bundle_writer import widest_features
 
@@ -52,15 +50,13 @@ def fit_tables_on_features(
     tables: dict[str, HuffmanTables] = {}
     split = max(1, int(len(widest) * (1 - HELD_OUT)))
     for mode in manifest.modes:
-        shape = (mode.width, manifest.feature.height, manifest.feature.width)
-        contexts = byte_contexts(shape, mode.bits, mode.width)
-        packed = [pack_bits(quantize(f[: mode.width], mode.bits)[0], mode.bits) for f in widest]
-        trial = HuffmanTables.fit(count_bytes(packed[:split], contexts, mode.width), max_len)
-        held_out = widest[split:, : mode.width]
+        fitting, held_out = widest[:split, : mode.width], widest[split:, : mode.width]
+        counts = count_frame_bytes(fitting, mode.bits)
+        trial = HuffmanTables.fit(counts, max_len)
         with_table = sum(len(encode_features(f, mode.bits, tables=trial)) for f in held_out)
         without = sum(len(encode_features(f, mode.bits)) for f in held_out)
         if len(held_out) and with_table <= (1 - min_saving) * without:
-            tables[mode.name] = HuffmanTables.fit(count_bytes(packed, contexts, mode.width), max_len)
+            tables[mode.name] = HuffmanTables.fit(counts + count_frame_bytes(held_out, mode.bits), max_len)
     return tables
 
 

@@ -13,7 +13,7 @@ how many bytes to produce (from the header's shape and bits), rejects a stream t
 padding, and any whole byte left over.
 
 Encoding is vectorised numpy; decoding is one table lookup per byte (the table is indexed by the next
-``max_len`` bits), a short Python loop: a shipped frame decodes in 45-105 us here.
+``max_len`` bits), a short Python loop: a shipped frame decodes in about 50-150 us here (BENCHMARKS.md section 2).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from slimsplit.codec.bitpack import pack_bits
+from slimsplit.codec.quantize import quantize
 from slimsplit.errors import CodecError
 
 ALPHABET = 256
@@ -221,6 +223,14 @@ def count_bytes(packed_frames: list[bytes], contexts: npt.NDArray[np.intp], k: i
     data = np.stack([np.frombuffer(p, dtype=np.uint8) for p in packed_frames]).astype(np.intp)
     np.add.at(counts, (np.broadcast_to(contexts, data.shape), data), 1)
     return counts
+
+
+def count_frame_bytes(frames: npt.NDArray[np.float32], bits: int) -> npt.NDArray[np.int64]:
+    """Byte counts ``[C, 256]`` (one context per channel) of feature frames ``[N, C, H, W]`` quantized and packed
+    at ``bits`` exactly as the encoder does; counts of disjoint sets of frames add up."""
+    _, c, h, w = frames.shape
+    packed = [pack_bits(quantize(x, bits)[0], bits) for x in frames]
+    return count_bytes(packed, byte_contexts((c, h, w), bits, c), c)
 
 
 def as_tables(value: Any) -> HuffmanTables | None:
