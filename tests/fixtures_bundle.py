@@ -171,7 +171,7 @@ def rewrite_header(frame: bytes, **changes: Any) -> bytes:
     """
     names = ["magic_version", "coder_bits", "c", "h", "w", "lo", "hi", "payload_len"]
     _, coder_bits, c, h, w, lo, hi, payload_len, header_len = _parse_fields(frame)
-    fields = [frame[0], coder_bits, c, h, w, lo, hi, payload_len]
+    fields: list[Any] = [frame[0], coder_bits, c, h, w, lo, hi, payload_len]
     for key, value in changes.items():
         fields[names.index(key)] = value
     mv, cb, c, h, w, lo, hi, n = fields
