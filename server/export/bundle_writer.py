@@ -6,7 +6,6 @@ real codec, so the manifest describes what a deployment will actually see.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -19,7 +18,6 @@ import onnxruntime as ort
 from torch import nn
 
 from slimsplit.bundle import EncoderSpec, FeatureSpec, InputSpec, Manifest, ModeSpec, SplitSpec
-from slimsplit.bundle.codec_tables import tables_fingerprint, write_codec_tables
 from slimsplit.codec import HuffmanTables, decode_features, encode_features
 from slimsplit.server.export.onnx_export import export_backbone, export_encoder, export_tail
 from slimsplit.server.models import SplitModel
@@ -213,15 +211,12 @@ def write_bundle(
     )
     tables: dict[str, HuffmanTables] = {}
     if fit_images is not None:
-        from slimsplit.server.export.codec_tables import TABLES_FILE, fit_codec_tables
+        from slimsplit.server.export.codec_tables import fit_codec_tables, ship_tables
 
         if progress:
             progress(f"fitting codec tables on {len(fit_images)} training images")
         tables = fit_codec_tables(root, manifest, fit_images)
-        write_codec_tables(root / TABLES_FILE, tables)
-        manifest = dataclasses.replace(
-            manifest, codec_tables=TABLES_FILE, codec_tables_fingerprint=tables_fingerprint(tables)
-        )
+        manifest = ship_tables(root, manifest, tables)
     measured = measure_modes(
         root, manifest, test_images, test_labels, latency_repeats=latency_repeats, progress=progress, tables=tables
     )

@@ -29,7 +29,7 @@ from slimsplit.errors import SlimsplitError
 from slimsplit.server.export.bundle_writer import widest_features
 
 TABLES_FILE = "codec_tables.npz"
-DEFAULT_FIT_IMAGES = 5000
+DEFAULT_FIT_IMAGES = 5000  # training images the tables are fitted on (export and this command line)
 MIN_SAVING = 0.03  # ship a mode's table only if it saves at least this share of the bytes on held-out frames
 HELD_OUT = 0.2  # share of the fitting frames that decides whether a table pays
 
@@ -67,6 +67,12 @@ def fit_codec_tables(
     return fit_tables_on_features(manifest, widest_features(root, manifest, images), max_len)
 
 
+def ship_tables(root: Path, manifest: Manifest, tables: Mapping[str, HuffmanTables]) -> Manifest:
+    """Write ``tables`` into the bundle at ``root``; ``manifest`` naming them (file and fingerprint)."""
+    write_codec_tables(root / TABLES_FILE, tables)
+    return dataclasses.replace(manifest, codec_tables=TABLES_FILE, codec_tables_fingerprint=tables_fingerprint(tables))
+
+
 def payload_bytes_means(
     manifest: Manifest, widest: npt.NDArray[np.float32], tables: Mapping[str, HuffmanTables]
 ) -> dict[str, float]:
@@ -84,12 +90,10 @@ def add_tables_to_bundle(
     bundle = Bundle.open(root)
     manifest = bundle.manifest
     tables = fit_codec_tables(root, manifest, train_images)
-    write_codec_tables(root / TABLES_FILE, tables)
+    manifest = ship_tables(root, manifest, tables)
     sizes = payload_bytes_means(manifest, widest_features(root, manifest, test_images), tables)
     modes = tuple(dataclasses.replace(m, payload_bytes_mean=round(sizes[m.name], 3)) for m in manifest.modes)
-    manifest = dataclasses.replace(
-        manifest, modes=modes, codec_tables=TABLES_FILE, codec_tables_fingerprint=tables_fingerprint(tables)
-    )
+    manifest = dataclasses.replace(manifest, modes=modes)
     (root / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
     return manifest
 

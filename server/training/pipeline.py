@@ -32,9 +32,6 @@ from slimsplit.server.training.train import (
 INPUT_SPEC = InputSpec()
 
 
-CODEC_FIT_IMAGES = 5000  # training images the feature codec's huffman tables are fitted on
-
-
 def load_data(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
     if cfg.data == "fashion-mnist":
         root = cfg.data_dir or FASHION_MNIST_DIR
@@ -94,6 +91,7 @@ def run(cfg: TrainConfig, samples_out: Path | None = None) -> Path:
     train_seconds = _epoch_seconds(cfg.out_dir / "train_log.jsonl")
 
     from slimsplit.server.export import write_bundle  # needs the codec; imported when it is needed
+    from slimsplit.server.export.codec_tables import DEFAULT_FIT_IMAGES
 
     bundle_dir = cfg.bundle_dir or (cfg.out_dir / "bundle")
     manifest = write_bundle(
@@ -105,7 +103,7 @@ def run(cfg: TrainConfig, samples_out: Path | None = None) -> Path:
         input_spec=INPUT_SPEC,
         test_images=test.images,
         test_labels=test.labels,
-        fit_images=train.images[:CODEC_FIT_IMAGES],
+        fit_images=train.images[:DEFAULT_FIT_IMAGES],
         notes={
             "unsplit_teacher_accuracy": round(teacher_acc, 6),
             "data": cfg.data,
