@@ -81,8 +81,9 @@ import platform
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,14 +91,14 @@ import numpy as np
 import numpy.typing as npt
 
 from slimsplit.bundle import default_bundle_path, read_manifest
-from slimsplit.edge.control.base import ModeOption
+from slimsplit.edge.control.base import Controller, ModeOption
 from slimsplit.edge.control.controllers import OracleController, make_controller
 from slimsplit.edge.control.loop import FrameRecord
 from slimsplit.edge.control.modes import modes_from_manifest, rpi4_ensemble_modes
 from slimsplit.edge.control.oracle import OraclePlan, in_time, isolated_latencies, plan_oracle
 from slimsplit.errors import SlimsplitError
 from slimsplit.link.shaping import LinkConfig, LinkDirection
-from slimsplit.link.sim import EXPIRY_RULES, SimConfig, reason_kind, simulate, summarize
+from slimsplit.link.sim import EXPIRY_RULES, SimConfig, SimResult, reason_kind, simulate, summarize
 from slimsplit.link.synth import shipped_traces_dir
 from slimsplit.link.trace import Trace, load_mahimahi
 
@@ -286,25 +287,51 @@ def sim_config(sc: Scenario, trace: Trace, expiry: str) -> SimConfig:
     )
 
 
+def timed_passes(
+    builders: Mapping[str, Callable[[], Controller]],
+    modes: Sequence[ModeOption],
+    link: LinkConfig,
+    cfg: SimConfig,
+    passes: int,
+    timed: bool = True,
+) -> dict[str, tuple[SimResult, npt.NDArray[np.float64], float]]:
+    """Each builder's controller (a fresh one per pass) over the same simulation ``passes`` times, interleaved
+    (a, b, a, b, ...) so that all see the same machine. Per builder: the first pass's result, per decision the
+    fastest of its timings in ns (its *own cost*: what the computation takes when nothing else on the machine
+    interferes, the convention of ``timeit``; empty unless ``timed``), and the first pass's wall time (s).
+    :class:`RuntimeError` when two passes, or two builders, choose different modes: the runs must decide alike."""
+    first: dict[str, tuple[SimResult, float]] = {}
+    own: dict[str, npt.NDArray[np.float64]] = {}
+    for _ in range(passes):
+        for label, build in builders.items():
+            ctl = build()
+            t0 = time.perf_counter()
+            res = simulate(ctl, modes, link, cfg, time_decisions=timed)
+            wall = time.perf_counter() - t0
+            ns = np.asarray(res.decision_ns, dtype=np.float64)
+            if label not in first:
+                first[label], own[label] = (res, wall), ns
+                continue
+            if [r.mode for r in res.records] != [r.mode for r in first[label][0].records]:
+                raise RuntimeError(f"{label}: two passes over the same simulation chose different modes")
+            own[label] = np.minimum(own[label], ns)
+    chosen = {label: [r.mode for r in res.records] for label, (res, _) in first.items()}
+    for label, modes_chosen in chosen.items():
+        if modes_chosen != next(iter(chosen.values())):
+            raise RuntimeError(f"{label} and {next(iter(chosen))} chose different modes on the same simulation")
+    return {label: (res, own[label], wall) for label, (res, wall) in first.items()}
+
+
 def run_controller(
     label: str, sc: Scenario, trace: Trace, truth: Truth, expiry: str, timed: bool, repeats: int = 1
 ) -> tuple[dict[str, Any], list[FrameRecord]]:
     """One controller over one trace. With ``repeats`` > 1 (and ``timed``) the run is repeated with a fresh
-    controller; the runs must decide identically (the simulation is deterministic), and per decision the fastest of
-    its timings is its *own cost* (``decision_us_own_p50/p99``: what the computation takes when nothing else on
-    the machine interferes, the convention of ``timeit``), beside the timings of the first run as measured."""
+    controller (:func:`timed_passes`): ``decision_us_own_p50/p99`` are its own cost, beside the timings of the
+    first run as measured."""
     cfg = sim_config(sc, trace, expiry)
     kind, opts = controller_options(label, sc, truth.link, cfg.n_frames)
-    ctl = make_controller(kind, sc.modes, sc.deadline_ms, **opts)
-    t0 = time.perf_counter()
-    res = simulate(ctl, sc.modes, truth.link, cfg, time_decisions=timed)
-    wall = time.perf_counter() - t0
-    own = np.asarray(res.decision_ns, dtype=np.float64)
-    for _ in range(1, repeats if timed else 1):
-        again = simulate(make_controller(kind, sc.modes, sc.deadline_ms, **opts), sc.modes, truth.link, cfg, True)
-        if [r.mode for r in again.records] != [r.mode for r in res.records]:
-            raise RuntimeError(f"{label} on {trace.name}: a repeated run decided differently (not deterministic)")
-        own = np.minimum(own, np.asarray(again.decision_ns, dtype=np.float64))
+    build = partial(make_controller, kind, sc.modes, sc.deadline_ms, **opts)
+    res, own, wall = timed_passes({label: build}, sc.modes, truth.link, cfg, repeats if timed else 1, timed)[label]
     s = summarize(res.records, sc.modes, truth.feasible, truth.plan.hits)
     plan_feasible = truth.plan.feasible
     n_plan = int(plan_feasible.sum())

@@ -32,7 +32,7 @@ import controller as bench  # bench/controller.py: its scenarios and traces
 
 from slimsplit.edge.control.controllers import make_controller
 from slimsplit.link.shaping import LinkConfig
-from slimsplit.link.sim import SimConfig, simulate
+from slimsplit.link.sim import SimConfig
 
 MODULE_PATH = "edge/control/controllers.py"
 REPO = Path(__file__).resolve().parent.parent
@@ -54,30 +54,6 @@ def load_base(rev: str) -> ModuleType:
     sys.modules[name] = module  # dataclasses look their module up while the class body runs
     exec(compile(source, f"{rev}:{MODULE_PATH}", "exec"), module.__dict__)
     return module
-
-
-def own_cost(
-    builders: dict[str, Callable[[], Any]], sc: bench.Scenario, link: LinkConfig, cfg: SimConfig, passes: int
-) -> dict[str, np.ndarray]:
-    """Per version, the fastest timing of every decision over ``passes`` interleaved passes (microseconds)."""
-    best: dict[str, np.ndarray] = {}
-    modes: dict[str, list[str | None]] = {}
-    for _ in range(passes):
-        for label, build in builders.items():
-            res = simulate(build(), sc.modes, link, cfg, time_decisions=True)
-            ns = np.asarray(res.decision_ns, dtype=np.float64) / 1e3
-            chosen = [r.mode for r in res.records]
-            if label in best:
-                if chosen != modes[label]:
-                    raise SystemExit(f"bench/decision_ab.py: {label} decided differently in two passes")
-                best[label] = np.minimum(best[label], ns)
-            else:
-                best[label], modes[label] = ns, chosen
-    first, *others = builders
-    for label in others:
-        if modes[label] != modes[first]:
-            raise SystemExit(f"bench/decision_ab.py: {label} and {first} chose different modes on the same run")
-    return best
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,7 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "base": partial(base.make_controller, kind, sc.modes, sc.deadline_ms, **opts),
             "current": partial(make_controller, kind, sc.modes, sc.deadline_ms, **opts),
         }
-        best = own_cost(builders, sc, link, cfg, args.passes)
+        try:
+            passes = bench.timed_passes(builders, sc.modes, link, cfg, args.passes)
+        except RuntimeError as exc:
+            raise SystemExit(f"bench/decision_ab.py: {sc.name} / {tr.name}: {exc}") from None
+        best = {label: own / 1e3 for label, (_, own, _) in passes.items()}  # microseconds
         row: dict[str, Any] = {"scenario": sc.name, "trace": tr.name, "decisions": int(best["base"].size)}
         for label, us in best.items():
             row[f"{label}_own_p50_us"] = float(np.percentile(us, 50))
