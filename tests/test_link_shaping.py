@@ -44,6 +44,18 @@ def test_departure_time_is_a_pure_query() -> None:
     assert d.backlog(0.0) == 0.0
 
 
+def test_withdraw_takes_back_the_tail_of_the_queue() -> None:
+    d = LinkDirection(small(), delay_s=0.005)
+    d.enqueue(0.0, 5000)  # 3000 B leave at 10 ms, 1500 at 20 ms, 500 would leave at 40 ms
+    assert d.backlog(0.015) == pytest.approx(2000.0)
+    assert d.withdraw(0.015, keep_bytes=1500) == pytest.approx(500.0)  # the last 500 B go back to the sender
+    assert d.backlog(0.015) == pytest.approx(1500.0)
+    assert d.withdraw(0.015, keep_bytes=1500) == 0.0  # nothing beyond the kept bytes is left
+    # the next message starts where the kept bytes end: its first byte uses the 40-ms opportunity
+    assert d.enqueue(0.021, 1000) == pytest.approx(0.045)
+    assert d.withdraw(0.050) == 0.0  # an empty queue gives nothing back
+
+
 def test_drop_tail_and_space() -> None:
     d = LinkDirection(small(), queue_bytes=2000)
     assert d.offer(0.0, 1500) is not None

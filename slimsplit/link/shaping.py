@@ -141,6 +141,16 @@ class LinkDirection:
         keep[:-1] = times[1:] != times[:-1]
         return [int(e) for e in ends[keep]], [float(x) for x in times[keep]]
 
+    def withdraw(self, t: float, keep_bytes: float = 0.0) -> float:
+        """The sender takes back, at ``t``, the bytes waiting in the bottleneck beyond the first ``keep_bytes``
+        (those at the tail: the newest messages); returns how many it took. A model of a sender that keeps bytes
+        at home until the link can carry them (see ``bench/transmission_study.py``): a real FIFO cannot give back
+        bytes already in it."""
+        self._advance(t)
+        removed = max(0.0, self.backlog(t) - max(0.0, keep_bytes))
+        self._free_pos -= removed
+        return removed
+
     def _advance(self, t: float) -> None:
         if t < self._last_t - 1e-9:
             raise ConfigError(f"link direction used out of time order ({t} after {self._last_t})")
