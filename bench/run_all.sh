@@ -18,6 +18,8 @@ $py bench/codec.py --out "$out/codec_synthetic.json" "$@"
 $py bench/serving.py --out "$out/serving.json" "$@"
 $py bench/controller.py --out "$out/controller.json" "$@"
 $py bench/decision_ab.py --base 8a71c27 --out "$out/decision_ab.json"  # mpc cost against the version before the 2026-11-26 speed-up
+$py bench/transmission_study.py --out "$out/transmission_study.json" "$@"
+$py bench/nested_planes.py --out "$out/nested_planes.json" "$@"
 $py bench/intar.py --out "$out/intar.json" "$@"
 rm -f "$out/features_w16.npy" "$out/features_w4.npy"
 # Trains two students (about 20 minutes on 2 cores) from the teacher that slimsplit-train wrote (README: Training):
