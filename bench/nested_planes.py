@@ -24,15 +24,19 @@ out. Accuracy is top-1 over the images given.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_io import write_results  # bench/results_io.py
 
 from slimsplit.bundle import Bundle, default_bundle_path, default_samples_path
 from slimsplit.codec.quantize import dequantize, quantize
@@ -179,21 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(bundle, images, labels)
     wall = time.perf_counter() - t0
     print_table(rows)
-    doc = {
-        "benchmark": "nested_planes",
-        "command": " ".join(["bench/nested_planes.py", *(argv if argv is not None else sys.argv[1:])]),
+    fields = {
         "bundle": f"{bundle.manifest.name} v{bundle.manifest.version}",
         "images": source,
         "wall_seconds": wall,
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1))
-    if not args.no_plot:
-        png = args.out.with_suffix(".png")
-        plot(png, rows)
-        print(f"plot: {png}")
-    print(f"wrote {args.out} ({len(rows)} rows, {wall:.0f} s)")
+    write_results(args.out, "nested_planes", argv, fields, None if args.no_plot else partial(plot, rows=rows))
     return 0
 
 

@@ -51,13 +51,13 @@ entered the network) and ``bytes_withheld`` (bytes the edge never sent or took b
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from controller import Scenario, Truth, ground_truth, load_traces, rpi4_scenarios  # bench/controller.py
+from results_io import write_results
 
 from slimsplit.edge.control.base import Controller, FrameFeedback
 from slimsplit.edge.control.controllers import make_controller
@@ -447,9 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     print_table(rows)
     worst = worst_cases(rows)
-    doc: dict[str, Any] = {
-        "benchmark": "transmission_study",
-        "command": " ".join(["bench/transmission_study.py", *(argv if argv is not None else sys.argv[1:])]),
+    fields: dict[str, Any] = {
         "quick": args.quick,
         "seconds": seconds,
         "delay_ms": args.delay_ms,
@@ -458,13 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": rows,
         "worst_cases": worst,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1))
-    if not args.no_plot:
-        png = args.out.with_suffix(".png")
-        plot(png, worst)
-        print(f"plot: {png}")
-    print(f"wrote {args.out} ({len(rows)} rows, {wall:.0f} s)")
+    plot_fn = None if args.no_plot else partial(plot, worst=worst)
+    write_results(args.out, "transmission_study", argv, fields, plot_fn)
     return 0
 
 
