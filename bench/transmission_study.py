@@ -36,8 +36,9 @@ Payloads (what a frame is)
 * ``planes``: the frame is sent as bit planes, most significant first (6,912 B each, the Pi table's bytes per
   bit); the server decodes with the planes that arrived by the deadline (server time 0, as in the table). The
   accuracy of ``b`` planes of ``m`` members is *assumed* to be the table's accuracy of mode ``(m, b)``: that needs
-  quantizers that nest (the ``b``-bit code's top ``k`` bits are the ``k``-bit code), which the published encoders
-  do not claim, so the accuracy side of this row is an assumption; the timing side is measured. Policies choose
+  the ``b``-bit code's top ``k`` bits to serve as the ``k``-bit code, which the published encoders do not claim, so
+  the accuracy side of this row is an assumption; the timing side is measured. (This project's own bundle does
+  accept its codes' top bits: ``bench/nested_planes.py``.) Policies choose
   the member count (encoder time) only: ``m1`` (one member), ``forecast`` (the member count whose predicted
   planes give the best accuracy, from the harmonic mean of the last 5 per-frame goodputs x 0.8) and ``oracle-m``
   (the best member count knowing the trace: an upper bound for the member choice).
@@ -45,7 +46,8 @@ Payloads (what a frame is)
 Metrics per scenario x trace x sender x payload x policy: ``feasible_hit_rate`` (the feasible frames of
 ``bench/controller.py``: some mode alone on the link is in time), ``hit_rate``, ``mean_accuracy`` (0 for a frame
 with nothing in time), ``gap_pts`` (the oracle's mean accuracy minus this, in points), ``bytes_sent`` (bytes that
-entered the network) and ``bytes_withheld`` (bytes the edge never sent or took back).
+entered the network and were not dropped) and ``bytes_withheld`` (bytes the edge never sent, or the link dropped
+at the deadline).
 """
 
 from __future__ import annotations
