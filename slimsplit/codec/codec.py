@@ -8,6 +8,7 @@ order, ``entropy`` for the coders and ``huffman`` for the learned code of the ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -70,14 +71,10 @@ def encode_features(
         )
     q, lo, hi = quantize(arr, bits)
     packed = pack_bits(q, bits)
-    best = _entropy.encode_payload(packed, choice)
+    huffman_coder = None
     if huffman is not None and _entropy.Coder.HUFFMAN in choice.coders:
-        coded = huffman.encode(packed, byte_contexts((c, h, w), bits, huffman.contexts))
-        if best is None or len(coded) < len(best[1]):
-            best = (_entropy.Coder.HUFFMAN, coded)
-    if best is None:  # unreachable: a choice without table-free coders is "huffman", checked above
-        raise CodecError("no coder to encode with", field="entropy")
-    best_coder, payload = best
+        huffman_coder = partial(huffman.encode, contexts=byte_contexts((c, h, w), bits, huffman.contexts))
+    best_coder, payload = _entropy.encode_payload(packed, choice, huffman_coder)
     if len(payload) > MAX_PAYLOAD:
         raise CodecError(
             f"payload of {len(payload)} bytes exceeds the format's {MAX_PAYLOAD}-byte limit "

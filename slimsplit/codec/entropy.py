@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import lzma
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
@@ -86,18 +86,26 @@ def entropy_choice(entropy: str) -> EntropyChoice:
         ) from None
 
 
-def encode_payload(packed: bytes, choice: EntropyChoice) -> tuple[Coder, bytes] | None:
-    """The smallest encoding of ``packed`` among the choice's table-free coders (ties: the earlier coder).
+def encode_payload(
+    packed: bytes, choice: EntropyChoice, huffman: Callable[[bytes], bytes] | None = None
+) -> tuple[Coder, bytes]:
+    """The smallest encoding of ``packed`` among the choice's coders (ties: the earlier coder).
 
-    ``None`` when the choice has no table-free coder (``"huffman"``); the caller adds the huffman candidate.
+    ``huffman`` codes ``packed`` with the mode's learned code; without it the huffman coder is left out, and a
+    choice with no other coder (``"huffman"``) is a :class:`CodecError`.
     """
     best: tuple[Coder, bytes] | None = None
     for coder in choice.coders:
         if coder is Coder.HUFFMAN:
-            continue
-        out = compress(coder, packed, choice.zlib_strategies)
+            if huffman is None:
+                continue
+            out = huffman(packed)
+        else:
+            out = compress(coder, packed, choice.zlib_strategies)
         if best is None or len(out) < len(best[1]):
             best = (coder, out)
+    if best is None:
+        raise CodecError('entropy="huffman" needs the mode\'s code tables (tables=)', field="entropy")
     return best
 
 
