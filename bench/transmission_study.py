@@ -224,7 +224,7 @@ def run_design(sc: Scenario, trace: Trace, truth: Truth, sender_kind: str, paylo
             )
             accuracy = mode.accuracy if hit else 0.0
         else:
-            members = _members(policy, sc, goodputs, up, t, enc_s, acc, delay, deadline)
+            members = _members(policy, goodputs, up, t, enc_s, acc, delay, deadline)
             start = t + enc_s[members]
             arrivals = sender.send(start, [PLANE_BYTES] * 4, due)
             in_time = [a for b, a in enumerate(arrivals, 1) if a + delay + server_s[(members, b)] <= due]
@@ -269,7 +269,6 @@ def _whole_controller(sc: Scenario, policy: str, rtt_ms: float) -> Controller:
 
 def _members(
     policy: str,
-    sc: Scenario,
     goodputs: deque[float],
     up: LinkDirection,
     t: float,
@@ -278,31 +277,21 @@ def _members(
     delay: float,
     deadline: float,
 ) -> int:
-    """The member count of a plane-coded frame captured at ``t``."""
+    """The member count of a plane-coded frame captured at ``t``: the one whose planes in time give the best
+    accuracy (the fewest members on a tie, one member when no count gets a plane in time)."""
     counts = sorted(enc_s)
-    if policy == "m1":
-        return counts[0]
-    if policy == "oracle-m":  # evaluation only: reads the link
-        best, best_acc = counts[0], -1.0
-        for m in counts:
-            planes = _planes_alone(up, t + enc_s[m], t + deadline, delay)
-            a = acc[(m, planes)] if planes else 0.0
-            if a > best_acc:
-                best, best_acc = m, a
-        return best
-    if policy != "forecast":
+    if policy not in ("m1", "oracle-m", "forecast"):
         raise ValueError(f"no planes policy {policy!r}")
-    if not goodputs:
+    if policy == "m1" or (policy == "forecast" and not goodputs):
         return counts[0]
-    bps = len(goodputs) / sum(1.0 / g for g in goodputs) * FORECAST_MARGIN
-    best, best_acc = counts[0], -1.0
-    for m in counts:
-        budget = deadline - enc_s[m] - 2 * delay
-        planes = min(4, int(budget * bps / 8 / PLANE_BYTES)) if budget > 0 else 0
-        a = acc[(m, planes)] if planes else (0.0 if m == counts[0] else -1.0)
-        if a > best_acc:
-            best, best_acc = m, a
-    return best
+    bps = len(goodputs) / sum(1.0 / g for g in goodputs) * FORECAST_MARGIN if goodputs else 0.0
+
+    def planes_of(m: int) -> int:
+        if policy == "oracle-m":  # evaluation only: reads the link
+            return _planes_alone(up, t + enc_s[m], t + deadline, delay)
+        return max(0, min(4, int((deadline - enc_s[m] - 2 * delay) * bps / 8 / PLANE_BYTES)))
+
+    return max(counts, key=lambda m: (acc[(m, p)] if (p := planes_of(m)) else 0.0, -m))
 
 
 def _planes_alone(up: LinkDirection, start: float, due: float, delay: float) -> int:
