@@ -32,7 +32,7 @@ import platform
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from bench.results_io import recorded_args, recorded_path
 from slimsplit.bundle import Bundle, default_bundle_path
 from slimsplit.bundle.codec_tables import load_codec_tables
 from slimsplit.codec import HuffmanTables, decode_features, encode_features, peek_header, quantize
@@ -286,8 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     print_table(console, rows)
     result = {
         "benchmark": "codec",
-        "command": " ".join(["python", "bench/codec.py", *(sys.argv[1:] if argv is None else argv)]),
-        "config": asdict(cfg),
+        "command": " ".join(["python", "bench/codec.py", *recorded_args(sys.argv[1:] if argv is None else argv)]),
+        "config": asdict(
+            replace(
+                cfg,
+                features=cfg.features and recorded_path(cfg.features),
+                bundle=cfg.bundle and recorded_path(cfg.bundle),
+            )
+        ),
         "environment": {
             "python": platform.python_version(),
             "numpy": np.__version__,

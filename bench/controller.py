@@ -11,10 +11,11 @@ Scenarios
   run unless ``--allow-placeholder-modes`` is given; it then uses :data:`PLACEHOLDER_MODES` (clearly labelled in
   the JSON and the table).
 * ``rpi4-300ms`` / ``rpi4-600ms``: the published slimmable-ensemble Raspberry Pi 4 operating points
-  (:func:`slimsplit.edge.control.modes.rpi4_ensemble_modes`, 4 x 4 grid, mAP interpolated), one frame at a time:
+  (:func:`slimsplit.control.modes.rpi4_ensemble_modes`, 4 x 4 grid, mAP interpolated), one frame at a time:
   one frame per deadline period (3.33 / 1.67 frames/s) and at most one frame in flight.
 
-Traces: every file in ``/work/shared/traces`` (real cellular uplinks, read in place), the project's synthetic traces
+Traces: every file in the shared traces folder (``../shared/traces`` beside the repository, or
+``$SLIMSPLIT_SHARED_TRACES``: real cellular uplinks, read in place; none if absent), the project's synthetic traces
 (``slimsplit/assets/traces``), a constant 1 Mbit/s link, and ``--traces`` files. Link: the trace as uplink, an
 unshaped downlink, ``--delay-ms`` (default 10) each way; the controllers are told the round-trip time, as the edge
 client measures it with pings.
@@ -26,8 +27,8 @@ deadline after the frame's capture and frees its in-flight slot; the frame's byt
 written to the transport: neither a gRPC cancel nor the timer takes them back), its late reply is ignored and the
 controller is told the frame failed. A frame whose deadline falls on the next capture (one frame at a time with
 period = deadline) frees its slot before that capture's decision. ``sent`` starts the timer when the payload is
-handed to gRPC (the live client's rule before 2026-11-25; the same as ``captured`` up to the encoder time),
-``reply`` keeps a frame in flight until its reply arrives, however late (the model of :mod:`slimsplit.link.loadgen`).
+handed to gRPC (the same as ``captured`` up to the encoder time), ``reply`` keeps a frame in flight until its reply
+arrives, however late (the model of :mod:`slimsplit.evaluation.loadgen`).
 The JSON's ``sensitivity`` list repeats every run under the rules named by ``--sensitivity`` (default ``sent``
 and ``reply``), so numbers under every model are on record.
 
@@ -42,19 +43,19 @@ much the right choice changes from one frame to the next at the scenario's frame
 
 Feasible frames (the definition)
 --------------------------------
-The issue defines feasible frames as "those the oracle can deliver in time with some mode". This bench reads that
+A frame is feasible if the oracle can deliver it in time with some mode. This bench reads that
 **per frame, in isolation**: frame ``i`` is feasible iff *some* mode, encoded from its capture and sent on a link
 that carries none of the edge's earlier frames, is delivered (reply included) within the deadline, under the same
 model and constraints as every controller (trace, start offset, propagation delay, per-mode encoder and server
-time; :func:`slimsplit.edge.control.oracle.feasible_in_isolation`). The link state at capture time is the trace
+time; :func:`slimsplit.evaluation.oracle.feasible_in_isolation`). The link state at capture time is the trace
 itself, so the feasible set is the same for every controller, and it is not shrunk by a controller's own earlier
 choices: a frame lost because the controller queued bytes into an outage counts against it. That is the fair
 reading; the two alternatives are reported beside it:
 
-* ``feasible_hit_rate_plan`` (the definition of earlier runs): the frames the oracle's *joint* optimal schedule
-  delivers. A frame feasible alone can in principle be left out of the joint optimum because the link cannot carry
-  it and its neighbours; on the traces here the two sets are identical (``feasible_frames_plan`` vs
-  ``feasible_frames``), because the payloads are small against the capacity between outages.
+* ``feasible_hit_rate_plan``: the frames the oracle's *joint* optimal schedule delivers. A frame feasible alone can
+  in principle be left out of the joint optimum because the link cannot carry it and its neighbours; on the traces
+  here the two sets are identical (``feasible_frames_plan`` vs ``feasible_frames``), because the payloads are small
+  against the capacity between outages.
 * ``feasible_frames_given_own_queue`` (diagnostic, never a target): missed feasible frames that were still feasible
   given the bytes the controller under test had already queued at capture. Judging feasibility against the
   controller's own queue would excuse self-inflicted queueing, so it only splits the misses.
@@ -90,19 +91,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bench.results_io import recorded_args, recorded_path
 from slimsplit.bundle import default_bundle_path, read_manifest
-from slimsplit.edge.control.base import Controller, ModeOption
-from slimsplit.edge.control.controllers import OracleController, make_controller
-from slimsplit.edge.control.loop import FrameRecord
-from slimsplit.edge.control.modes import modes_from_manifest, rpi4_ensemble_modes
-from slimsplit.edge.control.oracle import OraclePlan, in_time, isolated_latencies, plan_oracle
+from slimsplit.control.base import Controller, ModeOption
+from slimsplit.control.modes import modes_from_manifest, rpi4_ensemble_modes
 from slimsplit.errors import SlimsplitError
+from slimsplit.evaluation.oracle import OraclePlan, isolated_latencies, plan_oracle
+from slimsplit.evaluation.oracle_controller import OracleController, make_evaluation_controller
+from slimsplit.evaluation.sim import EXPIRY_RULES, SimConfig, SimResult, figures, simulate
 from slimsplit.link.shaping import LinkConfig, LinkDirection
-from slimsplit.link.sim import EXPIRY_RULES, SimConfig, SimResult, reason_kind, simulate, summarize
-from slimsplit.link.synth import shipped_traces_dir
+from slimsplit.link.synth import shared_traces_dir, shipped_traces_dir
 from slimsplit.link.trace import Trace, load_mahimahi
+from slimsplit.records import FrameRecord, in_time, in_time_array, reason_kind
 
-SHARED_TRACES = Path("/work/shared/traces")
 QUICK_SECONDS = 120.0
 OUTAGE_GAP_S = 0.2  # no delivery opportunity for this long = an outage (for the miss timing only)
 RECOVERY_S = 1.0
@@ -144,7 +145,7 @@ def bundle_scenario(allow_placeholder: bool) -> Scenario:
     try:
         manifest = read_manifest(path)
         modes = modes_from_manifest(manifest)
-        source = f"bundle {manifest.name} v{manifest.version} ({path})"
+        source = f"bundle {manifest.name} v{manifest.version} ({recorded_path(path)})"
     except SlimsplitError as exc:
         if not allow_placeholder:
             raise SystemExit(
@@ -164,7 +165,8 @@ def rpi4_scenarios() -> list[Scenario]:
 def load_traces(extra: Sequence[Path], seconds: float | None, only: Sequence[str] = ()) -> list[Trace]:
     """The shared real traces, the shipped synthetic ones, a constant 1 Mbit/s link and ``extra`` files; only those
     whose name contains one of ``only`` (if given); cut to the first ``seconds`` (if given)."""
-    files = sorted(SHARED_TRACES.glob("*.up")) if SHARED_TRACES.is_dir() else []
+    shared = shared_traces_dir()
+    files = sorted(shared.glob("*.up")) if shared.is_dir() else []
     files += sorted(shipped_traces_dir().glob("*.trace"))
     files += list(extra)
     if only:
@@ -178,20 +180,22 @@ def load_traces(extra: Sequence[Path], seconds: float | None, only: Sequence[str
 
 
 def controller_options(name: str, sc: Scenario, link: LinkConfig, n_frames: int) -> tuple[str, dict[str, Any]]:
+    """The registry name and the keyword arguments of :func:`make_evaluation_controller` (options and the round
+    trip) of the bench's controller ``name``; the run configuration (fps, deadline, in-flight limit) is the
+    scenario's, :func:`sim_config`'s ``run``."""
     rtt_ms = link.base_rtt_s * 1000.0
-    k = sc.max_in_flight
     if name == "fixed":
-        return "fixed", {"max_in_flight": k}
+        return "fixed", {}
     if name == "fixed-lightest":
         lightest = min(sc.modes, key=lambda m: (m.payload_bytes, m.encoder_ms))
-        return "fixed", {"max_in_flight": k, "mode": lightest.name}
+        return "fixed", {"mode": lightest.name}
     if name == "ewma-greedy":
-        return "ewma-greedy", {"max_in_flight": k, "rtt_ms": rtt_ms}
+        return "ewma-greedy", {"rtt_ms": rtt_ms}
     if name == "mpc":
-        return "mpc", {"max_in_flight": k, "rtt_ms": rtt_ms, "fps": sc.fps}
+        return "mpc", {"rtt_ms": rtt_ms}
     if name.startswith("mpc@"):  # the risk frontier: mpc with another margin
-        return "mpc", {"max_in_flight": k, "rtt_ms": rtt_ms, "fps": sc.fps, "margin": float(name[4:])}
-    return "oracle", {"link": link, "fps": sc.fps, "n_frames": n_frames, "max_in_flight": k}
+        return "mpc", {"rtt_ms": rtt_ms, "margin": float(name[4:])}
+    return "oracle", {"link": link, "n_frames": n_frames}
 
 
 # ---------------------------------------------------------------------------------------------- ground truth
@@ -213,7 +217,7 @@ def ground_truth(sc: Scenario, trace: Trace, delay_ms: float, n_frames: int) -> 
     link = LinkConfig(uplink=trace, delay_ms=delay_ms)
     plan = plan_oracle(sc.modes, sc.deadline_ms, link, sc.fps, n_frames, sc.max_in_flight)
     iso = isolated_latencies(sc.modes, link, sc.fps, n_frames)
-    feasible = np.any(in_time(iso, sc.deadline_ms), axis=1)
+    feasible = np.any(in_time_array(iso * 1e3, sc.deadline_ms), axis=1)
     t = trace.times_ms / 1000.0
     gaps = np.flatnonzero(np.diff(t) >= OUTAGE_GAP_S)
     return Truth(link, plan, iso, feasible, t[gaps], t[gaps + 1])
@@ -242,29 +246,29 @@ def miss_analysis(records: Sequence[FrameRecord], sc: Scenario, truth: Truth, ex
     timing: Counter[str] = Counter()
     given_queue = 0
     own = LinkDirection(truth.link.uplink, truth.link.delay_ms / 1000.0, offset_s=truth.link.start_offset_s)
-    sends = sorted((r.sent_at, r.payload_bytes) for r in records if r.sent_at is not None)
+    sends = sorted((r.sent_s, r.payload_bytes) for r in records if r.sent_s is not None)
     k = 0
     post = [2 * own.delay_s + m.server_ms / 1000.0 for m in sc.modes]
     for i, r in enumerate(records):
         if not truth.feasible[i] or r.hit:
             continue
-        while k < len(sends) and sends[k][0] < r.captured_at:  # bytes already handed to the link at capture
+        while k < len(sends) and sends[k][0] < r.t_s:  # bytes already handed to the link at capture
             own.enqueue(sends[k][0], sends[k][1])
             k += 1
         behind_own = [
-            own.departure_time(r.captured_at + m.encoder_ms / 1000.0, round(m.payload_bytes)) + post[j]
+            own.departure_time(r.t_s + m.encoder_ms / 1000.0, round(m.payload_bytes)) + post[j]
             for j, m in enumerate(sc.modes)
         ]
-        if min(behind_own) - r.captured_at <= deadline - 1e-7:
+        if in_time((min(behind_own) - r.t_s) * 1e3, sc.deadline_ms):
             given_queue += 1
-        if r.mode is None:
+        if r.skipped:
             cause = f"skipped: {reason_kind(r.reason)}"
-        elif truth.isolated_s[i, index[r.mode]] <= deadline - 1e-7:
+        elif in_time(truth.isolated_s[i, index[r.mode]] * 1e3, sc.deadline_ms):
             cause = "late: own queue"
         else:
             cause = "late: mode too heavy"
         causes[cause] += 1
-        timing[miss_timing(r.captured_at, deadline, truth)] += 1
+        timing[miss_timing(r.t_s, deadline, truth)] += 1
     return {
         "feasible_misses": dict(causes.most_common()),
         "feasible_miss_timing": dict(timing.most_common()),
@@ -330,9 +334,9 @@ def run_controller(
     first run as measured."""
     cfg = sim_config(sc, trace, expiry)
     kind, opts = controller_options(label, sc, truth.link, cfg.n_frames)
-    build = partial(make_controller, kind, sc.modes, sc.deadline_ms, **opts)
+    build = partial(make_evaluation_controller, kind, sc.modes, cfg.run, **opts)
     res, own, wall = timed_passes({label: build}, sc.modes, truth.link, cfg, repeats if timed else 1, timed)[label]
-    s = summarize(res.records, sc.modes, truth.feasible, truth.plan.hits)
+    s = figures(res.records, sc.modes, truth.feasible, truth.plan.hits)
     plan_feasible = truth.plan.feasible
     n_plan = int(plan_feasible.sum())
     hits_plan = sum(1 for r, f in zip(res.records, plan_feasible, strict=True) if f and r.hit)
@@ -393,8 +397,8 @@ def run_lagged_oracle(sc: Scenario, trace: Trace, truth: Truth, expiry: str) -> 
     plan = truth.plan.modes
     lagged = [lightest, *(m if m is not None else lightest for m in plan[:-1])]
     cfg = sim_config(sc, trace, expiry)
-    res = simulate(OracleController(lagged, sc.fps), sc.modes, truth.link, cfg)
-    row = summarize(res.records, sc.modes, truth.feasible)
+    res = simulate(OracleController(lagged, cfg.run), sc.modes, truth.link, cfg)
+    row = figures(res.records, sc.modes, truth.feasible)
     keep = ("hit_rate", "feasible_hit_rate", "mean_accuracy", "late", "dropped")
     return {"scenario": sc.name, "trace": trace.name, "controller": "oracle-lag1", "expiry": expiry} | {
         k: row[k] for k in keep
@@ -413,7 +417,7 @@ def run_frontier(sc: Scenario, trace: Trace, truth: Truth, expiry: str) -> list[
 
 
 def evaluate_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets per scenario x trace: mpc feasible hit rate >= 99%; mpc mean accuracy within 2 points
+    """The targets per scenario x trace: mpc feasible hit rate >= 99%; mpc mean accuracy within 2 points
     of the oracle's; mpc beats ewma-greedy on feasible hit rate at equal or better mean accuracy. With the
     references that bound them: fixed-lightest's feasible hit rate and the best mean accuracy of any causal
     controller run."""
@@ -526,7 +530,7 @@ def plot_timeline(
     axes[0].step(np.arange(cap.size) * 0.25, cap, where="post", color="0.6", label="capacity (0.25 s)")
     styles = {"mpc": "tab:blue", "ewma-greedy": "tab:orange", "oracle": "tab:green"}
     for name in ("ewma-greedy", "mpc"):
-        pts = [(r.captured_at, r.estimate_bps / 1e6) for r in records[name] if r.estimate_bps and r.captured_at < span]
+        pts = [(r.t_s, r.estimate_bps / 1e6) for r in records[name] if r.estimate_bps and r.t_s < span]
         if pts:
             t, e = zip(*pts, strict=True)
             axes[0].plot(t, e, lw=0.8, color=styles[name], label=f"{name} estimate")
@@ -534,22 +538,20 @@ def plot_timeline(
     axes[0].set_yscale("symlog", linthresh=0.1)
     axes[0].legend(loc="upper right", fontsize=8)
     for name in ("oracle", "ewma-greedy", "mpc"):
-        pts = [(r.captured_at, acc[r.mode]) for r in records[name] if r.mode is not None and r.captured_at < span]
+        pts = [(r.t_s, acc[r.mode]) for r in records[name] if r.sent and r.t_s < span]
         if pts:
             t, a = zip(*pts, strict=True)
             axes[1].plot(t, a, ".", ms=2, color=styles[name], label=name, alpha=0.7)
     axes[1].set_ylabel("accuracy of chosen mode")
     axes[1].legend(loc="lower right", fontsize=8)
     for name in ("ewma-greedy", "mpc"):
-        recs = [r for r in records[name] if r.captured_at < span]
-        when = [r.captured_at for r in recs if r.latency_s is not None]
-        lat = [min(r.latency_s * 1e3, 3 * sc.deadline_ms) for r in recs if r.latency_s is not None]
+        recs = [r for r in records[name] if r.t_s < span]
+        when = [r.t_s for r in recs if math.isfinite(r.latency_ms)]
+        lat = [min(r.latency_ms, 3 * sc.deadline_ms) for r in recs if math.isfinite(r.latency_ms)]
         axes[2].plot(when, lat, ".", ms=2, color=styles[name], label=f"{name} latency", alpha=0.6)
-        skipped = [r.captured_at for r in recs if r.mode is None]
+        skipped = [r.t_s for r in recs if r.skipped]
         axes[2].plot(skipped, [0] * len(skipped), "|", ms=6, color=styles[name], alpha=0.5)
-    feas_miss = [
-        r.captured_at for i, r in enumerate(records["mpc"]) if r.captured_at < span and truth.feasible[i] and not r.hit
-    ]
+    feas_miss = [r.t_s for i, r in enumerate(records["mpc"]) if r.t_s < span and truth.feasible[i] and not r.hit]
     axes[2].plot(feas_miss, [sc.deadline_ms * 1.05] * len(feas_miss), "x", ms=5, color="red", label="mpc feasible miss")
     axes[2].axhline(sc.deadline_ms, color="red", lw=1, label="deadline")
     axes[2].set_ylabel("latency ms (| = skipped)")
@@ -796,7 +798,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     doc = {
         "benchmark": "controller",
-        "command": " ".join(["bench/controller.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["bench/controller.py", *recorded_args(argv if argv is not None else sys.argv[1:])]),
         "quick": seconds is not None,
         "seconds": seconds,
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": _cpus()},

@@ -1,13 +1,15 @@
-"""Decision time of the mpc controller against an earlier version of it, side by side in one process.
+"""Decision time of the mpc controller against its version at another git revision, side by side in one process.
 
     .venv/bin/python bench/decision_ab.py --base 8a71c27 --out bench/results/decision_ab.json
 
-The controller module of git revision ``--base`` (``edge/control/controllers.py``, read with ``git show``) is
-loaded beside the working tree's. For each scenario x trace of ``bench/controller.py`` (the first ``--seconds`` of
-the traces named by ``--only``), both versions run the same simulation ``--passes`` times, interleaved (base,
-current, base, current, ...), so that both see the same machine. Both must choose the same mode for every frame
-(the comparison is of cost, not behaviour; the bench stops otherwise). Per decision the fastest of its passes is its
-*own cost*; the table gives own-cost p50 / p99 per version and the ratio of the p50s (current / base).
+The controller module of git revision ``--base`` (read with ``git show`` from the path it has in that revision:
+``slimsplit/control/controllers.py``, in older revisions ``edge/control/controllers.py``) is loaded beside the
+working tree's, its imports of modules that moved since pointed at where they are now. For each scenario x trace
+of ``bench/controller.py`` (the first ``--seconds`` of the traces named by ``--only``), both versions run the same
+simulation ``--passes`` times, interleaved (base, current, base, current, ...), so that both see the same machine.
+Both must choose the same mode for every frame (the comparison is of cost, not behaviour; the bench stops
+otherwise). Per decision the fastest of its passes is its *own cost*; the table gives own-cost p50 / p99 per version
+and the ratio of the p50s (current / base).
 """
 
 from __future__ import annotations
@@ -26,34 +28,74 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import controller as bench  # bench/controller.py: its scenarios and traces
-
-from slimsplit.edge.control.controllers import make_controller
+from bench import controller as bench  # its scenarios and traces
+from bench.results_io import recorded_args
+from slimsplit.control.base import Controller, ModeOption
+from slimsplit.control.config import RunConfig
+from slimsplit.control.registry import make_controller
+from slimsplit.evaluation.sim import SimConfig
 from slimsplit.link.shaping import LinkConfig
-from slimsplit.link.sim import SimConfig
 
-MODULE_PATH = "edge/control/controllers.py"
+#: Where the controller module is, newest layout first: a revision is read from the first of them it has.
+MODULE_PATHS = ("slimsplit/control/controllers.py", "edge/control/controllers.py")
+#: Modules that moved, as an older revision imports them -> where they are now (the more specific first).
+MOVED_MODULES = (
+    ("slimsplit.edge.control.oracle", "slimsplit.evaluation.oracle"),
+    ("slimsplit.edge.control.", "slimsplit.control."),
+)
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), *args], check=False, capture_output=True, text=True)
+    except OSError as exc:
+        raise SystemExit(f"bench/decision_ab.py: cannot run git: {exc}") from exc
+
+
+def module_path(rev: str) -> str:
+    """The path of the controller module in revision ``rev``: the first of :data:`MODULE_PATHS` it has."""
+    for path in MODULE_PATHS:
+        if _git("cat-file", "-e", f"{rev}:{path}").returncode == 0:
+            return path
+    detail = _git("rev-parse", "--verify", f"{rev}^{{commit}}").stderr.strip()
+    raise SystemExit(
+        f"bench/decision_ab.py: cannot read the controller module at {rev!r}: none of {', '.join(MODULE_PATHS)}"
+        + (f" ({detail})" if detail else "")
+    )
+
+
+def current_imports(source: str) -> str:
+    """``source`` with its imports of moved modules (:data:`MOVED_MODULES`) pointed at where they are now."""
+    for old, new in MOVED_MODULES:
+        source = source.replace(f"from {old}", f"from {new}").replace(f"import {old}", f"import {new}")
+    return source
 
 
 def load_base(rev: str) -> ModuleType:
     """The controller module as it was at ``rev`` (a module of its own, beside the current one)."""
-    try:
-        source = subprocess.run(
-            ["git", "-C", str(REPO), "show", f"{rev}:{MODULE_PATH}"], check=True, capture_output=True, text=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = getattr(exc, "stderr", "") or str(exc)
-        raise SystemExit(f"bench/decision_ab.py: cannot read {MODULE_PATH} at {rev!r}: {detail.strip()}") from exc
+    path = module_path(rev)
+    done = _git("show", f"{rev}:{path}")
+    if done.returncode != 0:
+        raise SystemExit(f"bench/decision_ab.py: cannot read {path} at {rev!r}: {done.stderr.strip()}")
     name = "slimsplit_controllers_base"
     spec = importlib.util.spec_from_loader(name, loader=None)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the class body runs
-    exec(compile(source, f"{rev}:{MODULE_PATH}", "exec"), module.__dict__)
+    exec(compile(current_imports(done.stdout), f"{rev}:{path}", "exec"), module.__dict__)
     return module
+
+
+def base_builder(
+    module: ModuleType, modes: Sequence[ModeOption], run: RunConfig, rtt_ms: float, options: dict[str, Any]
+) -> Callable[[], Controller]:
+    """Builds the base revision's mpc controller for ``run``. A module with ``make_controller`` takes the
+    deadline, the frame rate and the in-flight limit as mpc options; a later one takes a :class:`RunConfig`."""
+    if hasattr(module, "make_controller"):
+        legacy = {"max_in_flight": run.max_in_flight, "fps": run.fps, "rtt_ms": rtt_ms, **options}
+        return partial(module.make_controller, "mpc", modes, run.deadline_ms, **legacy)
+    return partial(module.MpcController, modes, run, module.MpcConfig(**options), rtt_ms)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,9 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             expiry="captured",
         )
         kind, opts = bench.controller_options("mpc", sc, link, cfg.n_frames)
-        builders: dict[str, Callable[[], Any]] = {
-            "base": partial(base.make_controller, kind, sc.modes, sc.deadline_ms, **opts),
-            "current": partial(make_controller, kind, sc.modes, sc.deadline_ms, **opts),
+        rtt_ms = float(opts.pop("rtt_ms", 0.0))
+        builders: dict[str, Callable[[], Controller]] = {
+            "base": base_builder(base, sc.modes, cfg.run, rtt_ms, opts),
+            "current": partial(make_controller, kind, sc.modes, cfg.run, rtt_ms=rtt_ms, **opts),
         }
         try:
             passes = bench.timed_passes(builders, sc.modes, link, cfg, args.passes)
@@ -102,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(row)
     doc = {
         "benchmark": "decision_ab",
-        "command": " ".join(["bench/decision_ab.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["bench/decision_ab.py", *recorded_args(argv if argv is not None else sys.argv[1:])]),
         "base": args.base,
         "passes": args.passes,
         "seconds": args.seconds,

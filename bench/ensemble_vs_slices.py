@@ -1,4 +1,4 @@
-"""Channel slices against ensemble members as the widths of the slimmable bottleneck (issue 2, section 2).
+"""Channel slices against ensemble members as the widths of the slimmable bottleneck.
 
 Both encoder kinds (``BottleneckConfig.kind``: ``slices`` and ``ensemble``, see ``server/models/bottleneck.py``)
 train their student stage from the SAME teacher checkpoint with the same seed and recipe (``train_student``:
@@ -46,6 +46,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from bench.results_io import recorded_args, recorded_path
 from slimsplit.server.models import (
     ENCODER_KINDS,
     Backbone,
@@ -546,7 +547,7 @@ def run(args: argparse.Namespace, work_dir: Path, console: Console, command: str
             "train_device": str(device),
             "torch_threads": args.threads,
         },
-        "teacher": str(args.teacher),
+        "teacher": recorded_path(args.teacher),
         "teacher_accuracy": teacher_acc,
         "recipe": {
             "student_epochs": epochs,
@@ -574,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 150))  # the tables' columns, not wrapped, in logs and pipes
-    command = "python bench/ensemble_vs_slices.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python bench/ensemble_vs_slices.py " + " ".join(recorded_args(sys.argv[1:] if argv is None else argv))
     if args.work_dir is not None:
         result = run(args, args.work_dir, console, command)
     else:

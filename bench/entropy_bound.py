@@ -11,7 +11,7 @@ sample images through the real ONNX encoder, per mode:
   ``-log2((c_s + 1/2) / (n + L/2))`` bits, ``L = 2**bits``), i.e. what such a coder would send, to within a few bytes
   of termination. Nothing is learned offline: it is a per-frame bound a decoder could reproduce.
 
-Then, with the input-codec points of ``bench/results/rate_accuracy.json`` (``--rate-accuracy``), the issue-2 target
+Then, with the input-codec points of ``bench/results/rate_accuracy.json`` (``--rate-accuracy``), the target
 "at equal or better accuracy, >= 10x fewer bytes than the input codec": for every codec point, the cheapest mode at
 least as accurate (manifest accuracy on the full test set) and the ratio, with today's codec and with the bound.
 
@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from bench.results_io import recorded_path
 from slimsplit.bundle import Bundle, default_bundle_path, default_samples_path
 from slimsplit.codec import encode_features
 from slimsplit.codec.header import header_size
@@ -104,7 +105,7 @@ def main() -> int:
                 "adaptive_bytes_mean": float(np.mean([frame_bound(f, spec.bits) for f in feats])),
             }
         )
-    doc: dict[str, Any] = {"bundle": str(args.bundle), "images": len(images), "modes": modes}
+    doc: dict[str, Any] = {"bundle": recorded_path(args.bundle), "images": len(images), "modes": modes}
     if args.rate_accuracy.is_file():
         codecs = json.loads(args.rate_accuracy.read_text())["baselines"]["input_codecs"]
         doc["ten_x"] = {

@@ -40,6 +40,14 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from bench.intar_kernels import (
+    KERNELS,
+    PAPER_GEOMEAN_VS_DATAFLOW,
+    PAPER_GEOMEAN_VS_SEQUENTIAL,
+    PUBLISHED,
+    PUBLISHED_SOURCE,
+)
+from bench.results_io import recorded_args, recorded_path
 from slimsplit.bundle import Bundle, default_bundle_path
 from slimsplit.server.backends.fpga import (
     FixedPointProgram,
@@ -53,13 +61,6 @@ from slimsplit.server.backends.fpga import (
     to_task_graph,
 )
 from slimsplit.server.backends.fpga.calibration import calibration_features
-from slimsplit.server.backends.fpga.kernels import (
-    KERNELS,
-    PAPER_GEOMEAN_VS_DATAFLOW,
-    PAPER_GEOMEAN_VS_SEQUENTIAL,
-    PUBLISHED,
-    PUBLISHED_SOURCE,
-)
 from slimsplit.server.backends.fpga.platform import Platform
 from slimsplit.server.backends.fpga.scheduler import Comparison, Schedule
 from slimsplit.server.backends.fpga.tasks import DType, fuse_activations
@@ -314,7 +315,7 @@ def run_bundle(bundle_path: Path, plat: Platform, quick: bool) -> dict[str, Any]
     import onnxruntime as ort
 
     if not (bundle_path / "manifest.json").is_file():
-        return {"skipped": f"no bundle at {bundle_path} (train/export the default bundle first)"}
+        return {"skipped": f"no bundle at {recorded_path(bundle_path)} (train/export the default bundle first)"}
     bundle = Bundle.open(bundle_path)
     config = FpgaConfig(calibration_samples=256)  # all shipped samples: half calibrate, half test
     design = plat.design(config.budget)
@@ -344,7 +345,7 @@ def run_bundle(bundle_path: Path, plat: Platform, quick: bool) -> dict[str, Any]
             }
         modes.append({"mode": mode.name, "width": mode.width, "bits": mode.bits, "tail": mode.tail, **cache[mode.tail]})
     return {
-        "bundle": str(bundle_path),
+        "bundle": recorded_path(bundle_path),
         "platform": plat.name,
         "weight_bits": config.weight_bits,
         "cpu": host_platform.processor() or host_platform.machine(),
@@ -425,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     result = {
         "benchmark": "intar",
-        "command": " ".join(["python", "bench/intar.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python", "bench/intar.py", *recorded_args(argv if argv is not None else sys.argv[1:])]),
         "platform": plat.name,
         "clock_mhz": plat.clock_mhz,
         "paper_budget": {"bram36": PAPER_BRAM36, "uram": 0, "offchip_channels": PAPER_CHANNELS, "dsp": "published"},

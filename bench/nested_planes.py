@@ -24,7 +24,6 @@ out. Accuracy is top-1 over the images given.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -34,10 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from results_io import write_results  # bench/results_io.py
-
+from bench.results_io import write_results
 from slimsplit.bundle import Bundle, default_bundle_path, default_samples_path
 from slimsplit.codec.quantize import dequantize, quantize
 from slimsplit.server.export.bundle_writer import widest_features

@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from bench.results_io import recorded_args
 from slimsplit.bundle import Bundle, default_bundle_path, default_samples_path
 from slimsplit.codec import encode_features
 from slimsplit.edge.runtime import EncoderConfig, EncoderRuntime
@@ -300,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         "images": desc,
         "n_images": len(images),
         "machine": {"cpus": os.cpu_count(), "onnxruntime": ort.__version__},
-        "command": "python bench/rate_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python bench/rate_accuracy.py "
+        + " ".join(recorded_args(argv if argv is not None else sys.argv[1:])),
     }
     result["modes"] = measure_modes(bundle, images, labels, repeats)
     result["baselines"] = measure_input_codecs(bundle, images, labels)

@@ -15,7 +15,7 @@ with the shipped bundle; the client is the real edge client (``slimsplit.edge``)
    unary (that many concurrent ``Infer`` calls on one channel) and stream (one ``InferStream`` with that many
    frames in flight), with the ONNX Runtime tail and with the null tail. Payloads are pre-encoded.
 
-Targets (issue 3): overhead <= 1 ms p50 per frame, stream throughput >= unary throughput at concurrency 16.
+Targets: overhead <= 1 ms p50 per frame, stream throughput >= unary throughput at concurrency 16.
 
     python bench/serving.py --out out/serving.json             # full: 2000 frames per point
     python bench/serving.py --quick --out out/serving-quick.json
@@ -45,15 +45,19 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from bench.results_io import recorded_args
 from slimsplit.bundle import Bundle, default_bundle_path
 from slimsplit.codec import encode_features
-from slimsplit.edge.client import EdgeClient, Outcome
+from slimsplit.control.config import RunConfig
+from slimsplit.control.controllers import FixedOptions
+from slimsplit.edge.client import EdgeClient
 from slimsplit.edge.config import ClientConfig
 from slimsplit.edge.pipeline import PipelineConfig, run_frames
-from slimsplit.edge.results import FrameResult, percentile
-from slimsplit.edge.run import default_mode, make_controller
+from slimsplit.edge.run import bundle_controller, default_mode
 from slimsplit.edge.runtime import EncoderRuntime
 from slimsplit.edge.sources import SourceFrame, load_sample
+from slimsplit.edge.transport import Outcome
+from slimsplit.records import FrameRecord, percentile
 
 COMPONENTS = ("edge_encode", "codec_encode", "transfer", "server_queue_decode", "tail", "response")
 
@@ -154,7 +158,7 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _components(r: FrameResult) -> dict[str, float]:
+def _components(r: FrameRecord) -> dict[str, float]:
     s = r.server
     assert s is not None
     server_rest = max(0.0, s.total_ms - s.queue_ms - s.decode_ms - s.tail_ms)
@@ -176,7 +180,8 @@ async def breakdown(address: str, bundle: Bundle, mode: str, frames: list[Source
     pipe = PipelineConfig(model=bundle.manifest.name, unary=unary)
     async with EdgeClient(cfg) as client:
         await client.wait_ready(30)
-        controller, table = make_controller("fixed", bundle.manifest, mode=mode, max_in_flight=1)
+        run = RunConfig(deadline_ms=cfg.deadline_ms, fps=pipe.fps, max_in_flight=cfg.max_in_flight)
+        controller, table = bundle_controller("fixed", bundle.manifest, run, FixedOptions(mode))
         await run_frames(client, runtime, controller, table, frames[:20], pipe)  # warm-up
         report = await run_frames(client, runtime, controller, table, frames, pipe)
     ok = [r for r in report.results if r.ok]
@@ -499,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = replace(config, concurrency=tuple(args.concurrency))
     console = Console()
     doc = _finite(run(config, console))
-    doc["command"] = "python bench/serving.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    doc["command"] = "python bench/serving.py " + " ".join(recorded_args(sys.argv[1:] if argv is None else argv))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     print_tables(console, doc)

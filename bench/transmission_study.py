@@ -1,11 +1,11 @@
-"""Design study: what the Raspberry Pi table's targets of issue 4 need from the *transmission*, not the controller.
+"""Design study: what the Raspberry Pi table's targets need from the *transmission*, not the controller.
 
     .venv/bin/python bench/transmission_study.py --out bench/results/transmission_study.json     # all traces (~1 min)
     .venv/bin/python bench/transmission_study.py --quick --out /tmp/transmission_study.json      # first 120 s
 
 Why
 ---
-On the ``rpi4-300ms`` / ``rpi4-600ms`` scenarios of ``bench/controller.py`` no controller reaches the issue's
+On the ``rpi4-300ms`` / ``rpi4-600ms`` scenarios of ``bench/controller.py`` no controller reaches its
 targets (>= 99% of feasible frames, within 2 points of the oracle): even the lightest mode on every frame misses
 feasible frames, because a frame is sent as one message and its bytes stay in the link after the edge gives up on
 it, ahead of the next frame. This study changes *how a frame is sent*, in simulation only, on the same traces, link
@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -65,15 +64,14 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from controller import Scenario, Truth, ground_truth, load_traces, rpi4_scenarios  # bench/controller.py
-from results_io import write_results
-
-from slimsplit.edge.control.base import Controller, FrameFeedback
-from slimsplit.edge.control.controllers import make_controller
+from bench.controller import Scenario, Truth, ground_truth, load_traces, rpi4_scenarios
+from bench.results_io import write_results
+from slimsplit.control.base import Controller, FrameFeedback
+from slimsplit.control.config import RunConfig
+from slimsplit.control.registry import make_controller
 from slimsplit.link.shaping import LinkDirection
 from slimsplit.link.trace import Trace
+from slimsplit.records import in_time
 
 PACKET_BYTES = 1500
 PLANE_BYTES = 6912  # the Pi table's payload per bit (1 member's 1-bit code)
@@ -83,7 +81,7 @@ SENDERS = ("single", "window-32768", "window-8192", "window-3000", "window-bdp",
 INITIAL_WINDOW_BYTES = 10 * PACKET_BYTES  # window-bdp before its first rate sample (TCP's initial window)
 MIN_WINDOW_BYTES = 2 * PACKET_BYTES
 BDP_GAIN = 2.0  # window-bdp: this many bandwidth-delay products in flight (BBR's cwnd gain)
-TARGET_FEASIBLE_HIT = 0.99  # issue 4's targets
+TARGET_FEASIBLE_HIT = 0.99  # the targets of bench/controller.py
 TARGET_GAP_PTS = 2.0
 BDP_RATE_SAMPLES = 10  # window-bdp: the bandwidth estimate is the largest of this many delivery-rate samples
 DESIGNS = (
@@ -205,7 +203,7 @@ def run_design(sc: Scenario, trace: Trace, truth: Truth, sender_kind: str, paylo
     period = 1.0 / sc.fps
     out = Outcome()
     for i in range(n):
-        t = i * period  # as slimsplit.link.sim computes capture times
+        t = i * period  # as slimsplit.evaluation.sim computes capture times
         due = t + deadline
         if controller is not None:
             mode_name = controller.choose(t, 0, 0).mode
@@ -215,7 +213,7 @@ def run_design(sc: Scenario, trace: Trace, truth: Truth, sender_kind: str, paylo
             start = t + mode.encoder_ms / 1000.0
             arrival = sender.send(start, [round(mode.payload_bytes)], due)[-1]
             done = arrival + delay + mode.server_ms / 1000.0
-            hit = done <= due  # the simulator's rule: the give-up timer fires at `due`, after a reply at that instant
+            hit = in_time((done - t) * 1e3, sc.deadline_ms)  # the rule the simulator's give-up timer applies
             controller.on_sent(i, mode_name, round(mode.payload_bytes), start)
             controller.observe(
                 FrameFeedback(
@@ -227,12 +225,16 @@ def run_design(sc: Scenario, trace: Trace, truth: Truth, sender_kind: str, paylo
             members = _members(policy, goodputs, up, t, enc_s, acc, delay, deadline)
             start = t + enc_s[members]
             arrivals = sender.send(start, [PLANE_BYTES] * 4, due)
-            in_time = [a for b, a in enumerate(arrivals, 1) if a + delay + server_s[(members, b)] <= due]
-            planes = len(in_time)  # FIFO: the planes in time are a prefix
+            arrived = [
+                a
+                for b, a in enumerate(arrivals, 1)
+                if in_time((a + delay + server_s[(members, b)] - t) * 1e3, sc.deadline_ms)
+            ]
+            planes = len(arrived)  # FIFO: the planes in time are a prefix
             hit = planes > 0
             accuracy = acc[(members, planes)] if hit else 0.0
             # what the edge measures: the planes in time over the time until the last one's acknowledgement
-            goodputs.append(planes * PLANE_BYTES * 8 / (in_time[-1] + delay - start) if hit else 1e3)
+            goodputs.append(planes * PLANE_BYTES * 8 / (arrived[-1] + delay - start) if hit else 1e3)
         if hit:
             out.hits += 1
             out.accuracy_sum += accuracy
@@ -259,11 +261,12 @@ def run_design(sc: Scenario, trace: Trace, truth: Truth, sender_kind: str, paylo
 
 
 def _whole_controller(sc: Scenario, policy: str, rtt_ms: float) -> Controller:
+    run = RunConfig(deadline_ms=sc.deadline_ms, fps=sc.fps, max_in_flight=1)
     if policy == "fixed-lightest":
         lightest = min(sc.modes, key=lambda m: (m.payload_bytes, m.encoder_ms))
-        return make_controller("fixed", sc.modes, sc.deadline_ms, mode=lightest.name, max_in_flight=1)
+        return make_controller("fixed", sc.modes, run, mode=lightest.name)
     if policy == "mpc":
-        return make_controller("mpc", sc.modes, sc.deadline_ms, max_in_flight=1, rtt_ms=rtt_ms, fps=sc.fps)
+        return make_controller("mpc", sc.modes, run, rtt_ms=rtt_ms)
     raise ValueError(f"no whole-payload policy {policy!r}")
 
 

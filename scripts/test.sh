@@ -11,10 +11,12 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
         echo "Fashion-MNIST missing (apt-get install dataset-fashion-mnist): tests that need it will be skipped"
     fi
 fi
-scripts/setup-venv.sh edge,edge-images,server,train,dev
+echo "== .venv (edge, edge-images, server, train, dev)"; scripts/setup-venv.sh edge,edge-images,server,train,dev
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff"; ruff check . && ruff format --check .
 echo "== mypy"; mypy
+# the role folders on PYTHONPATH: grimp finds the namespace package's folders there (see [tool.importlinter])
+echo "== import layers"; PYTHONPATH="$PWD:$PWD/edge:$PWD/server:$PWD/apps" lint-imports
 echo "== generated stubs are fresh"; python tools/gen_protos.py --check
 echo "== pytest"; pytest -m "not slow" "$@"
 echo "== pytest (slow soak/fuzz, short form)"; SLIMSPLIT_SOAK=short pytest -m slow -q "$@"

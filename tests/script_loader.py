@@ -1,4 +1,4 @@
-"""Import a script that is not part of the package (``bench/*.py``, deploy helpers) as a module, by path."""
+"""Import a script that is not part of any package (deploy helpers) as a module, by path."""
 
 from __future__ import annotations
 
@@ -18,8 +18,3 @@ def load_script(path: Path, name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def load_bench(script: str) -> ModuleType:
-    """``bench/<script>.py`` as module ``bench_<script>``."""
-    return load_script(REPO / "bench" / f"{script}.py", f"bench_{script}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from types import ModuleType
@@ -10,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from script_loader import load_bench
 
 from slimsplit.bundle import default_bundle_path
 from slimsplit.errors import BundleError, ConfigError
@@ -33,7 +33,7 @@ ENSEMBLE = SplitModelConfig(bottleneck=BottleneckConfig(kind="ensemble"))
 
 
 def _bench() -> ModuleType:
-    return load_bench("ensemble_vs_slices")
+    return importlib.import_module("bench.ensemble_vs_slices")
 
 
 def _with_batch_norm_statistics(model: SplitModel) -> SplitModel:

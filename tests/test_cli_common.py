@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from slimsplit import demo
-from slimsplit.edge import cli, cli_common, loadtest
+from slimsplit.apps import demo, loadtest
+from slimsplit.edge import cli, cli_common
 from slimsplit.edge.link import DEFAULT_DELAY_MS, DEFAULT_DOWNLINK
 from slimsplit.errors import ConfigError, Unavailable
 from slimsplit.link.shaping import DEFAULT_QUEUE_BYTES
@@ -97,11 +97,12 @@ def test_the_controller_check_resolves_the_default_and_names_the_bad_flag() -> N
     assert check(loadtest.build_parser, "--mode", "w8b4") == "fixed"
     assert check(demo.build_parser, "--controller", "sweep", extra=("sweep",)) == "sweep"
     for argv, fragment in [
-        (["--controller", "sweep"], "unknown --controller 'sweep'"),
-        (["--controller", "oracle"], "bench/controller.py"),
-        (["--controller", "mpc", "--mode", "w8b4"], "--mode fixes the mode"),
-        (["--deadline-ms", "0"], "--deadline-ms must be > 0, got 0.0"),
-        (["--fps", "-1"], "--fps must be >= 0, got -1.0"),
+        (["--controller", "sweep"], "--controller: unknown controller 'sweep'; available: fixed, ewma-greedy, mpc"),
+        (["--controller", "oracle"], "slimsplit-link simulate --controller oracle"),
+        (["--controller", "mpc", "--mode", "w8b4"], "--mode: fixes the mode"),
+        (["--deadline-ms", "0"], "--deadline-ms: expected a number > 0, got 0.0"),
+        (["--fps", "-1"], "--fps: expected a number >= 0, got -1.0"),
+        (["--max-in-flight", "0"], "--max-in-flight: expected an integer >= 1, got 0"),
     ]:
         with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
             check(loadtest.build_parser, *argv)

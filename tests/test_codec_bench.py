@@ -1,17 +1,17 @@
-"""bench/codec.py runs end to end on a tiny configuration and writes the JSON the lead reports from."""
+"""bench/codec.py runs end to end on a tiny configuration and writes the JSON that BENCHMARKS.md reports."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-from script_loader import load_bench
 
 
 def _load() -> ModuleType:
-    return load_bench("codec")
+    return importlib.import_module("bench.codec")
 
 
 def test_bench_writes_json_for_synthetic_features(tmp_path: Path) -> None:

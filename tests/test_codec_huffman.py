@@ -186,7 +186,7 @@ def test_bad_bundle_tables_raise_bundle_error(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="unknown modes"):
         load_codec_tables(Bundle.open(tiny.root))
     path.write_bytes(b"not a zip file")
-    with pytest.raises(BundleError, match="cannot read the codec tables"):
+    with pytest.raises(BundleError, match=r"cannot load codec tables codec_tables\.npz: not a complete zip archive"):
         load_codec_tables(Bundle.open(tiny.root))
     path.unlink()
     with pytest.raises(BundleError, match=r"missing codec_tables\.npz"):

@@ -1,14 +1,15 @@
-"""bench/controller.py and bench/decision_ab.py run end to end on tiny configurations and write the JSON the lead
-reports from."""
+"""bench/controller.py and bench/decision_ab.py run end to end on tiny configurations and write the JSON that
+BENCHMARKS.md reports."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from script_loader import load_bench
 
 REQUIRED = (
     "scenario",
@@ -24,7 +25,7 @@ REQUIRED = (
 
 
 def _load() -> ModuleType:
-    return load_bench("controller")
+    return importlib.import_module("bench.controller")
 
 
 def test_bench_writes_results_targets_and_miss_analysis(tmp_path: Path) -> None:
@@ -75,7 +76,7 @@ def test_bench_writes_results_targets_and_miss_analysis(tmp_path: Path) -> None:
 def test_decision_ab_compares_two_revisions_side_by_side(tmp_path: Path) -> None:
     """bench/decision_ab.py loads the controller module of a git revision beside the current one (here HEAD against
     the working tree: the same decisions), times both, and refuses a revision it cannot read."""
-    ab = load_bench("decision_ab")
+    ab = importlib.import_module("bench.decision_ab")
     out = tmp_path / "ab.json"
     args = ["--base", "HEAD", "--only", "step-collapse", "--seconds", "10", "--passes", "2", "--out", str(out)]
     assert ab.main(args) == 0
@@ -89,3 +90,21 @@ def test_decision_ab_compares_two_revisions_side_by_side(tmp_path: Path) -> None
         assert r["p50_ratio"] == r["current_own_p50_us"] / r["base_own_p50_us"]
     with pytest.raises(SystemExit, match="cannot read"):
         ab.main(["--base", "no-such-revision", "--out", str(out)])
+
+
+def test_decision_ab_reads_the_controller_module_where_the_revision_has_it() -> None:
+    """Older revisions keep it at edge/control/controllers.py (and import slimsplit.edge.control.*), later ones at
+    slimsplit/control/controllers.py: the bench reads the path the revision has and points moved imports at where
+    the modules are now."""
+    ab = importlib.import_module("bench.decision_ab")
+    old = "21bf757"  # a revision of the old layout
+    if subprocess.run(["git", "-C", str(ab.REPO), "cat-file", "-e", f"{old}^{{commit}}"], check=False).returncode:
+        pytest.skip(f"revision {old} is not in this clone")
+    assert ab.module_path(old) == "edge/control/controllers.py"
+    assert (ab.REPO / ab.MODULE_PATHS[0]).is_file()  # the newest layout is the working tree's
+    source = "from slimsplit.edge.control.base import X\nfrom slimsplit.edge.control.oracle import plan_oracle\n"
+    assert ab.current_imports(source) == (
+        "from slimsplit.control.base import X\nfrom slimsplit.evaluation.oracle import plan_oracle\n"
+    )
+    base = ab.load_base(old)
+    assert base.MpcController.__module__ == "slimsplit_controllers_base"

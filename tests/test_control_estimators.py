@@ -1,15 +1,13 @@
-"""Throughput samples from frame feedback, and the EWMA / robust harmonic-mean estimators."""
+"""Throughput samples from frame feedback, and the EWMA estimator."""
 
 from __future__ import annotations
 
 import pytest
 
-from slimsplit.edge.control.base import FrameFeedback
-from slimsplit.edge.control.estimators import (
+from slimsplit.control.base import FrameFeedback
+from slimsplit.control.estimators import (
     EwmaEstimator,
-    RobustHarmonicEstimator,
     TransferSampler,
-    make_estimator,
 )
 from slimsplit.errors import ConfigError
 
@@ -65,42 +63,6 @@ def test_ewma_alpha() -> None:
     assert e.estimate() == pytest.approx(0.4 * 200 + 0.6 * 100)
     with pytest.raises(ConfigError):
         EwmaEstimator(0.0)
-
-
-def test_harmonic_mean_with_error_discount() -> None:
-    h = RobustHarmonicEstimator(window=5)
-    h.update(100.0)
-    assert h.estimate() == pytest.approx(100.0)  # no error history yet
-    h.update(300.0)
-    hm = 2 / (1 / 100 + 1 / 300)
-    err = abs(100 - 300) / 300  # the prediction before the sample (100) against the sample
-    assert h.estimate() == pytest.approx(hm / (1 + err))
-    assert h.peak() == 300.0
-
-
-def test_harmonic_window_and_error_clip() -> None:
-    h = RobustHarmonicEstimator(window=2, max_error=1.0)
-    for x in (100.0, 100.0, 100.0):
-        h.update(x)
-    assert h.estimate() == pytest.approx(100.0)
-    h.update(1.0)  # a sample across an outage: relative error 99, clipped to 1
-    assert h.max_recent_error() == 1.0
-    assert h.estimate() == pytest.approx((2 / (1 / 100 + 1 / 1)) / 2)
-
-
-def test_quantile_bound() -> None:
-    h = RobustHarmonicEstimator(window=2, quantile=0.1, quantile_window=10)
-    for x in (50.0, 1000.0, 1000.0):
-        h.update(x)
-    est = h.estimate()
-    assert est is not None and est <= 50.0
-
-
-def test_make_estimator() -> None:
-    assert isinstance(make_estimator("ewma", alpha=0.5), EwmaEstimator)
-    assert isinstance(make_estimator("harmonic", window=3), RobustHarmonicEstimator)
-    with pytest.raises(ConfigError):
-        make_estimator("kalman")
 
 
 def test_expired_bytes_ahead_are_credited_to_the_next_sample() -> None:

@@ -9,18 +9,21 @@ import math
 import numpy as np
 import pytest
 
-from slimsplit.edge.control.base import FrameFeedback, ModeOption
-from slimsplit.edge.control.controllers import MpcConfig, MpcController, make_controller
-from slimsplit.edge.control.oracle import feasible_in_isolation, isolated_latencies, plan_oracle
+from slimsplit.control.base import FrameFeedback, ModeOption
+from slimsplit.control.config import RunConfig
+from slimsplit.control.controllers import MpcConfig, MpcController
+from slimsplit.control.registry import make_controller
 from slimsplit.errors import ConfigError
+from slimsplit.evaluation.oracle import feasible_in_isolation, isolated_latencies, plan_oracle
+from slimsplit.evaluation.sim import SimConfig, figures, simulate
 from slimsplit.link.shaping import LinkConfig
-from slimsplit.link.sim import SimConfig, simulate, summarize
 from slimsplit.link.synth import PiecewiseModel, gilbert_elliott
 from slimsplit.link.trace import Trace
 
 ONE = ModeOption("one", 1, 8, 0.8, 18750.0, 0.0, 0.0)  # 150 ms at 1 Mbit/s
 HI = ModeOption("hi", 16, 8, 0.91, 4000.0, 1.0, 1.0)
 LO = ModeOption("lo", 2, 1, 0.75, 100.0, 1.0, 1.0)
+RUN = RunConfig(deadline_ms=100, fps=30, max_in_flight=8)
 
 
 def test_sim_expiry_frees_the_slot_but_keeps_the_bytes_in_the_link() -> None:
@@ -29,20 +32,19 @@ def test_sim_expiry_frees_the_slot_but_keeps_the_bytes_in_the_link() -> None:
     freed 80 ms after sending, so every frame goes out, and their bytes queue behind the expired ones."""
     link = LinkConfig(uplink=Trace.constant(1e6), delay_ms=0.0)
     base = SimConfig(fps=10.0, deadline_ms=80.0, duration_s=1.0, max_in_flight=1, reply_bytes=0)
-    reply = simulate(make_controller("fixed", [ONE], 80, max_in_flight=1), [ONE], link, base)
+    reply = simulate(make_controller("fixed", [ONE], base.run), [ONE], link, base)
     sent_cfg = dataclasses.replace(base, expiry="sent")
-    sent = simulate(make_controller("fixed", [ONE], 80, max_in_flight=1), [ONE], link, sent_cfg)
-    n_reply = sum(r.mode is not None for r in reply.records)
-    n_sent = sum(r.mode is not None for r in sent.records)
+    sent = simulate(make_controller("fixed", [ONE], sent_cfg.run), [ONE], link, sent_cfg)
+    n_reply = sum(r.sent for r in reply.records)
+    n_sent = sum(r.sent for r in sent.records)
     assert n_reply == 5 and n_sent == 10
-    lat = [r.latency_s for r in reply.records if r.latency_s is not None]
-    assert lat == pytest.approx([0.15] * 5, abs=0.002)  # waiting for the reply: the link drains between frames
+    lat = [r.latency_ms for r in reply.records if math.isfinite(r.latency_ms)]
+    assert lat == pytest.approx([150.0] * 5, abs=2.0)  # waiting for the reply: the link drains between frames
     assert reply.late_replies == 0 and sent.late_replies > 0
-    expired = [r for r in sent.records if r.mode is not None and r.completed_at is not None and not r.ok]
-    assert expired and all(
-        (r.completed_at or 0.0) - (r.sent_at or 0.0) == pytest.approx(0.080, abs=1e-6) for r in expired
-    )
-    s = summarize(sent.records, [ONE])
+    expired = [r for r in sent.records if r.sent and not r.ok]
+    assert expired and all(r.status == "DEADLINE_EXCEEDED" for r in expired)
+    assert all(r.t_s + r.latency_ms / 1e3 - (r.sent_s or 0.0) == pytest.approx(0.080, abs=1e-6) for r in expired)
+    s = figures(sent.records, [ONE])
     assert s["hits"] == 0 and s["late"] == n_sent
     with pytest.raises(ConfigError, match="expiry"):
         SimConfig(expiry="never")
@@ -52,8 +54,8 @@ def test_sim_expiry_from_capture_drops_a_frame_still_waiting_for_the_encoder() -
     slow = ModeOption("slow", 1, 8, 0.8, 100.0, 60.0, 0.0)  # a 60 ms encoder at 20 frames/s: frames queue for it
     link = LinkConfig(uplink=Trace.constant(10e6))
     cfg = SimConfig(fps=20, deadline_ms=50, duration_s=1.0, max_in_flight=8, expiry="captured", reply_bytes=0)
-    res = simulate(make_controller("fixed", [slow], 50, max_in_flight=8), [slow], link, cfg)
-    never_sent = [r for r in res.records if r.mode is not None and r.sent_at is None]
+    res = simulate(make_controller("fixed", [slow], cfg.run), [slow], link, cfg)
+    never_sent = [r for r in res.records if r.sent and r.sent_s is None]
     assert never_sent and all(not r.ok for r in never_sent)
 
 
@@ -66,7 +68,7 @@ def _feed(ctl: MpcController, bps: float, n: int = 8) -> None:
 
 
 def test_mpc_keeps_expired_bytes_queued_until_a_later_frame_confirms_them() -> None:
-    ctl = MpcController([HI, LO], 100, MpcConfig(fps=30, packet_bytes=0, max_in_flight=8))
+    ctl = MpcController([HI, LO], RUN, MpcConfig(packet_bytes=0))
     _feed(ctl, 1e6)
     ctl.on_sent(100, "hi", 4000, 100.0)
     ctl.observe(FrameFeedback(100, "hi", 4000, 100.0, 100.1, 0.0, ok=False))  # expired at its deadline
@@ -86,7 +88,7 @@ def test_mpc_keeps_expired_bytes_queued_until_a_later_frame_confirms_them() -> N
 
 
 def test_mpc_expired_frames_merge_into_one_queue_entry() -> None:
-    ctl = MpcController([HI, LO], 100, MpcConfig(fps=30, max_in_flight=8))
+    ctl = MpcController([HI, LO], RUN)
     _feed(ctl, 1e6)
     for i in range(50):  # a long outage: every frame expires unanswered
         t = 100.0 + i / 30
@@ -98,8 +100,7 @@ def test_mpc_expired_frames_merge_into_one_queue_entry() -> None:
 
 
 def test_mpc_sees_an_outage_from_the_age_of_the_oldest_unanswered_frame() -> None:
-    cfg = MpcConfig(fps=30, packet_bytes=0, max_in_flight=8, rtt_ms=20)
-    ctl = MpcController([HI, LO], 100, cfg)
+    ctl = MpcController([HI, LO], RUN, MpcConfig(packet_bytes=0), rtt_ms=20)
     _feed(ctl, 2e6)
     ctl.on_sent(100, "hi", 4000, 100.0)  # 16 ms at 2 Mbit/s, reply after 20 ms more
     early = ctl.choose(100.02, 4000, 1)
@@ -107,7 +108,7 @@ def test_mpc_sees_an_outage_from_the_age_of_the_oldest_unanswered_frame() -> Non
     late = ctl.choose(100.2, 4000, 1)  # 160 ms overdue: more than half a deadline
     assert late.mode in ("lo", None) and "outage" in late.reason
     assert ctl.last_cap_bps < 8 * 4000 / 0.17
-    off = MpcController([HI, LO], 100, MpcConfig(fps=30, packet_bytes=0, max_in_flight=8, rtt_ms=20, outage_after=None))
+    off = MpcController([HI, LO], RUN, MpcConfig(packet_bytes=0, outage_after=None), rtt_ms=20)
     _feed(off, 2e6)
     off.on_sent(100, "hi", 4000, 100.0)
     assert "outage" not in off.choose(100.2, 4000, 1).reason
@@ -119,10 +120,10 @@ def test_mpc_recovers_after_an_outage_under_both_expiry_rules(expiry: str) -> No
     trace = PiecewiseModel(((5.0, 1e6), (3.0, 0.0), (5.0, 1e6))).trace()
     link = LinkConfig(uplink=trace, delay_ms=10.0)
     cfg = SimConfig(fps=30, deadline_ms=100, duration_s=13.0, max_in_flight=4, expiry=expiry)
-    res = simulate(make_controller("mpc", modes, 100, rtt_ms=20, fps=30, max_in_flight=4), modes, link, cfg)
-    during = [r for r in res.records if 5.3 <= r.captured_at < 7.9]
+    res = simulate(make_controller("mpc", modes, cfg.run, rtt_ms=20), modes, link, cfg)
+    during = [r for r in res.records if 5.3 <= r.t_s < 7.9]
     assert sum(r.mode == "hi" for r in during) <= 3  # the outage is probed with the lightest mode
-    after = [r.hit for r in res.records if 8.5 <= r.captured_at < 13.0]
+    after = [bool(r.hit) for r in res.records if 8.5 <= r.t_s < 13.0]
     assert np.mean(after) > 0.95
 
 

@@ -10,9 +10,10 @@ What binds them to the code:
 * Docker: every ``COPY`` source exists and passes ``dockerignore.example``; ``EXPOSE`` is the server's ports;
   ``ENTRYPOINT`` + ``CMD`` are parsed by the real server/edge parsers; the torch pin is the ``server`` extra's;
   ``healthcheck.py`` is run against a real server.
-* Raspberry Pi: the unit's ``ExecStart`` is expanded with ``edge.env`` the way systemd does it and parsed by the
-  real edge parser, then run through the edge CLI's own ``main()`` (bundle, controller, source, threads as
-  written; only the server address and the frame count overridden) against a real server; the exit statuses
+* Raspberry Pi: the unit's ``ExecStart`` is parsed by the real edge parser and the shipped ``edge.toml`` loaded by
+  the edge's real configuration loader (and printed back by ``--print-config`` to the same configuration), then
+  both run through the edge CLI's own ``main()`` (bundle, controller, source, threads as written; only the
+  server address and the frame count overridden by flags) against a real server; the exit statuses
   in the unit are the edge CLI's constants; ``systemd-analyze verify``/``security`` and shellcheck run when
   installed; ``install.sh --dry-run`` runs with every mutating tool shadowed by a shim that
   records calls, and must leave the system (and the shims' log) untouched.
@@ -36,6 +37,7 @@ import stat
 import subprocess
 import sys
 import tomllib
+import zipfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
@@ -277,52 +279,34 @@ def read_unit() -> configparser.ConfigParser:
     return parser
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """An EnvironmentFile: KEY=VALUE lines, # comments, optional surrounding quotes."""
-    env: dict[str, str] = {}
-    for n, raw in enumerate(path.read_text().splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        key, sep, value = line.partition("=")
-        assert sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()), f"{path}:{n}: not KEY=VALUE"
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        env[key.strip()] = value
-    return env
-
-
-def expand_exec(command: str, env: dict[str, str]) -> list[str]:
-    """systemd's ExecStart expansion: ``$VAR`` as a whole word splits at whitespace, ``${VAR}`` is one word."""
-    command = command.lstrip("-@:+!")
-    words: list[str] = []
-    for word in shlex.split(command):
-        whole = re.fullmatch(r"\$([A-Za-z_][A-Za-z0-9_]*)", word)
-        if whole:
-            assert whole.group(1) in env, f"ExecStart uses ${whole.group(1)}, which the environment file lacks"
-            words.extend(env[whole.group(1)].split())
-            continue
-
-        def braced(m: re.Match[str]) -> str:
-            assert m.group(1) in env, f"ExecStart uses ${{{m.group(1)}}}, which the environment file lacks"
-            return env[m.group(1)]
-
-        words.append(re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", braced, word))
-    return words
-
-
 def install_defaults() -> dict[str, str]:
     """The default paths and user written in install.sh (``readonly NAME=value``)."""
     return dict(re.findall(r"^readonly (\w+)=(\S+)$", INSTALL_SH.read_text(), flags=re.M))
 
 
 def unit_execstart() -> tuple[str, list[str]]:
-    unit = read_unit()
-    env_file = unit["Service"]["EnvironmentFile"].lstrip("-")
-    assert env_file == f"{install_defaults()['DEFAULT_CONFIG_DIR']}/edge.env"
-    argv = expand_exec(unit["Service"]["ExecStart"], read_env_file(PI / "edge.env"))
-    return argv[0], argv[1:]
+    """The unit's ExecStart as program and arguments (no variables: the configuration is ``edge.toml``)."""
+    words = shlex.split(read_unit()["Service"]["ExecStart"].lstrip("-@:+!"))
+    assert not any("$" in w for w in words), f"ExecStart expands variables: {words}"
+    return words[0], words[1:]
+
+
+def unit_environment() -> dict[str, str]:
+    """The unit's ``Environment=`` assignments."""
+    env: dict[str, str] = {}
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("Environment="):
+            for word in shlex.split(line.removeprefix("Environment=")):
+                key, _, value = word.partition("=")
+                env[key] = value
+    return env
+
+
+def with_shipped_config(argv: list[str]) -> list[str]:
+    """``argv`` with the installed configuration file's path replaced by the shipped ``edge.toml``."""
+    installed = f"{install_defaults()['DEFAULT_CONFIG_DIR']}/edge.toml"
+    assert installed in argv, f"the unit does not read {installed}: {argv}"
+    return [str(PI / "edge.toml") if a == installed else a for a in argv]
 
 
 # ------------------------------------------------------------------------------------- a real server
@@ -444,7 +428,7 @@ def test_ports_are_the_servers(tmp_path: Path) -> None:
 
 
 def test_probes_ask_for_health_services_a_real_server_reports_serving(server_address: str) -> None:
-    from slimsplit.server.grpc_service import SERVICE_NAME
+    from slimsplit.protocol import SERVICE_NAME
 
     container = server_container()
     assert container["readinessProbe"]["grpc"]["service"] == SERVICE_NAME
@@ -551,9 +535,10 @@ def test_dockerfile_copies_files_that_exist_and_pass_the_dockerignore(name: str)
         for src in sources:
             assert (ROOT / src).exists(), f"{name}: COPY {src}: no such file in the repository"
             assert not dockerignore_excludes(src, patterns), f"{name}: dockerignore.example leaves out {src}"
-    # What pip needs to build the package: pyproject.toml and the readme it names.
+    # What pip needs to build the package: pyproject.toml, setup.py, the readme it names, the core and the role.
     copied = {s for sources, _ in copies(instructions) for s in sources}
-    assert {"pyproject.toml", pyproject()["project"]["readme"], "slimsplit", "edge", "server"} <= copied
+    role = "edge" if name == "Dockerfile.edge" else "server"
+    assert {"pyproject.toml", "setup.py", pyproject()["project"]["readme"], "slimsplit", role} <= copied
     (user,) = [a for i, a in instructions if i == "USER"]
     assert int(user.split(":")[0]) != 0, f"{name}: runs as root"
 
@@ -562,7 +547,13 @@ def test_dockerignore_example_keeps_heavy_and_private_files_out() -> None:
     patterns = dockerignore_patterns()
     for path in (".venv/bin/python", ".git/HEAD", "runs/x/model.pt", "slimsplit/__pycache__/x.pyc", "tests/x.py"):
         assert dockerignore_excludes(path, patterns), path
-    for path in ("pyproject.toml", "slimsplit/bundle/manifest.py", "server/cli.py", "edge/cli.py"):
+    for path in (
+        "pyproject.toml",
+        "setup.py",
+        "slimsplit/bundle/manifest.py",
+        "server/slimsplit/server/cli.py",
+        "edge/slimsplit/edge/cli.py",
+    ):
         assert not dockerignore_excludes(path, patterns), path
 
 
@@ -637,6 +628,31 @@ def test_gpu_server_image() -> None:
     assert str(GrpcConfig().port) in expose.split()
 
 
+def test_edge_image_copies_no_server_code(tmp_path: Path) -> None:
+    """The edge image's build context holds the core and edge/ alone, and the wheel built from it has no server."""
+    instructions = dockerfile("Dockerfile.edge")
+    copied = {s for sources, _ in copies(instructions) for s in sources}
+    assert copied == {"pyproject.toml", "setup.py", pyproject()["project"]["readme"], "slimsplit", "edge"}, copied
+    context = tmp_path / "context"
+    for src in copied:
+        if (ROOT / src).is_dir():
+            shutil.copytree(ROOT / src, context / src, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            (context / src).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / src, context / src)
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), "."],
+        cwd=context,
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = wheels.glob("slimsplit-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("slimsplit/edge/") for n in names) and any(n.startswith("slimsplit/codec/") for n in names)
+    assert not [n for n in names if n.startswith(("slimsplit/server/", "slimsplit/apps/"))]
+
+
 def test_edge_image_has_the_edge_extra_only() -> None:
     from slimsplit.edge.config import parse_address
 
@@ -657,7 +673,7 @@ def test_edge_image_has_the_edge_extra_only() -> None:
 
 
 def test_healthcheck_script_against_a_real_server(server_address: str) -> None:
-    from slimsplit.server.grpc_service import SERVICE_NAME
+    from slimsplit.protocol import SERVICE_NAME
 
     health = load_healthcheck()
     assert health.SERVICE_NAME == SERVICE_NAME, "healthcheck.py must ask for the service the server registers"
@@ -700,7 +716,8 @@ def test_unit_has_the_required_settings() -> None:
     for key, value in expected.items():
         assert s.get(key) == value, f"[Service] {key}={s.get(key)!r}, expected {value!r}"
     assert defaults["STATE_DIR"] == f"/var/lib/{s['StateDirectory']}"
-    assert s["RestartSec"] and s["EnvironmentFile"]
+    assert s["RestartSec"]
+    assert "EnvironmentFile" not in s, "the edge is configured by edge.toml (--config), not by an environment file"
     for key in ("MemoryMax", "MemoryHigh", "CPUQuota", "TasksMax"):
         assert s.get(key), f"[Service] {key} (a resource limit for a Pi) is missing"
     assert u["StartLimitIntervalSec"] == "0", "a long server outage must not stop the restarts for good"
@@ -717,17 +734,33 @@ def test_unit_exit_statuses_are_the_edge_clis() -> None:
 
 
 def test_unit_command_line_is_accepted_by_the_edge_cli() -> None:
-    from slimsplit.edge.config import parse_address
-
     binary, argv = unit_execstart()
     defaults = install_defaults()
     assert binary == f"{defaults['DEFAULT_PREFIX']}/venv/bin/slimsplit-edge"
     assert "slimsplit-edge" in pyproject()["project"]["scripts"]
     args = parse_or_fail(edge_parser(), argv, "slimsplit-edge.service ExecStart")
-    parse_address(args.server)
-    assert args.plain or args.quiet, "the journal wants plain lines, not the live terminal view"
-    if args.json_out is not None:
-        assert str(args.json_out).startswith(defaults["STATE_DIR"]), "only the state directory is writable"
+    assert args.config == Path(f"{defaults['DEFAULT_CONFIG_DIR']}/edge.toml"), "the unit runs the installed edge.toml"
+    assert argv == ["--config", str(args.config)], "every setting belongs in edge.toml, not on the command line"
+
+
+def test_the_shipped_edge_toml_is_read_by_the_real_loader() -> None:
+    """``edge.toml`` as ``slimsplit-edge --config`` reads it: every key known, every value valid; it sets what the
+    service needs, and ``--print-config`` writes it back to the same configuration."""
+    from slimsplit.edge.config import EdgeConfig, load_edge_config, parse_address
+    from slimsplit.settings import from_mapping, to_toml
+
+    config = load_edge_config(PI / "edge.toml")
+    defaults = install_defaults()
+    parse_address(config.server.address)
+    assert config.control.controller == "mpc" and config.frames.count is not None, "a finite run of the mpc"
+    assert config.output.plain or config.output.quiet, "the journal wants plain lines, not the live terminal view"
+    for path in (config.output.json_out, config.model.bundle):
+        if path is not None:
+            assert str(path).startswith(defaults["STATE_DIR"]), f"{path}: only the state directory is the service's"
+    assert unit_environment()["OMP_NUM_THREADS"] == str(config.model.threads), "thread pools in step"
+    assert from_mapping(EdgeConfig, tomllib.loads(to_toml(config))) == config
+    raw = tomllib.loads((PI / "edge.toml").read_text())
+    assert set(raw) <= {f for f in EdgeConfig.__dataclass_fields__}, "tables the loader knows"
 
 
 def test_unit_command_line_runs_against_a_real_server(server_address: str) -> None:
@@ -736,6 +769,7 @@ def test_unit_command_line_runs_against_a_real_server(server_address: str) -> No
     cli = console_script_module("slimsplit-edge")
     _binary, argv = unit_execstart()
     out, err = io.StringIO(), io.StringIO()
+    argv = with_shipped_config(argv)
     status = cli.main([*argv, "--server", server_address, "--frames", "3", "--fps", "0"], stdout=out, stderr=err)
     assert status == 0, f"exit {status}\n{err.getvalue()}\n{out.getvalue()[-2000:]}"
 
@@ -822,8 +856,9 @@ def test_install_dry_run_prints_the_steps_and_changes_nothing(tmp_path: Path) ->
     assert f"-m venv {prefix}/venv" in joined
     (pip_line,) = [ln for ln in lines if "pip install --upgrade" in ln and "[edge]" in ln.replace("\\", "")]
     assert str(ROOT) in pip_line and "server" not in pip_line and "torch" not in pip_line
-    assert f"{PI}/edge.env {config_dir}/edge.env" in joined
-    assert "SLIMSPLIT_SERVER=edge-gw.example.org:50051" in joined.replace("\\", "")
+    assert f"{PI}/edge.toml {config_dir}/edge.toml" in joined
+    assert 'address = "edge-gw.example.org:50051"' in joined.replace("\\", "")
+    assert f"--config {config_dir}/edge.toml --print-config" in joined, "the installed file is checked"
     assert f"{PI}/{UNIT.name} > {unit_dir}/{UNIT.name}" in joined
     assert f"systemctl enable {UNIT.name}" in joined
     assert "systemctl status" in out and "journalctl -u" in out
@@ -833,13 +868,15 @@ def test_install_dry_run_keeps_an_existing_config(tmp_path: Path) -> None:
     with shimmed(tmp_path) as (env, log, _root):
         config = Path(env["SLIMSPLIT_CONFIG_DIR"])
         config.mkdir(parents=True)
-        (config / "edge.env").write_text("SLIMSPLIT_SERVER=mine:1\n")
+        (config / "edge.toml").write_text('[server]\naddress = "mine:1"\n')
+        (config / "edge.env").write_text("SLIMSPLIT_SERVER=mine:1\n")  # an older install's settings
         done = run_install(env, "--dry-run")
         assert done.returncode == 0, done.stderr
         assert not log.exists()
     assert "keeping the existing" in done.stdout
-    assert f"{PI}/edge.env" not in done.stdout
-    assert (config / "edge.env").read_text() == "SLIMSPLIT_SERVER=mine:1\n"
+    assert f"{PI}/edge.toml" not in done.stdout
+    assert (config / "edge.toml").read_text() == '[server]\naddress = "mine:1"\n'
+    assert "edge.env is no longer read" in done.stderr
 
 
 def test_uninstall_dry_run_lists_removals_and_removes_nothing(tmp_path: Path) -> None:

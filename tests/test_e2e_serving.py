@@ -16,13 +16,15 @@ import numpy.typing as npt
 import onnxruntime as ort
 import pytest
 
+from slimsplit.apps.demo import demo_modes
 from slimsplit.bundle import Bundle, default_bundle_path
 from slimsplit.codec import decode_features, encode_features
-from slimsplit.demo import demo_modes
+from slimsplit.control.config import RunConfig
+from slimsplit.control.controllers import FixedOptions
 from slimsplit.edge.client import EdgeClient
 from slimsplit.edge.config import ClientConfig
 from slimsplit.edge.pipeline import PipelineConfig, RunReport, run_frames
-from slimsplit.edge.run import make_controller
+from slimsplit.edge.run import bundle_controller
 from slimsplit.edge.runtime import EncoderRuntime
 from slimsplit.edge.sources import SourceFrame, load_sample
 from slimsplit.server.app import ServerThread
@@ -88,7 +90,8 @@ def run_edge(server: ServerThread, bundle: Bundle, mode: str, frames: list[Sourc
         config = ClientConfig(target=server.address, max_in_flight=4, deadline_ms=10_000)
         async with EdgeClient(config) as client:
             await client.wait_ready()
-            controller, table = make_controller("fixed", bundle.manifest, mode=mode, max_in_flight=4)
+            run = RunConfig(deadline_ms=config.deadline_ms, max_in_flight=config.max_in_flight)
+            controller, table = bundle_controller("fixed", bundle.manifest, run, FixedOptions(mode))
             return await run_frames(
                 client,
                 EncoderRuntime(bundle),

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from slimsplit.apps.demo import SweepController, demo_modes
+from slimsplit.apps.demo import main as demo_main
 from slimsplit.bundle import Bundle, default_bundle_path
-from slimsplit.demo import SweepController, demo_modes
-from slimsplit.demo import main as demo_main
 from slimsplit.edge.cli import main
 from slimsplit.server.app import ServerThread
 from slimsplit.server.backends.null_backend import NullBackend
@@ -53,8 +53,10 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
         (["--mode", "w99b9"], "has no mode 'w99b9'; known modes: w"),
         (["--bundle", "/nonexistent/bundle"], "bundle folder /nonexistent/bundle does not exist"),
         (["--source", "/nonexistent/frames.npz"], "does not exist"),
-        (["--max-in-flight", "0"], "max_in_flight must be >= 1"),
-        (["--frames", "0"], "--frames must be >= 1"),
+        (["--max-in-flight", "0"], "--max-in-flight: expected an integer >= 1, got 0"),
+        (["--frames", "0"], "--frames: expected an integer >= 1, got 0"),
+        (["--threads", "-1"], "--threads: expected an integer >= 0, got -1"),
+        (["--config", "/nonexistent/edge.toml"], "configuration file /nonexistent/edge.toml does not exist"),
     ],
 )
 def test_usage_errors_are_one_clear_line_and_exit_2(argv: list[str], fragment: str) -> None:

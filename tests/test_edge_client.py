@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -15,13 +16,15 @@ import pytest
 from slimsplit import errors
 from slimsplit.bundle import Bundle, default_bundle_path
 from slimsplit.codec import encode_features
-from slimsplit.edge.client import EdgeClient, FrameStream, Outcome
+from slimsplit.control.base import Controller, Decision, FrameFeedback
+from slimsplit.edge.client import EdgeClient
 from slimsplit.edge.config import ClientConfig, ReconnectPolicy
-from slimsplit.edge.control.base import Controller, Decision, FrameFeedback
+from slimsplit.edge.grpc_transport import StreamTransport
 from slimsplit.edge.pipeline import PipelineConfig, run_frames
 from slimsplit.edge.run import mode_options
 from slimsplit.edge.sources import SourceFrame
 from slimsplit.edge.status import status_of
+from slimsplit.edge.transport import Outcome
 from slimsplit.server.app import ServerThread
 from slimsplit.server.backends.base import Backend, TailOutput, TailRunner
 from slimsplit.server.backends.null_backend import NullBackend
@@ -145,6 +148,49 @@ def test_unary_errors_raise_the_mapped_exception_classes(slow_server: ServerThre
             assert [m.name for m in info.models] == [bundle.manifest.name]
 
     asyncio.run(go())
+
+
+ERROR_CASES: dict[str, tuple[dict[str, Any], type[errors.SlimsplitError], str]] = {
+    "unknown model": ({"model": "no-such-model"}, errors.UnknownModel, "NOT_FOUND"),
+    "unknown mode": ({"mode": "w999b3"}, errors.UnknownMode, "NOT_FOUND"),
+    "invalid frame": ({"bits_of": 0}, errors.InvalidFrame, "INVALID_ARGUMENT"),  # the header of another mode
+    "unsupported version": ({"protocol_version": 99}, errors.UnsupportedVersion, "FAILED_PRECONDITION"),
+}
+
+
+def bad_frame(client: EdgeClient, bundle: Bundle, case: str) -> pb.FeatureFrame:
+    overrides = dict(ERROR_CASES[case][0])
+    mode = str(overrides.pop("mode", bundle.manifest.modes[-1].name))
+    if "bits_of" in overrides:
+        other = next(m for m in bundle.manifest.modes if m.bits != bundle.manifest.mode(mode).bits)
+        overrides = {"features": payload(bundle, other.name)}
+    return frame(client, bundle, mode, **overrides)
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_the_edge_gets_the_exact_error_class_the_server_names(
+    slow_server: ServerThread, bundle: Bundle, case: str
+) -> None:
+    """Unknown model and unknown mode share NOT_FOUND: the class the server names tells them apart, in a stream
+    (FrameError.error_class) and over Infer (trailing metadata)."""
+    _, cls, status = ERROR_CASES[case]
+
+    async def go() -> tuple[Outcome, BaseException]:
+        async with EdgeClient(ClientConfig(target=slow_server.address)) as client:
+            stream = client.open_stream()
+            got = Collector()
+            msg = bad_frame(client, bundle, case)
+            await stream.submit(msg, 5.0, got)
+            assert await stream.drain(5.0)
+            await stream.aclose()
+            with pytest.raises(errors.SlimsplitError) as raised:
+                await client.infer(bad_frame(client, bundle, case))
+            return got.outcomes[msg.frame_id], raised.value
+
+    streamed, unary = asyncio.run(go())
+    assert type(streamed.error) is cls and streamed.status == status and not streamed.ok
+    assert type(unary) is cls and status_of(unary) == status
+    assert str(unary) == streamed.message  # the same message both ways
 
 
 def test_a_frame_past_its_deadline_is_reported_and_the_stream_goes_on(
@@ -273,7 +319,7 @@ def test_the_stream_reconnects_after_the_server_restarts_on_the_same_port(bundle
     port = first.port
     servers = [first]
 
-    async def go() -> tuple[list[Outcome], FrameStream]:
+    async def go() -> tuple[list[Outcome], StreamTransport]:
         policy = ReconnectPolicy(initial_s=0.02, max_s=0.2)
         async with EdgeClient(ClientConfig(target=first.address, reconnect=policy)) as client:
             stream = client.open_stream(seed=1)

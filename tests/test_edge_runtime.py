@@ -24,7 +24,8 @@ def runtime() -> EncoderRuntime:
 
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
-    return np.load(default_samples_path())["images"]
+    images: np.ndarray = np.load(default_samples_path())["images"]
+    return images
 
 
 def test_every_mode_encodes_its_width_and_bits(runtime: EncoderRuntime, images: np.ndarray) -> None:

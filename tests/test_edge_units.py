@@ -18,8 +18,8 @@ from slimsplit.edge import status
 from slimsplit.edge.channel import channel_options, service_config
 from slimsplit.edge.config import ChannelConfig, ClientConfig, ReconnectPolicy, parse_address
 from slimsplit.edge.display import LineDisplay, LiveDisplay, TickerDisplay, format_frame, format_summary, make_display
-from slimsplit.edge.results import FrameResult, ServerTiming, percentile, reason_kind, summarize
 from slimsplit.edge.sources import fit_image, from_arrays, load_folder, load_npz, open_source, resize_bilinear
+from slimsplit.records import FrameRecord, ServerTiming, percentile, reason_kind, summarize
 
 SPEC = InputSpec(channels=3, height=8, width=8)
 
@@ -221,8 +221,8 @@ def test_image_folder_with_class_subfolders(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ results
 
 
-def _ok(index: int, label: int | None, top: int, latency: float, nbytes: int = 100) -> FrameResult:
-    return FrameResult(
+def _ok(index: int, label: int | None, top: int, latency: float, nbytes: int = 100) -> FrameRecord:
+    return FrameRecord(
         frame_id=index + 1,
         index=index,
         mode="w4b4",
@@ -245,8 +245,8 @@ def test_percentile_interpolates() -> None:
 
 def test_summary_counts_accuracy_latency_and_errors() -> None:
     results = [_ok(i, label=i % 2, top=0, latency=float(i + 1)) for i in range(10)]
-    results.append(FrameResult(frame_id=99, index=10, mode="w4b4", status="DEADLINE_EXCEEDED", payload_bytes=100))
-    results.append(FrameResult(frame_id=100, index=11, mode="w4b4", status="UNAVAILABLE", error="down"))
+    results.append(FrameRecord(frame_id=99, index=10, mode="w4b4", status="DEADLINE_EXCEEDED", payload_bytes=100))
+    results.append(FrameRecord(frame_id=100, index=11, mode="w4b4", status="UNAVAILABLE", error="down"))
     s = summarize(results, wall_s=2.0)
     assert s.frames == 12 and s.ok == 10
     assert s.accuracy == pytest.approx(0.5)  # top-1 is 0, half the labels are 0
@@ -265,7 +265,7 @@ def test_line_display_and_summary_text() -> None:
     assert isinstance(display, LineDisplay)
     display.start("header")
     r_ok = _ok(0, label=1, top=0, latency=3.0)
-    r_err = FrameResult(frame_id=2, index=1, mode="w4b4", status="INVALID_ARGUMENT", error="bad header")
+    r_err = FrameRecord(frame_id=2, index=1, mode="w4b4", status="INVALID_ARGUMENT", error="bad header")
     display.frame(r_ok)
     display.frame(r_err)
     display.finish(summarize([r_ok, r_err], 1.0), [r_ok, r_err])
@@ -304,11 +304,11 @@ def test_make_display_is_plain_under_ci(monkeypatch: pytest.MonkeyPatch) -> None
     assert isinstance(make_display(io.StringIO()), LineDisplay)
 
 
-def _deadline_run() -> list[FrameResult]:
+def _deadline_run() -> list[FrameRecord]:
     """Five frames held to a 100 ms deadline: two in time, one late, one skipped, one dropped."""
 
-    def ok(index: int, mode: str, latency: float, label: int) -> FrameResult:
-        return FrameResult(
+    def ok(index: int, mode: str, latency: float, label: int) -> FrameRecord:
+        return FrameRecord(
             frame_id=index + 1, index=index, mode=mode, label=label, classes=(0,), scores=(0.9,),
             payload_bytes=100 if mode == "w4b4" else 300, latency_ms=latency, deadline_ms=100.0,
             estimate_bps=1.5e6, predicted_ms=60.0, reason="mpc",
@@ -317,11 +317,11 @@ def _deadline_run() -> list[FrameResult]:
     return [
         ok(0, "w16b4", 50.0, label=0),
         ok(1, "w16b4", 150.0, label=0),
-        FrameResult(
+        FrameRecord(
             6, 2, "", "SKIPPED", "in-flight limit (4 frames)", 1, reason="in-flight limit (4 frames)", deadline_ms=100.0
         ),
         ok(3, "w4b4", 80.0, label=1),
-        FrameResult(
+        FrameRecord(
             8, 4, "w4b4", "DEADLINE_EXCEEDED", "no reply within 2000 ms", 0, payload_bytes=100, deadline_ms=100.0
         ),
     ]

@@ -1,17 +1,17 @@
-"""bench/intar.py runs end to end (kernels + a tiny bundle) and writes the JSON the lead reports from."""
+"""bench/intar.py runs end to end (kernels + a tiny bundle) and writes the JSON that BENCHMARKS.md reports."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from types import ModuleType
 
 from fixtures_bundle import write_tiny_bundle
-from script_loader import load_bench
 
 
 def _load() -> ModuleType:
-    return load_bench("intar")
+    return importlib.import_module("bench.intar")
 
 
 def test_bench_writes_kernels_bundle_rows_and_plots(tmp_path: Path) -> None:

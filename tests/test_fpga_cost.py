@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.intar_kernels import KERNELS, PUBLISHED
 from slimsplit.errors import BackendError, ResourceLimitError
 from slimsplit.server.backends.fpga import (
     CostModel,
@@ -23,7 +24,6 @@ from slimsplit.server.backends.fpga import (
     schedule_sequential,
 )
 from slimsplit.server.backends.fpga.cost import mac_cycles, memory_blocks, transfer_cycles, vector_cycles
-from slimsplit.server.backends.fpga.kernels import KERNELS, PUBLISHED
 from slimsplit.server.backends.fpga.platform import Design
 from slimsplit.server.backends.fpga.tasks import fuse_activations
 

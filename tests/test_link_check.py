@@ -1,4 +1,4 @@
-"""What an emulated link allowed during a run (``slimsplit.edge.link_check``): the per-frame feasibility at real
+"""What an emulated link allowed during a run (``slimsplit.evaluation.link_check``): the per-frame feasibility at real
 capture times that the edge CLI and the demo print under their summary."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from slimsplit.edge.control.base import ModeOption
-from slimsplit.edge.control.oracle import isolated_latencies, isolated_latencies_at
-from slimsplit.edge.link_check import LinkCheck, check_link, format_link_check
-from slimsplit.edge.results import FrameResult
+from slimsplit.control.base import ModeOption
 from slimsplit.errors import ConfigError
+from slimsplit.evaluation.link_check import LinkCheck, check_link, format_link_check
+from slimsplit.evaluation.oracle import isolated_latencies, isolated_latencies_at
 from slimsplit.link.shaping import LinkConfig
 from slimsplit.link.synth import gilbert_elliott
 from slimsplit.link.trace import Trace
+from slimsplit.records import FrameRecord
 
 HI = ModeOption("hi", 16, 8, 0.91, 4000.0, 1.0, 1.0)
 LO = ModeOption("lo", 2, 1, 0.75, 100.0, 1.0, 1.0)
@@ -27,9 +27,9 @@ def outage_trace() -> Trace:
     return Trace.from_timestamps(stamps, name="outage")
 
 
-def frame(index: int, t_s: float, *, hit: bool, deadline_ms: float | None = 100.0) -> FrameResult:
+def frame(index: int, t_s: float, *, hit: bool, deadline_ms: float | None = 100.0) -> FrameRecord:
     latency = 50.0 if hit else math.nan
-    return FrameResult(
+    return FrameRecord(
         frame_id=index,
         index=index,
         mode="lo",

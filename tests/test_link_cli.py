@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from slimsplit.link.cli import build_parser, main
+from slimsplit.apps.link_cli import build_parser, main
 from slimsplit.link.synth import shipped_traces_dir
 from slimsplit.link.trace import load_mahimahi
 

@@ -6,13 +6,14 @@ import dataclasses
 
 import pytest
 
-from slimsplit.edge.control.base import Controller, Decision, FrameFeedback, ModeOption
-from slimsplit.edge.control.controllers import make_controller
+from slimsplit.control.base import Controller, Decision, FrameFeedback, ModeOption
+from slimsplit.control.registry import make_controller
 from slimsplit.errors import ConfigError
+from slimsplit.evaluation.sim import SimConfig, figures, simulate
 from slimsplit.link.shaping import LinkConfig, LinkDirection
-from slimsplit.link.sim import SimConfig, reason_kind, simulate, summarize
 from slimsplit.link.synth import PiecewiseModel
 from slimsplit.link.trace import Trace, parse_mahimahi
+from slimsplit.records import reason_kind
 
 
 def small() -> Trace:
@@ -56,13 +57,12 @@ def test_withdraw_takes_back_the_tail_of_the_queue() -> None:
     assert d.withdraw(0.050) == 0.0  # an empty queue gives nothing back
 
 
-def test_drop_tail_and_space() -> None:
+def test_space_is_the_room_left_in_the_queue() -> None:
     d = LinkDirection(small(), queue_bytes=2000)
-    assert d.offer(0.0, 1500) is not None
-    assert d.space(0.0) == pytest.approx(500.0)
-    assert d.offer(0.0, 1000) is None  # 1500 + 1000 > 2000: dropped, state unchanged
+    d.enqueue(0.0, 1500)
     assert d.backlog(0.0) == pytest.approx(1500.0)
-    assert d.offer(0.011, 1000) is not None  # the 10-ms opportunity drained the queue
+    assert d.space(0.0) == pytest.approx(500.0)
+    assert d.space(0.011) == pytest.approx(2000.0)  # the 10-ms opportunity drained the queue
 
 
 def test_drain_time() -> None:
@@ -120,13 +120,13 @@ ONE = ModeOption("big", 1, 8, 0.9, 12500.0, 10.0, 5.0)
 def test_sim_latency_is_hand_computed() -> None:
     link = LinkConfig(uplink=Trace.constant(1e6), delay_ms=10.0)
     cfg = SimConfig(fps=10, deadline_ms=200, duration_s=0.3, max_in_flight=2, reply_bytes=0)
-    res = simulate(make_controller("fixed", [ONE], 200), [ONE], link, cfg)
+    res = simulate(make_controller("fixed", [ONE], cfg.run), [ONE], link, cfg)
     # frame 0: sent at 10 ms; 1125 B of capacity passed before; its last byte (13625) leaves at 109 ms;
     # +10 ms delay, +5 ms server, +10 ms back = 134 ms. Frame 1 continues where frame 0 ended: also 134 ms.
-    lat = [r.latency_s for r in res.records]
+    lat = [r.latency_ms / 1e3 for r in res.records]
     assert lat == pytest.approx([0.134, 0.134, 0.134])
     assert all(r.hit for r in res.records)
-    assert res.records[0].sent_at == pytest.approx(0.010)
+    assert res.records[0].sent_s == pytest.approx(0.010)
 
 
 def ge_link() -> LinkConfig:
@@ -143,10 +143,7 @@ MODES = [
 
 def test_sim_is_deterministic() -> None:
     cfg = SimConfig(fps=30, deadline_ms=100, duration_s=15.0, max_in_flight=6)
-    runs = [
-        simulate(make_controller("mpc", MODES, 100, rtt_ms=20, fps=30, max_in_flight=6), MODES, ge_link(), cfg)
-        for _ in range(2)
-    ]
+    runs = [simulate(make_controller("mpc", MODES, cfg.run, rtt_ms=20), MODES, ge_link(), cfg) for _ in range(2)]
     a, b = ([dataclasses.astuple(r) for r in run.records] for run in runs)
     assert a == b
     assert len(a) == 450
@@ -167,22 +164,22 @@ class _Greedy(Controller):
 def test_in_flight_limit_is_enforced_and_recorded() -> None:
     cfg = SimConfig(fps=30, deadline_ms=100, duration_s=15.0, max_in_flight=3)
     res = simulate(_Greedy(), MODES, ge_link(), cfg)
-    sent = [r for r in res.records if r.sent_at is not None]
+    sent = [r for r in res.records if r.sent_s is not None]
     for r in res.records:  # at every capture, at most K frames admitted and not yet completed
-        t = r.captured_at
-        in_flight = sum(1 for s in sent if s.captured_at <= t and (s.completed_at is None or s.completed_at > t))
+        t = r.t_s
+        in_flight = sum(1 for s in sent if s.t_s <= t and s.t_s + s.latency_ms / 1e3 > t)
         assert in_flight <= cfg.max_in_flight
-    limited = [r for r in res.records if r.mode is None]
+    limited = [r for r in res.records if r.skipped]
     assert limited and all(reason_kind(r.reason) == "in-flight limit" for r in limited)
-    s = summarize(res.records, MODES)
+    s = figures(res.records, MODES)
     assert s["dropped"] == len(limited) and s["drop_reasons"] == {"in-flight limit": len(limited)}
 
 
-def test_summarize_metrics() -> None:
+def test_figures() -> None:
     link = LinkConfig(uplink=Trace.constant(1e6), delay_ms=10.0)
     cfg = SimConfig(fps=10, deadline_ms=130, duration_s=1.0, max_in_flight=1, reply_bytes=0)
-    res = simulate(make_controller("fixed", [ONE], 130, max_in_flight=1), [ONE], link, cfg)
-    s = summarize(res.records, [ONE])
+    res = simulate(make_controller("fixed", [ONE], cfg.run), [ONE], link, cfg)
+    s = figures(res.records, [ONE])
     # 134 ms per frame > 130 ms: every frame is late; with K = 1 every other capture finds a frame in flight
     assert s["hit_rate"] == 0.0 and s["late"] == 5 and s["dropped"] == 5
     assert s["mean_accuracy"] == 0.0 and s["bytes_sent"] == 5 * 12500

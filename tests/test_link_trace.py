@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 
 from slimsplit.errors import ConfigError, TraceError
+from slimsplit.link import synth
 from slimsplit.link.synth import (
+    SHARED_TRACES_ENV,
     LinkState,
     MarkovModel,
     PiecewiseModel,
     gilbert_elliott,
+    shared_traces_dir,
     shipped_models,
     shipped_traces_dir,
+    source_tree_root,
     write_shipped,
 )
 from slimsplit.link.trace import (
@@ -26,7 +30,7 @@ from slimsplit.link.trace import (
     write_mahimahi,
 )
 
-SHARED = Path("/work/shared/traces")
+SHARED = shared_traces_dir()
 
 
 def small() -> Trace:
@@ -209,10 +213,43 @@ def test_shipped_traces_are_regenerated_exactly(tmp_path: Path) -> None:
         assert shipped.stat().st_size < 200_000
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="the shared cellular traces are not on this machine")
+@pytest.mark.skipif(
+    not SHARED.is_dir(), reason=f"no shared cellular traces at {SHARED} (set {SHARED_TRACES_ENV} to their folder)"
+)
 def test_shared_traces_match_their_readme() -> None:
     tr = load_mahimahi(SHARED / "ATT-LTE-driving.up")
     d = tr.describe()
     assert d["duration_s"] == pytest.approx(1012, abs=1)
     assert d["mean_mbps"] == pytest.approx(0.83, abs=0.01)
     assert d["zero_s"] == 94
+
+
+def test_the_shared_traces_lie_beside_the_repository_unless_the_variable_says(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    root = Path(__file__).resolve().parents[1]
+    assert source_tree_root() == root
+    monkeypatch.delenv(SHARED_TRACES_ENV, raising=False)
+    assert shared_traces_dir() == root.parent / "shared" / "traces"
+    monkeypatch.setenv(SHARED_TRACES_ENV, str(tmp_path))
+    assert shared_traces_dir() == tmp_path
+
+
+def test_the_source_tree_is_the_folder_whose_pyproject_names_slimsplit(tmp_path: Path) -> None:
+    module = tmp_path / "repo" / "slimsplit" / "link" / "synth.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("")
+    pyproject = tmp_path / "repo" / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "slimsplit"\n')
+    assert source_tree_root(module) == tmp_path / "repo"
+    pyproject.write_text('[project]\nname = "someone-else"\n')  # a project that installed slimsplit in its venv
+    assert source_tree_root(module) is None
+    pyproject.write_text("not toml [")
+    assert source_tree_root(module) is None
+
+
+def test_without_a_repository_the_shared_traces_need_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SHARED_TRACES_ENV, raising=False)
+    monkeypatch.setattr(synth, "source_tree_root", lambda start=None: None)
+    with pytest.raises(ConfigError, match=SHARED_TRACES_ENV):
+        shared_traces_dir()

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from slimsplit.apps.demo import DEMO_TRACE
+from slimsplit.apps.demo import main as demo_main
 from slimsplit.bundle import Bundle, default_bundle_path
-from slimsplit.demo import DEMO_TRACE
-from slimsplit.demo import main as demo_main
 from slimsplit.edge.cli import main as edge_main
 from slimsplit.server.app import ServerThread, serve_in_thread
 from slimsplit.server.config import GrpcConfig, ServerConfig
@@ -154,12 +154,12 @@ def test_one_frame_at_a_time_gives_up_at_the_deadline_and_never_skips(server: Se
 @pytest.mark.parametrize(
     ("argv", "fragments"),
     [
-        (["--controller", "oracle"], ["oracle", "bench/controller.py"]),
-        (["--controller", "pid"], ["unknown --controller 'pid'", "mpc"]),
+        (["--controller", "oracle"], ["oracle", "slimsplit-link simulate --controller oracle"]),
+        (["--controller", "pid"], ["--controller: unknown controller 'pid'", "mpc"]),
         (["--link", "/nonexistent/uplink.trace"], ["/nonexistent/uplink.trace", "not found"]),
         (["--link", "2mbit", "--downlink", "fast"], ["fast", "not found"]),
-        (["--link", "2mbit", "--link-delay-ms", "-1"], ["delay_ms must be >= 0"]),
-        (["--deadline-ms", "0"], ["--deadline-ms must be > 0"]),
+        (["--link", "2mbit", "--link-delay-ms", "-1"], ["--link-delay-ms: expected a number >= 0, got -1.0"]),
+        (["--deadline-ms", "0"], ["--deadline-ms: expected a number > 0"]),
     ],
 )
 def test_usage_errors_are_one_clear_line_and_exit_2(argv: list[str], fragments: list[str]) -> None:
@@ -212,7 +212,7 @@ def test_the_demo_refuses_bad_flags_with_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.trace"
     bad.write_text("x\n", encoding="ascii")
     for argv, fragment in [
-        (["--controller", "oracle"], "bench/controller.py"),
+        (["--controller", "oracle"], "slimsplit-link simulate --controller oracle"),
         (["--link", str(bad)], f"{bad}:1"),
         (["--controller", "mpc", "--mode", "w2b1"], "cannot be combined"),
         (["--fps", "0"], "needs --frames"),

@@ -1,5 +1,6 @@
-"""``slimsplit-loadtest``: many clients, each over its own emulated link, against one in-process server on
-127.0.0.1; every frame accounted for, the slow link's clients send less, and user errors are one line and exit 2."""
+"""``slimsplit-loadtest``: many clients, each over its own emulated link, against a ``slimsplit-server`` process it
+starts on 127.0.0.1 (or a core in its own process); every frame accounted for, the slow link's clients send less,
+and user errors are one line and exit 2."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from typing import Any
 
 import pytest
 
-from slimsplit.edge.loadtest import aggregate, collect, format_report, load_exit_status, main, plan_links
+from slimsplit.apps.loadtest import main
+from slimsplit.apps.loadtest.aggregate import aggregate, collect, load_exit_status
+from slimsplit.apps.loadtest.plan import plan_links
+from slimsplit.apps.loadtest.report import format_report
 from slimsplit.edge.pipeline import RunReport
-from slimsplit.edge.results import FrameResult, ServerTiming, summarize
 from slimsplit.errors import Unavailable
+from slimsplit.records import FrameRecord, ServerTiming, summarize
 
 FPS = 10
 SECONDS = 2
@@ -135,12 +139,14 @@ def test_mpc_sends_fewer_bytes_per_frame_over_a_much_slower_link(tmp_path: Path)
     [
         (["--start-server", "--clients", "0"], "--clients must be in 1..512, got 0"),
         (["--start-server", "--link", "2mbit", "/nonexistent/cell.trace"], "/nonexistent/cell.trace"),
-        ([], "give --server HOST:PORT or --start-server"),
-        (["--server", "127.0.0.1:1", "--start-server"], "exclude each other"),
+        ([], "give --server HOST:PORT, --start-server or --in-process"),
+        (["--server", "127.0.0.1:1", "--start-server"], "--server and --start-server exclude each other"),
+        (["--start-server", "--in-process"], "--start-server and --in-process exclude each other"),
+        (["--in-process", "--link", "2mbit"], "--in-process has no network to emulate"),
         (["--server", "127.0.0.1:http"], "port 'http' is not a number"),
         (["--start-server", "--seconds", "0"], "--seconds must be > 0"),
         (["--start-server", "--controller", "oracle"], "offline"),
-        (["--start-server", "--controller", "mpc", "--mode", "w8b4"], "--mode fixes the mode"),
+        (["--start-server", "--controller", "mpc", "--mode", "w8b4"], "fixes the mode"),
         (["--start-server", "--bundle", "/nonexistent/bundle"], "/nonexistent/bundle"),
     ],
 )
@@ -160,7 +166,7 @@ def test_a_missing_trace_is_named_as_not_found() -> None:
 
 def test_the_console_entry_has_no_traceback_and_imports_no_torch() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "slimsplit.edge.loadtest", "--start-server", "--clients", "0"],
+        [sys.executable, "-m", "slimsplit.apps.loadtest", "--start-server", "--clients", "0"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -170,7 +176,7 @@ def test_the_console_entry_has_no_traceback_and_imports_no_torch() -> None:
     assert "Traceback" not in proc.stderr
     code = (
         "import sys\n"
-        "import slimsplit.edge.loadtest as lt\n"
+        "import slimsplit.apps.loadtest as lt\n"
         "lt.build_parser()\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'rich', 'tqdm'}\n"
         "             or m.startswith('slimsplit.server'))\n"
@@ -190,12 +196,12 @@ def test_clients_get_their_own_links_and_a_failed_client_is_a_row() -> None:
     assert plans[0].link is not plans[2].link
     assert plans[2].link.config.start_offset_s == 10.0
     results = [
-        FrameResult(
+        FrameRecord(
             1, 0, "w8b4", payload_bytes=100, latency_ms=10.0, deadline_ms=100.0, server=ServerTiming(total_ms=2.0)
         ),
-        FrameResult(2, 1, "", status="SKIPPED", reason="in-flight limit: 4", deadline_ms=100.0),
-        FrameResult(3, 2, "w8b4", status="DEADLINE_EXCEEDED", payload_bytes=100, deadline_ms=100.0),
-        FrameResult(
+        FrameRecord(2, 1, "", status="SKIPPED", reason="in-flight limit: 4", deadline_ms=100.0),
+        FrameRecord(3, 2, "w8b4", status="DEADLINE_EXCEEDED", payload_bytes=100, deadline_ms=100.0),
+        FrameRecord(
             4, 3, "w2b1", payload_bytes=30, latency_ms=150.0, deadline_ms=100.0, server=ServerTiming(total_ms=4.0)
         ),
     ]
@@ -227,3 +233,54 @@ def test_an_unreachable_server_fails_every_client_and_exits_3() -> None:
     assert "2 of 2 clients failed" in out
     assert "no frames ran" in out
     assert err.count(f"127.0.0.1:{port}") >= 2
+
+
+def test_a_started_server_is_a_process_of_its_own_and_this_process_imports_no_server() -> None:
+    """--start-server runs slimsplit-server through its entry point; the load tester never imports the server."""
+    code = (
+        "import sys\n"
+        "from slimsplit.apps.loadtest import main\n"
+        "status = main(['--start-server', '--server-backend', 'null', '--clients', '2', '--link', 'none',\n"
+        "               '--seconds', '0.5', '--fps', '10', '--quiet'])\n"
+        "bad = sorted(m for m in sys.modules if m.startswith('slimsplit.server'))\n"
+        "assert not bad, bad\n"
+        "print('status', status)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "status 0", proc.stdout + proc.stderr
+    assert "slimsplit-server process (null, max batch 8)" not in proc.stdout  # --quiet: the table only
+    assert "every frame answered" in proc.stdout
+
+
+def test_a_server_that_does_not_start_is_shown_with_its_stderr() -> None:
+    code, out, err = run_cli("--start-server", "--server-backend", "no-such-backend", "--clients", "1", "--quiet")
+    assert code == 2
+    assert out == ""
+    assert "the server did not start: slimsplit-server exited with status 2 before it was ready" in err
+    assert "its stderr ends:" in err and "no-such-backend" in err  # the server's own argparse message
+    assert "Traceback" not in err
+
+
+def test_in_process_clients_talk_to_a_core_without_grpc(tmp_path: Path) -> None:
+    path = tmp_path / "load.json"
+    code, out, err = run_cli(
+        "--in-process",
+        "--server-backend",
+        "null",
+        "--clients",
+        "2",
+        "--seconds",
+        "1",
+        "--fps",
+        str(FPS),
+        "--json-out",
+        str(path),
+    )
+    assert code == 0, err
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    assert doc["meta"]["target"] == "in-process" and doc["meta"]["links"] == ["none"]
+    assert doc["meta"]["server"] == "in-process core (null, max batch 8)"
+    assert doc["overall"]["answered"] == doc["overall"]["frames"] == 2 * FPS
+    assert all(c["link_check"] is None and c["error"] is None for c in doc["clients"])
+    assert "clients -> in-process" in out

@@ -50,8 +50,10 @@ def test_switchable_batch_norm_keeps_statistics_per_width() -> None:
     x = torch.randn(8, 3, 64, 64)
     model(x, 2, 8)
     bns = model.decoder.bn1.bns
-    assert not torch.equal(bns[0].running_mean, torch.zeros_like(bns[0].running_mean))
-    assert torch.equal(bns[3].running_mean, torch.zeros_like(bns[3].running_mean))
+    first, last = bns[0].running_mean, bns[3].running_mean
+    assert isinstance(first, torch.Tensor) and isinstance(last, torch.Tensor)
+    assert not torch.equal(first, torch.zeros_like(first))
+    assert torch.equal(last, torch.zeros_like(last))
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
@@ -73,6 +75,6 @@ def test_fake_quantize_matches_the_codec(bits: int) -> None:
 
 def test_fake_quantize_passes_gradients_straight_through() -> None:
     x = torch.randn(2, 4, 8, 8, requires_grad=True)
-    fake_quantize(x, 2).sum().backward()
+    fake_quantize(x, 2).sum().backward()  # type: ignore[no-untyped-call]
     assert x.grad is not None
     torch.testing.assert_close(x.grad, torch.ones_like(x))

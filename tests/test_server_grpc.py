@@ -30,9 +30,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from server_helpers import GateBackend
 
+from slimsplit.errors import BackendError
+from slimsplit.protocol import ERROR_CLASS_KEY, MAX_ERROR_MESSAGE_CHARS, SERVICE_NAME
 from slimsplit.server.app import ServerThread, serve_in_thread
 from slimsplit.server.config import DEFAULT_MAX_RECEIVE_BYTES, GrpcConfig, MetricsConfig, ServerConfig
-from slimsplit.server.grpc_service import SERVICE_NAME
 from slimsplit.v1 import slimsplit_pb2 as pb
 from slimsplit.v1 import slimsplit_pb2_grpc as pb_grpc
 
@@ -221,6 +222,29 @@ BAD_CASES: dict[str, tuple[Callable[[TinyBundle], pb.FeatureFrame], grpc.StatusC
 }
 
 
+#: The slimsplit.errors class each case travels as (Infer: trailing metadata; InferStream: FrameError.error_class).
+BAD_CLASSES = {
+    "unknown model": "UnknownModel",
+    "unknown version": "UnknownModel",
+    "unknown mode": "UnknownMode",
+    "header lies about bits": "InvalidFrame",
+    "header lies about shape": "InvalidFrame",
+    "header lies about payload": "CodecError",
+    "truncated payload": "CodecError",
+    "garbage payload": "CodecError",
+    "no features": "CodecError",
+    "NaN in header": "CodecError",
+    "Inf in header": "CodecError",
+    "wrong protocol version": "UnsupportedVersion",
+    "newer codec version": "UnsupportedVersion",
+}
+
+
+def trailing_class(exc: grpc.RpcError) -> str | None:
+    trailing: Any = exc.trailing_metadata()  # a grpc.Call as well
+    return dict(trailing or ()).get(ERROR_CLASS_KEY)
+
+
 @pytest.mark.parametrize("case", list(BAD_CASES))
 def test_bad_frame_over_infer_gets_its_status(server: ServerThread, tiny: TinyBundle, case: str) -> None:
     make, code = BAD_CASES[case]
@@ -230,6 +254,7 @@ def test_bad_frame_over_infer_gets_its_status(server: ServerThread, tiny: TinyBu
             stub.Infer(make(tiny), timeout=TIMEOUT)
         assert info.value.code() == code, info.value.details()
         assert info.value.details()
+        assert trailing_class(info.value) == BAD_CLASSES[case]
         # The same connection keeps working...
         assert stub.Infer(frame(tiny, "w2b8"), timeout=TIMEOUT).classes
     assert_serving(server, tiny)  # ...and so do other clients.
@@ -238,7 +263,8 @@ def test_bad_frame_over_infer_gets_its_status(server: ServerThread, tiny: TinyBu
 def test_bad_frames_in_a_stream_are_frame_errors_and_the_stream_goes_on(server: ServerThread, tiny: TinyBundle) -> None:
     frames: list[pb.FeatureFrame] = []
     expected: dict[int, grpc.StatusCode | None] = {}
-    for i, (make, code) in enumerate(BAD_CASES.values()):
+    classes: dict[int, str] = {}
+    for i, (case, (make, code)) in enumerate(BAD_CASES.items()):
         bad = make(tiny)
         bad.frame_id = 1000 + i
         good = frame(tiny, "w2b2", i)
@@ -246,6 +272,7 @@ def test_bad_frames_in_a_stream_are_frame_errors_and_the_stream_goes_on(server: 
         frames += [bad, good]
         expected[bad.frame_id] = code
         expected[good.frame_id] = None
+        classes[bad.frame_id] = BAD_CLASSES[case]
     with channel(server) as ch:
         replies = list(pb_grpc.SplitInferenceStub(ch).InferStream(iter(frames), timeout=TIMEOUT))
     assert len(replies) == len(frames)
@@ -255,6 +282,7 @@ def test_bad_frames_in_a_stream_are_frame_errors_and_the_stream_goes_on(server: 
             assert want is not None, f"good frame {r.error.frame_id} failed: {r.error.message}"
             assert (r.error.code, r.error.status) == (want.value[0], want.name)
             assert r.error.message
+            assert r.error.error_class == classes[r.error.frame_id]
         else:
             assert expected[r.prediction.frame_id] is None
     assert {r.error.frame_id if r.HasField("error") else r.prediction.frame_id for r in replies} == set(expected)
@@ -284,9 +312,38 @@ def test_unexpected_backend_exception_is_internal(
         assert info.value.code() == grpc.StatusCode.INTERNAL
         details = str(info.value.details())
         assert "ZeroDivisionError" in details and "log ref" in details
+        assert trailing_class(info.value) is None  # not an error of the tree: no class to name
         (reply,) = list(stub.InferStream(iter([frame(tiny, "w4b8", 5)]), timeout=TIMEOUT))
-        assert (reply.error.frame_id, reply.error.status) == (5, "INTERNAL")
+        assert (reply.error.frame_id, reply.error.status, reply.error.error_class) == (5, "INTERNAL", "")
     open_gate.fail_with = None
+    assert_serving(server, tiny)
+
+
+class NamedBackendError(BackendError):
+    """A backend's own error class, defined outside slimsplit.errors."""
+
+
+def test_errors_name_their_public_class_and_echoed_strings_are_bounded(
+    server: ServerThread, tiny: TinyBundle, open_gate: GateBackend
+) -> None:
+    open_gate.fail_with = NamedBackendError("the device fell over")
+    huge = "m" * 50_000  # a client-chosen name the error message echoes
+    with channel(server) as ch:
+        stub = pb_grpc.SplitInferenceStub(ch)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Infer(frame(tiny, "w4b8"), timeout=TIMEOUT)
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert trailing_class(info.value) == "BackendError"  # the public class it derives from
+        open_gate.fail_with = None
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Infer(frame(tiny, "w4b8", model=huge), timeout=TIMEOUT)
+        details = str(info.value.details())
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND and trailing_class(info.value) == "UnknownModel"
+        assert len(details) == MAX_ERROR_MESSAGE_CHARS and details.endswith("…")
+        odd = frame(tiny, "w4b8", 7)
+        odd.mode = huge
+        (reply,) = list(stub.InferStream(iter([odd]), timeout=TIMEOUT))
+        assert reply.error.error_class == "UnknownMode" and len(reply.error.message) == MAX_ERROR_MESSAGE_CHARS
     assert_serving(server, tiny)
 
 

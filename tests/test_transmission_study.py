@@ -4,14 +4,13 @@ on the shipped bundle."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from script_loader import load_bench
 
 from slimsplit.link.shaping import LinkDirection
 from slimsplit.link.trace import Trace
@@ -19,12 +18,12 @@ from slimsplit.link.trace import Trace
 
 @pytest.fixture(scope="module")
 def study() -> ModuleType:
-    return load_bench("transmission_study")
+    return importlib.import_module("bench.transmission_study")
 
 
 @pytest.fixture(scope="module")
 def bench_controller(study: ModuleType) -> ModuleType:
-    return sys.modules["controller"]  # the study imports bench/controller.py under that name
+    return importlib.import_module("bench.controller")
 
 
 def _truth(bench_controller: ModuleType, trace_name: str, seconds: float, scenario: int = 0) -> tuple:  # type: ignore[type-arg]
@@ -123,7 +122,7 @@ def test_script_writes_json_table_and_plot(
 def test_nested_planes_bench_on_the_shipped_sample(tmp_path: Path) -> None:
     """bench/nested_planes.py on the shipped bundle and sample: the top bit of every code is the 1-bit code (the
     quantizer's levels are symmetric about the midpoint), so the 1-bit tail must score the same on both."""
-    nested = load_bench("nested_planes")
+    nested = importlib.import_module("bench.nested_planes")
     out = tmp_path / "nested.json"
     assert nested.main(["--samples", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["results"]

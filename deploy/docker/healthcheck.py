@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-# The name the server registers with its health service (slimsplit.server.grpc_service.SERVICE_NAME;
+# The name the server registers with its health service (slimsplit.protocol.SERVICE_NAME;
 # tests/test_deploy.py checks the two agree). Not imported: a health check must stay cheap.
 SERVICE_NAME = "slimsplit.v1.SplitInference"
 DEFAULT_ADDRESS = "127.0.0.1:50051"

@@ -2,7 +2,7 @@
 # Install, update or remove the slimsplit edge service on a Raspberry Pi.
 #
 # Target: Raspberry Pi OS bookworm 64-bit (Debian 12, arm64) with its Python 3.11. Idempotent: running it
-# again updates the package and the unit and keeps your /etc/slimsplit/edge.env.
+# again updates the package and the unit and keeps your /etc/slimsplit/edge.toml.
 #
 #   sudo deploy/raspberry-pi/install.sh --server my-server.lan:50051    # install (or update) from this checkout
 #   sudo deploy/raspberry-pi/install.sh --from slimsplit-0.1.0-py3-none-any.whl
@@ -11,8 +11,9 @@
 #
 # What an install does: creates the system user `slimsplit`; creates a virtual environment in
 # /opt/slimsplit/venv and pip-installs slimsplit with the `edge` extra only (numpy, onnxruntime, grpcio,
-# protobuf; never torch); copies edge.env to /etc/slimsplit/ unless one is there; installs
-# slimsplit-edge.service into /etc/systemd/system, enables it and (re)starts it.
+# protobuf; never torch); copies edge.toml to /etc/slimsplit/ unless one is there and checks it with
+# slimsplit-edge --print-config; installs slimsplit-edge.service into /etc/systemd/system, enables it and
+# (re)starts it.
 #
 # Environment (packaging and tests; the defaults are what slimsplit-edge.service expects):
 #   SLIMSPLIT_PREFIX=/opt/slimsplit  SLIMSPLIT_CONFIG_DIR=/etc/slimsplit  SLIMSPLIT_UNIT_DIR=/etc/systemd/system
@@ -48,7 +49,7 @@ usage() {
 usage: install.sh [--dry-run] [--server HOST:PORT] [--from PATH] [--no-start]
        install.sh --uninstall [--purge] [--dry-run]
 
-  --server HOST:PORT  the slimsplit server; written into $config_dir/edge.env
+  --server HOST:PORT  the slimsplit server; written into $config_dir/edge.toml ([server] address)
   --from PATH         what to pip-install: a checkout of slimsplit or a wheel (default: $repo)
   --no-start          install and enable the service, but do not (re)start it now
   --dry-run           print each step that would change the system, change nothing (no root needed)
@@ -197,17 +198,27 @@ install_package() {
 }
 
 install_config() {
-    local env_file="$config_dir/edge.env"
+    local config="$config_dir/edge.toml"
     run install -d -m 0755 "$config_dir"
-    if [ -e "$env_file" ]; then
-        log "keeping the existing $env_file"
+    if [ -e "$config" ]; then
+        log "keeping the existing $config"
     else
-        log "installing $env_file"
-        run install -m 0640 "$here/edge.env" "$env_file"
+        log "installing $config"
+        # owned by root; the service user reads it through its group (slimsplit-edge --config), others cannot
+        run install -o root -g "$user" -m 0640 "$here/edge.toml" "$config"
+    fi
+    if [ -e "$config_dir/edge.env" ]; then
+        warn "$config_dir/edge.env is no longer read: move its settings into $config"
     fi
     if [ -n "$server" ]; then
         log "server: $server"
-        run sed -i "s|^SLIMSPLIT_SERVER=.*|SLIMSPLIT_SERVER=$server|" "$env_file"
+        run sed -i "s|^address = .*|address = \"$server\"|" "$config"
+    fi
+    if [ "$dry_run" = 1 ]; then
+        printf '+ check: %s --config %s --print-config\n' "$prefix/venv/bin/slimsplit-edge" "$config"
+    else
+        "$prefix/venv/bin/slimsplit-edge" --config "$config" --print-config >/dev/null ||
+            die "$config is not a valid slimsplit-edge configuration (the message above names the key)"
     fi
 }
 

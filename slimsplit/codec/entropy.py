@@ -18,7 +18,7 @@ The ``entropy=`` choices of the encoder (the smallest candidate wins; a tie goes
   some frames (mostly 8-bit ones) for 2-4x the encode time.
 * ``"none"``, ``"zlib"`` (all three strategies), ``"lzma"``, ``"huffman"`` - force that coder.
 
-bz2 was measured too (``bench/codec.py``) and never won on feature frames (its framing alone is ~40 bytes).
+bz2 was measured too (BENCHMARKS.md section 2) and never won on feature frames (its framing alone is ~40 bytes).
 """
 
 from __future__ import annotations

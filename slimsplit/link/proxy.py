@@ -56,8 +56,10 @@ class ProxyStats:
     connections: int = 0
     active: int = 0
     refused: int = 0
-    bytes_up: int = 0
+    bytes_up: int = 0  # delivered across the link, each direction
     bytes_down: int = 0
+    offered_up: int = 0  # read from the sender into the link (delivered or still on the way), each direction
+    offered_down: int = 0
 
 
 class ShapingProxy:
@@ -186,6 +188,10 @@ class ShapingProxy:
                 data = await src.read(min(cfg.read_bytes, int(room)))
                 if not data:
                     break
+                if upstream:
+                    self.stats.offered_up += len(data)
+                else:
+                    self.stats.offered_down += len(data)
                 ends, times = link.enqueue_segments(self.link_time(), len(data), cfg.segment_bytes)
                 start = 0
                 for end, at in zip(ends, times, strict=True):

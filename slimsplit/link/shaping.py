@@ -15,10 +15,9 @@ time ``t`` is ``max(0, free_pos - bytes_through(t))``.
 Times given to a direction are *link time* in seconds (the simulator's virtual clock, or the proxy's monotonic clock
 minus its epoch); ``offset_s`` shifts them into trace time, so a run can start anywhere in a trace.
 
-Drop-tail: :meth:`LinkDirection.offer` refuses a message that does not fit into ``queue_bytes`` (datagram
-semantics). A TCP byte stream cannot lose bytes, so the proxy applies the same bound as back-pressure: it reads
-from a socket only as many bytes as the queue has room for (:meth:`LinkDirection.space`), and the sender's TCP
-stack holds the rest. Both give identical delivery times for a FIFO; only the place where bytes wait differs.
+The queue holds at most ``queue_bytes``. A TCP byte stream cannot lose bytes, so the proxy applies the bound as
+back-pressure: it reads from a socket only as many bytes as the queue has room for (:meth:`LinkDirection.space`),
+and the sender's TCP stack holds the rest.
 """
 
 from __future__ import annotations
@@ -118,13 +117,6 @@ class LinkDirection:
         self._free_pos = start + nbytes
         return self.trace.time_of_byte(self._free_pos) - self.offset_s + self.delay_s
 
-    def offer(self, t: float, nbytes: float) -> float | None:
-        """Drop-tail: like :meth:`enqueue`, but refuse (``None``) a message that does not fit into the queue."""
-        if self.backlog(t) + nbytes > self.queue_bytes:
-            self._advance(t)
-            return None
-        return self.enqueue(t, nbytes)
-
     def enqueue_segments(self, t: float, nbytes: int, segment_bytes: int = 1500) -> tuple[list[int], list[float]]:
         """Enqueue ``nbytes`` at ``t`` and return, for consecutive pieces that arrive at the same instant, their
         end offsets within the chunk and arrival times: ``([end_1, end_2, ...], [t_1, t_2, ...])``.
@@ -144,7 +136,7 @@ class LinkDirection:
     def withdraw(self, t: float, keep_bytes: float = 0.0) -> float:
         """The sender takes back, at ``t``, the bytes waiting in the bottleneck beyond the first ``keep_bytes``
         (those at the tail: the newest messages); returns how many it took. A model of a sender that keeps bytes
-        at home until the link can carry them (see ``bench/transmission_study.py``): a real FIFO cannot give back
+        at home until the link can carry them (see BENCHMARKS.md section 4b): a real FIFO cannot give back
         bytes already in it."""
         self._advance(t)
         removed = max(0.0, self.backlog(t) - max(0.0, keep_bytes))

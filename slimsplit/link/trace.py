@@ -323,11 +323,29 @@ def format_rate(bps: float) -> str:
     return f"{bps:g}bit"
 
 
+SHIPPED_PREFIX = "shipped:"
+
+
+def shipped_trace_path(name: str) -> Path:
+    """The file of the shipped synthetic trace ``name`` (``ge-outages``; see ``slimsplit/assets/traces``)."""
+    from slimsplit.link.synth import shipped_traces_dir  # synth builds on this module
+
+    folder = shipped_traces_dir()
+    path = folder / f"{name.removesuffix('.trace')}.trace"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in folder.glob("*.trace"))) or "none"
+        raise TraceError(f"no shipped trace {name!r} (shipped: {names})")
+    return path
+
+
 def load_trace_spec(spec: str) -> Trace | None:
-    """A link specification as given on command lines: ``none`` (unshaped), a rate (``2mbit``) or a trace file."""
+    """A link specification as given on command lines: ``none`` (unshaped), a rate (``2mbit``), a shipped trace
+    (``shipped:ge-outages``) or a trace file."""
     s = spec.strip()
     if s.lower() in {"none", "off", ""}:
         return None
+    if s.startswith(SHIPPED_PREFIX):
+        return load_mahimahi(shipped_trace_path(s.removeprefix(SHIPPED_PREFIX)))
     if _RATE_RE.match(s) and not Path(s).exists():
         return Trace.constant(parse_rate(s))
     return load_mahimahi(s)
@@ -335,11 +353,13 @@ def load_trace_spec(spec: str) -> Trace | None:
 
 __all__ = [
     "MAHIMAHI_PACKET_BYTES",
+    "SHIPPED_PREFIX",
     "Trace",
     "format_rate",
     "load_mahimahi",
     "load_trace_spec",
     "parse_mahimahi",
     "parse_rate",
+    "shipped_trace_path",
     "write_mahimahi",
 ]

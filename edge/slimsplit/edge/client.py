@@ -1,0 +1,122 @@
+"""The edge's gRPC connection: :class:`EdgeClient` over a ``grpc.aio`` channel, and what a frame costs on the wire.
+
+The frames themselves travel over a transport the client opens per run (:mod:`slimsplit.edge.grpc_transport`): a
+reconnecting ``InferStream`` or one unary ``Infer`` call per frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from slimsplit.edge.channel import insecure_channel
+from slimsplit.edge.config import ClientConfig
+from slimsplit.edge.grpc_transport import StreamTransport, UnaryTransport
+from slimsplit.edge.status import error_from_rpc
+from slimsplit.edge.transport import Connection, FrameTransport, Outcome
+from slimsplit.errors import Unavailable
+from slimsplit.protocol import PROTOCOL_VERSION
+from slimsplit.v1 import slimsplit_pb2 as pb
+from slimsplit.v1 import slimsplit_pb2_grpc as pb_grpc
+
+#: Bytes a frame costs on the wire besides its ``FeatureFrame`` message: the gRPC length prefix (5), the HTTP/2
+#: DATA frame header (9) and the send timestamp, which is set when the frame is written (10).
+WIRE_FRAMING_BYTES = 5 + 9 + 10
+
+
+def wire_bytes(frame: pb.FeatureFrame) -> int:
+    """What ``frame`` puts on the uplink (before TCP/IP headers), measured before it is sent."""
+    size: int = frame.ByteSize() + WIRE_FRAMING_BYTES
+    return size
+
+
+def frame_overhead_bytes(model: str, model_version: str = "", top_k: int = 5) -> int:
+    """Bytes a frame of ``model`` costs on the uplink beyond its payload (message fields, gRPC and HTTP/2 framing):
+    about 60 with the default bundle, as much as a 1-bit payload, so the controllers plan with it."""
+    probe = pb.FeatureFrame(
+        protocol_version=PROTOCOL_VERSION,
+        frame_id=10_000,
+        model=model,
+        model_version=model_version,
+        mode="w00b0",
+        features=b"\0" * 256,
+        top_k=top_k,
+    )
+    return wire_bytes(probe) - 256
+
+
+class EdgeClient(Connection):
+    """A connection to one slimsplit server over gRPC (``async with EdgeClient(config) as client: ...``)."""
+
+    def __init__(self, config: ClientConfig, target: str | None = None) -> None:
+        super().__init__(config, target)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Any = None
+
+    async def __aenter__(self) -> EdgeClient:
+        self.open()
+        return self
+
+    def open(self) -> None:
+        if self._channel is None:
+            self._channel = insecure_channel(self.target, self.config.channel)
+            self._stub = pb_grpc.SplitInferenceStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel = None
+            self._stub = None
+
+    @property
+    def stub(self) -> Any:
+        if self._stub is None:
+            raise Unavailable("the client is not open (use 'async with EdgeClient(...)')")
+        return self._stub
+
+    # ----------------------------------------------------------------------------------------------- calls
+    async def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Wait until the channel is connected; :class:`Unavailable` naming the address otherwise."""
+        self.open()
+        assert self._channel is not None
+        timeout = self.config.connect_timeout_s if timeout_s is None else timeout_s
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"cannot reach a server at {self.target} within {timeout:g} s (is slimsplit-server running there?)",
+                target=self.target,
+            ) from None
+
+    async def describe(self, model: str = "", timeout_s: float = 5.0) -> pb.DescribeResponse:
+        try:
+            response: pb.DescribeResponse = await self.stub.Describe(pb.DescribeRequest(model=model), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, target=self.target) from None
+        return response
+
+    def open_transport(self, *, unary: bool = False, seed: int | None = None) -> FrameTransport:
+        """A reconnecting ``InferStream`` (opened lazily by the first ``submit``), or unary ``Infer`` calls."""
+        return UnaryTransport(self.stub) if unary else self.open_stream(seed=seed)
+
+    def open_stream(self, *, seed: int | None = None) -> StreamTransport:
+        """A reconnecting frame stream on this channel (opened lazily by the first ``submit``)."""
+        return StreamTransport(self.stub, self.config.reconnect, seed=seed)
+
+    async def infer_outcome(self, frame: pb.FeatureFrame, deadline_s: float | None) -> Outcome:
+        """One unary ``Infer``, awaited; a failure is the outcome's error (gRPC retries UNAVAILABLE)."""
+        return await UnaryTransport(self.stub).call(frame, deadline_s)
+
+    async def infer(self, frame: pb.FeatureFrame, deadline_s: float | None = None) -> pb.Prediction:
+        """One unary ``Infer``; raises the :mod:`slimsplit.errors` class of the failure."""
+        outcome = await self.infer_outcome(frame, deadline_s)
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.prediction is not None
+        return outcome.prediction
+
+
+__all__ = ["WIRE_FRAMING_BYTES", "EdgeClient", "frame_overhead_bytes", "wire_bytes"]

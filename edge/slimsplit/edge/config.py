@@ -1,0 +1,410 @@
+"""Typed configuration of the edge (frozen dataclasses with defaults; no module-level state).
+
+:class:`ClientConfig` (with :class:`ReconnectPolicy`, :class:`ChannelConfig`) is what the gRPC client needs.
+:class:`EdgeConfig` is everything ``slimsplit-edge`` runs with, as its TOML file (``--config``) holds it; flags
+override the file, the file overrides the defaults (the same loader as the server's, :mod:`slimsplit.settings`)::
+
+    [server]
+    address = "slimsplit-server.lan:50051"
+
+    [control]
+    controller = "mpc"
+    deadline_ms = 100.0
+    fps = 10.0
+
+    [control.mpc]
+    margin = 0.9
+
+Every key is checked: an unknown key, a value of the wrong type or out of range is a
+:class:`~slimsplit.errors.ConfigError` naming the key (``control.deadline_ms: expected a number > 0, got 0``).
+``slimsplit-edge --print-config`` prints the effective configuration in this form.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimsplit.control.config import RunConfig
+from slimsplit.control.controllers import EwmaGreedyOptions, FixedOptions, MpcConfig
+from slimsplit.control.registry import CONTROLLERS
+from slimsplit.edge.link import LinkOptions
+from slimsplit.edge.sources import SAMPLE
+from slimsplit.errors import ConfigError
+from slimsplit.protocol import DEFAULT_PORT
+from slimsplit.settings import check, field_error, load
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """Exponential backoff with jitter between attempts to reopen a broken stream.
+
+    The delay before attempt ``n`` (1-based) is ``min(max_s, initial_s * multiplier**(n-1))`` scaled by a
+    random factor in ``[1 - jitter, 1 + jitter]``. ``max_attempts`` = consecutive failed attempts before the
+    stream gives up with :class:`~slimsplit.errors.Unavailable` (``None`` = keep trying while frames keep
+    coming).
+    """
+
+    initial_s: float = 0.1
+    max_s: float = 5.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    max_attempts: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial_s <= self.max_s:
+            raise ConfigError(f"reconnect backoff: need 0 < initial_s <= max_s, got {self.initial_s}, {self.max_s}")
+        if self.multiplier < 1.0:
+            raise ConfigError(f"reconnect backoff: multiplier must be >= 1, got {self.multiplier}")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ConfigError(f"reconnect backoff: jitter must be in [0, 1), got {self.jitter}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ConfigError(f"reconnect backoff: max_attempts must be >= 1, got {self.max_attempts}")
+
+    def delay(self, attempt: int, rand: float) -> float:
+        """Delay before attempt ``attempt`` (1-based); ``rand`` is a uniform sample in [0, 1)."""
+        base = min(self.max_s, self.initial_s * self.multiplier ** max(0, attempt - 1))
+        return base * (1.0 - self.jitter + 2.0 * self.jitter * rand)
+
+
+@dataclass(frozen=True)
+class UnaryRetryPolicy:
+    """gRPC's own retry policy for ``Infer`` (service config); only statuses that are safe to retry."""
+
+    max_attempts: int = 3
+    initial_backoff_s: float = 0.02
+    max_backoff_s: float = 0.5
+    multiplier: float = 2.0
+    retryable_status_codes: tuple[str, ...] = ("UNAVAILABLE",)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_attempts <= 5:
+            raise ConfigError(f"unary retry: max_attempts must be in 1..5 (1 = no retries), got {self.max_attempts}")
+        if not 0 < self.initial_backoff_s <= self.max_backoff_s or self.multiplier <= 0:
+            raise ConfigError("unary retry: need 0 < initial_backoff_s <= max_backoff_s and multiplier > 0")
+        if not self.retryable_status_codes:
+            raise ConfigError("unary retry: retryable_status_codes must not be empty")
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """Options of the gRPC channel (both sides set matching message limits and keepalive)."""
+
+    max_message_bytes: int = 16 * 1024 * 1024
+    keepalive_time_ms: int = 20_000
+    keepalive_timeout_ms: int = 5_000
+    keepalive_permit_without_calls: bool = False
+    # how fast the channel itself re-dials a server that went away (gRPC's default starts at 1 s, caps at 120
+    # s)
+    initial_reconnect_backoff_ms: int = 100
+    max_reconnect_backoff_ms: int = 5_000
+    retry: UnaryRetryPolicy = field(default_factory=UnaryRetryPolicy)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Everything the edge client needs besides the bundle and the frames.
+
+    ``deadline_ms``: the latency target of a frame, from its capture to its prediction; an answer that comes
+    later counts as a miss. ``give_up_ms``: a frame whose reply has not arrived this long after its capture is
+    abandoned, reported ``DEADLINE_EXCEEDED`` (dropped), and its in-flight slot is freed; the stream goes on
+    (``None`` = ``deadline_ms``: give up at the deadline, when the answer has lost its value; bytes already handed
+    to the transport stay in the link, which the mpc controller accounts for; a longer wait lets a late reply
+    still measure the link, at the price of slots held by frames that are misses already).
+    ``max_in_flight``: frames sent and not yet answered (or abandoned); at that limit a paced source skips
+    frames, an unpaced one waits for a free slot.
+    """
+
+    target: str = f"127.0.0.1:{DEFAULT_PORT}"
+    model: str = ""  # empty = the bundle's manifest name
+    model_version: str = ""  # empty = the newest the server has
+    max_in_flight: int = 4
+    deadline_ms: float = 1000.0
+    top_k: int = 5
+    connect_timeout_s: float = 5.0
+    give_up_ms: float | None = None
+    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1:
+            raise ConfigError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        if not self.deadline_ms > 0:
+            raise ConfigError(f"deadline_ms must be > 0, got {self.deadline_ms}")
+        if self.give_up_ms is not None and not self.give_up_ms > 0:
+            raise ConfigError(f"give_up_ms must be > 0, got {self.give_up_ms}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
+        if not self.connect_timeout_s > 0:
+            raise ConfigError(f"connect_timeout_s must be > 0, got {self.connect_timeout_s}")
+
+    @property
+    def give_up_s(self) -> float:
+        """Seconds after its capture at which a frame without a reply is abandoned."""
+        return (self.give_up_ms if self.give_up_ms is not None else self.deadline_ms) / 1e3
+
+
+def parse_address(text: str, default_port: int = DEFAULT_PORT) -> str:
+    """Validate ``HOST:PORT`` (``[v6]:PORT`` for IPv6; port optional) and return a gRPC target string.
+
+    Raises :class:`ConfigError` naming what is wrong.
+    """
+    raw = text.strip()
+    if not raw:
+        raise ConfigError("server address is empty; expected HOST:PORT, e.g. 127.0.0.1:50051")
+    if "://" in raw:
+        raise ConfigError(f"server address {text!r}: give HOST:PORT without a scheme (e.g. 127.0.0.1:50051)")
+    host: str
+    port_text: str | None
+    if raw.startswith("["):
+        end = raw.find("]")
+        if end < 0:
+            raise ConfigError(f"server address {text!r}: unterminated '[' in IPv6 address")
+        host, rest = raw[1:end], raw[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ConfigError(f"server address {text!r}: expected ':PORT' after ']'")
+        port_text = rest[1:] if rest else None
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as exc:
+            raise ConfigError(f"server address {text!r}: {host!r} is not an IPv6 address") from exc
+    elif raw.count(":") > 1:
+        raise ConfigError(f"server address {text!r}: write IPv6 addresses in brackets, e.g. [::1]:50051")
+    else:
+        host, _, port_text = raw.partition(":")
+        port_text = port_text if ":" in raw else None
+    if not host:
+        raise ConfigError(f"server address {text!r}: the host is missing (expected HOST:PORT)")
+    if any(c.isspace() for c in host) or "/" in host:
+        raise ConfigError(f"server address {text!r}: {host!r} is not a valid host name")
+    port = default_port
+    if port_text is not None:
+        if not port_text.isdigit():
+            raise ConfigError(f"server address {text!r}: port {port_text!r} is not a number")
+        port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"server address {text!r}: port {port} is outside 1-65535")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ---------------------------------------------------------------------------------------------- slimsplit-edge
+
+#: Where the ``oracle`` runs (it knows the link trace in advance: an offline evaluation, not a live controller).
+ORACLE_REFUSAL = (
+    "the oracle knows the link trace in advance, so it cannot run live; it is the upper bound of an offline "
+    "evaluation: slimsplit-link simulate --controller oracle. Live controllers: " + ", ".join(CONTROLLERS.names())
+)
+
+
+def check_live_controller(name: str, mode: str | None, extra: tuple[str, ...] = ()) -> None:
+    """Refuse a controller name that cannot run live (``oracle``: :data:`ORACLE_REFUSAL`) or is unknown (``extra``:
+    further names the caller accepts), and a fixed ``mode`` given to another controller. The errors name the
+    keys ``controller`` and ``mode``."""
+    if name == "oracle":
+        raise field_error("controller", ORACLE_REFUSAL)
+    if name not in CONTROLLERS and name not in extra:
+        available = ", ".join((*CONTROLLERS.names(), *extra))
+        raise field_error("controller", f"unknown controller {name!r}; available: {available}")
+    if mode is not None and name != "fixed":
+        raise field_error("mode", f"fixes the mode; it cannot be combined with controller {name!r}")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """``[server]``: the slimsplit server and how frames reach it. ``give_up_ms``: a frame with no reply this long
+    after its capture is dropped and its in-flight slot freed (unset: the deadline); ``rtt_pings``: the round trip
+    measured at start as the fastest of this many ``Describe`` calls (0 = not measured)."""
+
+    address: str = f"127.0.0.1:{DEFAULT_PORT}"
+    unary: bool = False
+    give_up_ms: float | None = None
+    rtt_pings: int = 5
+    connect_timeout_s: float = 5.0
+    top_k: int = 5
+
+    def __post_init__(self) -> None:
+        try:
+            parse_address(self.address)
+        except ConfigError as exc:
+            raise field_error("address", str(exc)) from exc
+        check(
+            self.give_up_ms is None or (math.isfinite(self.give_up_ms) and self.give_up_ms > 0),
+            "give_up_ms",
+            f"expected a number > 0, got {self.give_up_ms!r}",
+        )
+        check(self.rtt_pings >= 0, "rtt_pings", f"expected an integer >= 0, got {self.rtt_pings!r}")
+        check(
+            math.isfinite(self.connect_timeout_s) and self.connect_timeout_s > 0,
+            "connect_timeout_s",
+            f"expected a number > 0, got {self.connect_timeout_s!r}",
+        )
+        check(self.top_k >= 0, "top_k", f"expected an integer >= 0, got {self.top_k!r}")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """``[model]``: the bundle (unset: the shipped one) and the encoder's ONNX Runtime threads (0 = its choice)."""
+
+    bundle: Path | None = None
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.threads >= 0, "threads", f"expected an integer >= 0, got {self.threads!r}")
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """``[control]``: the controller and the run configuration it shares with the control loop (:attr:`run`).
+    ``mode``: the mode of the ``fixed`` controller (unset: the most accurate); ``[control.ewma_greedy]`` and
+    ``[control.mpc]``: the options of those controllers."""
+
+    controller: str = "fixed"
+    mode: str | None = None
+    deadline_ms: float = 1000.0
+    fps: float = 0.0
+    max_in_flight: int = 4
+    ewma_greedy: EwmaGreedyOptions = field(default_factory=EwmaGreedyOptions)
+    mpc: MpcConfig = field(default_factory=MpcConfig)
+
+    def __post_init__(self) -> None:
+        _ = self.run  # checks deadline_ms, fps and max_in_flight (the errors name them)
+        check_live_controller(self.controller, self.mode)
+
+    @property
+    def run(self) -> RunConfig:
+        return RunConfig(deadline_ms=self.deadline_ms, fps=self.fps, max_in_flight=self.max_in_flight)
+
+    def options(self) -> Any:
+        """The options of the chosen controller (``fixed``: its ``mode``, which may still be unset)."""
+        if self.controller == "ewma-greedy":
+            return self.ewma_greedy
+        if self.controller == "mpc":
+            return self.mpc
+        return FixedOptions(self.mode)
+
+
+@dataclass(frozen=True)
+class FramesSettings:
+    """``[frames]``: ``source`` = ``sample`` (the shipped images), a folder of images or an ``.npz``; ``count`` =
+    frames to send (unset: the source once; more repeats it)."""
+
+    source: str = SAMPLE
+    count: int | None = None
+
+    def __post_init__(self) -> None:
+        check(bool(self.source), "source", "expected 'sample', a folder or an .npz file")
+        check(self.count is None or self.count >= 1, "count", f"expected an integer >= 1, got {self.count!r}")
+
+
+@dataclass(frozen=True)
+class ExitRule:
+    """When a run that went to its end exits 1 instead of 0, the same for ``slimsplit-edge``, ``slimsplit-demo``
+    and ``slimsplit-loadtest`` (all frames of all clients): no frame was answered; the share of frames answered
+    by their deadline (skipped and dropped ones count as misses) is below ``min_hit_rate``; or the share of the
+    frames sent that were never answered is above ``max_drop_rate``. The defaults fail only a run that answered
+    nothing: late, skipped and dropped frames are what a bad link does, and what the run measures."""
+
+    min_hit_rate: float = 0.0
+    max_drop_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key in ("min_hit_rate", "max_drop_rate"):
+            value = getattr(self, key)
+            check(0.0 <= value <= 1.0, key, f"expected a number from 0 to 1, got {value!r}")
+
+    def failure(self, *, frames: int, answered: int, hits: int, sent: int) -> str | None:
+        """Why a run of ``frames`` frames (``sent`` of them sent, ``answered`` answered, ``hits`` of those by the
+        deadline) failed, or ``None`` when it passed."""
+        if answered == 0:
+            return f"{frames} frames, none answered"
+        hit_rate = hits / frames
+        if hit_rate < self.min_hit_rate:
+            return (
+                f"{hits} of {frames} frames answered in time ({hit_rate:.1%}), below the minimum hit rate "
+                f"{self.min_hit_rate:g}"
+            )
+        drop_rate = (sent - answered) / sent if sent else 0.0
+        if drop_rate > self.max_drop_rate:
+            return (
+                f"{sent - answered} of {sent} frames sent were never answered ({drop_rate:.1%}), above the maximum "
+                f"drop rate {self.max_drop_rate:g}"
+            )
+        return None
+
+    def status(self, *, frames: int, answered: int, hits: int, sent: int) -> int:
+        """1 when the run failed (:meth:`failure`), else 0."""
+        return 0 if self.failure(frames=frames, answered=answered, hits=hits, sent=sent) is None else 1
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """``[output]``: ``json_out`` = write every frame and the summary there as JSON; ``quiet`` = only the summary;
+    ``plain`` = plain lines even on a terminal; ``every`` = plain output, one line every this many seconds (0 =
+    one per frame); ``min_hit_rate``/``max_drop_rate``: when the run exits 1 (:class:`ExitRule`)."""
+
+    json_out: Path | None = None
+    quiet: bool = False
+    plain: bool = False
+    every: float = 0.0
+    min_hit_rate: float = 0.0
+    max_drop_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        check(math.isfinite(self.every) and self.every >= 0, "every", f"expected a number >= 0, got {self.every!r}")
+        self.exit_rule()
+
+    def exit_rule(self) -> ExitRule:
+        return ExitRule(self.min_hit_rate, self.max_drop_rate)
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Everything ``slimsplit-edge`` runs with (see the module docstring); ``[link]`` is the emulated link
+    (:class:`~slimsplit.edge.link.LinkOptions`; ``uplink = "none"``: none)."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
+    frames: FramesSettings = field(default_factory=FramesSettings)
+    link: LinkOptions = field(default_factory=LinkOptions)
+    output: OutputSettings = field(default_factory=OutputSettings)
+
+    def client(self) -> ClientConfig:
+        """The gRPC client's configuration (give up at the deadline unless ``server.give_up_ms`` says otherwise)."""
+        s, c = self.server, self.control
+        return ClientConfig(
+            target=parse_address(s.address),
+            max_in_flight=c.max_in_flight,
+            deadline_ms=c.deadline_ms,
+            give_up_ms=s.give_up_ms if s.give_up_ms is not None else c.deadline_ms,
+            top_k=s.top_k,
+            connect_timeout_s=s.connect_timeout_s,
+        )
+
+
+def load_edge_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> EdgeConfig:
+    """Defaults, then the TOML file at ``path`` (if any; relative paths in it are relative to the file), then
+    ``overrides`` (nested like the file)."""
+    return load(EdgeConfig, path, overrides)
+
+
+__all__ = [
+    "ORACLE_REFUSAL",
+    "ChannelConfig",
+    "ClientConfig",
+    "ControlSettings",
+    "EdgeConfig",
+    "ExitRule",
+    "FramesSettings",
+    "ModelSettings",
+    "OutputSettings",
+    "ReconnectPolicy",
+    "ServerSettings",
+    "UnaryRetryPolicy",
+    "check_live_controller",
+    "load_edge_config",
+    "parse_address",
+]

@@ -1,0 +1,267 @@
+"""The gRPC frame transports: a reconnecting ``InferStream`` and one unary ``Infer`` call per frame.
+
+Both run on ``grpc.aio``: the sync API's bidirectional stream consumes the request iterator on a gRPC-owned thread
+and hands every reply to another one, so each frame would pay two thread hand-offs under the GIL and the bookkeeping
+(in-flight table, deadlines, reconnection) would need locks. With ``grpc.aio`` one event loop owns all state: a write
+is one awaited batch op, replies are read by one task, per-frame deadlines are ``call_later`` timers (cancelled on
+reply, a few microseconds each) and 64 concurrent unary calls are 64 cheap tasks instead of 64 threads.
+
+Outcomes are delivered through callbacks (:class:`~slimsplit.edge.transport.Outcome`), never raised: a frame that
+fails, misses its deadline or is in flight when the stream breaks is *reported*, and the stream goes on. Only giving
+up on the server entirely (``ReconnectPolicy.max_attempts`` consecutive failures) raises
+:class:`~slimsplit.errors.Unavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from slimsplit.edge.config import ReconnectPolicy
+from slimsplit.edge.status import error_from_frame_error, error_from_rpc, restated, status_of
+from slimsplit.edge.transport import Done, FrameTransport, InFlight, Outcome
+from slimsplit.errors import SlimsplitError, Unavailable
+from slimsplit.v1 import slimsplit_pb2 as pb
+
+_perf = time.perf_counter
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
+
+
+def _call_error(exc: BaseException) -> SlimsplitError:
+    """The exception a broken call stands for: a gRPC status's class, else ``Unavailable``."""
+    if isinstance(exc, grpc.RpcError):
+        return error_from_rpc(exc)
+    return Unavailable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+class StreamTransport(FrameTransport):
+    """One logical ``InferStream`` that survives reconnections.
+
+    ``submit`` writes a frame and returns once it is handed to gRPC; its outcome arrives later through the
+    ``done`` callback, called exactly once: with the prediction, a per-frame error from the server, at the frame's
+    deadline (``DeadlineExceeded``, its late reply is then dropped), or when the stream breaks while the frame is in
+    flight (the call's error, e.g. ``Unavailable``). After a break the next ``submit`` re-opens the stream once the
+    backoff delay has passed; frames submitted before that fail at once with ``Unavailable`` (a live source cannot
+    wait), so a dead server costs microseconds per frame, not a hang.
+    """
+
+    def __init__(self, stub: Any, policy: ReconnectPolicy, *, seed: int | None = None) -> None:
+        self._stub = stub
+        self._policy = policy
+        self._rng = random.Random(seed)
+        self._call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._frames = InFlight()
+        self._write_lock = asyncio.Lock()
+        self._attempt = 0
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_error: SlimsplitError | None = None
+        self._closed = False
+        self._reconnects = 0
+
+    # ----------------------------------------------------------------------------------------------- state
+    @property
+    def in_flight(self) -> int:
+        return len(self._frames)
+
+    @property
+    def late_replies(self) -> int:
+        return self._frames.late_replies
+
+    @property
+    def reconnects(self) -> int:
+        return self._reconnects
+
+    @property
+    def attempt(self) -> int:
+        """How many times the underlying call has been opened."""
+        return self._attempt
+
+    @property
+    def connected(self) -> bool:
+        return self._call is not None
+
+    # ----------------------------------------------------------------------------------------------- sending
+    async def submit(self, frame: pb.FeatureFrame, deadline_s: float | None, done: Done) -> None:
+        """Send ``frame`` (its ``frame_id`` must be unique among frames in flight)."""
+        if self._closed:
+            raise Unavailable("the frame stream is closed")
+        fid = frame.frame_id
+        if self._call is None:
+            now = _perf()
+            if self._failures and now < self._retry_at:
+                wait_ms = (self._retry_at - now) * 1e3
+                error = Unavailable(
+                    f"not connected ({self._last_reason()}); reconnecting in {wait_ms:.0f} ms", frame_id=fid
+                )
+                done(Outcome(fid, None, error, now, now, self._attempt))
+                return
+            self._open()
+        call = self._call
+        frame.client_send_unix_ns = time.time_ns()
+        self._frames.add(fid, self._attempt, done, deadline_s)
+        try:
+            async with self._write_lock:
+                await call.write(frame)
+        except (grpc.RpcError, asyncio.InvalidStateError) as exc:
+            self._broken(call, _call_error(exc))
+
+    def _last_reason(self) -> str:
+        last = self._last_error
+        return f"{status_of(last)}: {last}" if last is not None else ""
+
+    def _open(self) -> None:
+        if self._policy.max_attempts is not None and self._failures >= self._policy.max_attempts:
+            raise Unavailable(
+                f"gave up after {self._failures} failed attempts to (re)open the stream: {self._last_reason()}",
+                attempts=self._failures,
+            )
+        self._attempt += 1
+        if self._attempt > 1:
+            self._reconnects += 1
+        call = self._stub.InferStream(wait_for_ready=False)
+        self._call = call
+        self._reader = asyncio.get_running_loop().create_task(self._read(call))
+
+    # ----------------------------------------------------------------------------------------------- receiving
+    async def _read(self, call: Any) -> None:
+        frames = self._frames
+        error: SlimsplitError
+        try:
+            while True:
+                reply = await call.read()
+                if reply is _EOF:
+                    code = await call.code()
+                    details = await call.details()
+                    error = Unavailable(f"server ended the stream ({code.name}{': ' + details if details else ''})")
+                    break
+                received = _perf()
+                if self._failures:
+                    self._failures = 0
+                if reply.HasField("prediction"):
+                    prediction = reply.prediction
+                    frames.answer(prediction.frame_id, received, prediction, None)
+                else:
+                    err = reply.error
+                    frames.answer(err.frame_id, received, None, error_from_frame_error(err, frame_id=err.frame_id))
+        except asyncio.CancelledError:
+            raise
+        except (grpc.RpcError, asyncio.InvalidStateError) as exc:
+            error = _call_error(exc)
+        self._broken(call, error)
+
+    def _broken(self, call: Any, error: SlimsplitError) -> None:
+        """The call ``call`` ended or failed with ``error``: report its frames in flight and schedule the
+        reconnection."""
+        if call is not self._call:
+            return  # an older call; its frames were reported when it broke
+        self._call = None
+        self._failures += 1
+        self._retry_at = _perf() + self._policy.delay(self._failures, self._rng.random())
+        self._last_error = error
+        if not call.done():
+            call.cancel()
+        reader = self._reader
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        self._reader = None
+        self._frames.fail_all(restated(error, f"stream broke with the frame in flight: {error}"))
+
+    # ----------------------------------------------------------------------------------------------- closing
+    async def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait until no frame is in flight (replies, deadlines or a break settle them). False on timeout."""
+        return await self._frames.wait_idle(timeout_s)
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Half-close and let the server answer what is in flight and end the call (at most ``timeout_s``;
+        then the call is cancelled and what is left is reported ``CANCELLED``)."""
+        if self._closed:
+            return
+        self._closed = True
+        call, reader = self._call, self._reader
+        if call is not None:
+            try:
+                async with self._write_lock:
+                    await call.done_writing()
+            except (grpc.RpcError, asyncio.InvalidStateError):
+                pass
+        if reader is not None and not reader.done():
+            # the reader ends by itself once the server closes its side (EOF after the last reply)
+            done, _ = await asyncio.wait({reader}, timeout=timeout_s)
+            if not done:
+                if call is not None and self._call is call:
+                    cancelled = SlimsplitError(
+                        "the client closed the stream before every reply came", status="CANCELLED"
+                    )
+                    self._broken(call, cancelled)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+        self._reader = None
+
+
+class UnaryTransport(FrameTransport):
+    """One unary ``Infer`` call per frame, each a task; a failure is the call's status as the outcome's error (gRPC
+    retries ``UNAVAILABLE`` by the channel's retry policy). The deadline travels with the call, so the server does
+    not run a frame its client gave up on."""
+
+    def __init__(self, stub: Any) -> None:
+        self._stub = stub
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def call(self, frame: pb.FeatureFrame, deadline_s: float | None) -> Outcome:
+        """One ``Infer`` call, awaited: its outcome."""
+        frame.client_send_unix_ns = time.time_ns()
+        sent = _perf()
+        try:
+            prediction: pb.Prediction = await self._stub.Infer(frame, timeout=deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            return Outcome(frame.frame_id, None, error_from_rpc(exc, frame_id=frame.frame_id), sent, _perf(), 0)
+        return Outcome(frame.frame_id, prediction, None, sent, _perf(), 0)
+
+    async def submit(self, frame: pb.FeatureFrame, deadline_s: float | None, done: Done) -> None:
+        if self._closed:
+            raise Unavailable("the unary transport is closed")
+        task = asyncio.get_running_loop().create_task(self._run(frame, deadline_s, done))
+        self._tasks.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._finished)
+
+    async def _run(self, frame: pb.FeatureFrame, deadline_s: float | None, done: Done) -> None:
+        done(await self.call(frame, deadline_s))
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._idle.set()
+
+    async def drain(self, timeout_s: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Cancel the calls still running (their frames get no outcome: the caller has stopped waiting)."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+__all__ = ["StreamTransport", "UnaryTransport"]

@@ -1,0 +1,143 @@
+"""gRPC status codes back to :mod:`slimsplit.errors` classes: the edge's one place for this mapping.
+
+Every error class names the gRPC status it travels as (``grpc_status``); the server maps exceptions to those
+statuses in ``slimsplit.server.status``. This module builds the reverse table *from those same attributes*, so
+the two directions cannot drift apart.
+
+The server also names the error's class: ``FrameError.error_class`` in a stream, the trailing metadata key
+:data:`~slimsplit.protocol.ERROR_CLASS_KEY` of a failed unary call. When that class exists here and really travels
+as the received status it is the class raised, so an unknown model (``UnknownModel``) and an unknown mode
+(``UnknownMode``) are told apart although both are ``NOT_FOUND``. Without it (a server that does not send it, or a
+status from gRPC itself) the edge picks the most general class of the status (the one most of the others derive
+from; ties go to a per-frame error, i.e. an ``InvalidFrame``, then to the class defined first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import grpc
+
+from slimsplit import errors
+from slimsplit.errors import SlimsplitError
+from slimsplit.protocol import ERROR_CLASS_KEY, bound_message
+from slimsplit.v1 import slimsplit_pb2 as pb
+
+
+def _error_classes() -> list[type[SlimsplitError]]:
+    """Every public class of the exception tree, in definition order."""
+    classes: list[type[SlimsplitError]] = []
+    for obj in vars(errors).values():
+        if isinstance(obj, type) and issubclass(obj, SlimsplitError) and obj.__module__ == errors.__name__:
+            classes.append(obj)
+    return classes
+
+
+def _build_reverse_table(classes: Iterable[type[SlimsplitError]]) -> dict[str, type[SlimsplitError]]:
+    by_status: dict[str, list[type[SlimsplitError]]] = {}
+    for cls in classes:
+        if cls is SlimsplitError:
+            continue
+        by_status.setdefault(cls.grpc_status, []).append(cls)
+    table: dict[str, type[SlimsplitError]] = {}
+    for status, candidates in by_status.items():
+        # most general first (how many candidates derive from it), then per-frame errors (what travels on the
+        # wire), then definition order (the sort is stable)
+        ranked = sorted(
+            candidates,
+            key=lambda c: (-sum(issubclass(o, c) for o in candidates), not issubclass(c, errors.InvalidFrame)),
+        )
+        table[status] = ranked[0]
+    return table
+
+
+_CLASSES: tuple[type[SlimsplitError], ...] = tuple(_error_classes())
+_BY_NAME: Mapping[str, type[SlimsplitError]] = {c.__name__: c for c in _CLASSES}
+#: status name (``"INVALID_ARGUMENT"``) -> the class the edge raises for it.
+REVERSE_TABLE: Mapping[str, type[SlimsplitError]] = _build_reverse_table(_CLASSES)
+_CODE_BY_NAME: Mapping[str, grpc.StatusCode] = {c.name: c for c in grpc.StatusCode}
+_CODE_BY_VALUE: Mapping[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def status_name(code: grpc.StatusCode | int | str) -> str:
+    """The canonical name (``"NOT_FOUND"``) of a status given as enum, integer value or name."""
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int):
+        found = _CODE_BY_VALUE.get(code)
+        return found.name if found is not None else "UNKNOWN"
+    name = code.strip().upper()
+    return name if name in _CODE_BY_NAME else "UNKNOWN"
+
+
+def error_class(code: grpc.StatusCode | int | str, class_name: str | None = None) -> type[SlimsplitError]:
+    """The exception class for a status; ``class_name`` (from the server) narrows it when it is consistent."""
+    name = status_name(code)
+    if class_name:
+        exact = _BY_NAME.get(class_name)
+        if exact is not None and exact.grpc_status == name:
+            return exact
+    return REVERSE_TABLE.get(name, SlimsplitError)
+
+
+def error_from_status(
+    code: grpc.StatusCode | int | str,
+    message: str,
+    *,
+    class_name: str | None = None,
+    **context: object,
+) -> SlimsplitError:
+    """Build the exception for a status received from the server (``context`` gets ``status`` added; a message
+    longer than :data:`~slimsplit.protocol.MAX_ERROR_MESSAGE_CHARS` is cut: replies are untrusted input too)."""
+    name = status_name(code)
+    cls = error_class(name, class_name)
+    return cls(bound_message(message or name), status=name, **context)
+
+
+def error_from_frame_error(error: pb.FrameError, **context: object) -> SlimsplitError:
+    """The exception of a stream's per-frame error reply (its status name, else its numeric code)."""
+    code: str | int = error.status or error.code
+    return error_from_status(code, error.message, class_name=error.error_class or None, **context)
+
+
+def error_from_rpc(exc: grpc.RpcError, **context: object) -> SlimsplitError:
+    """Translate a failed call (sync or ``grpc.aio``) into the exception tree."""
+    code_fn = getattr(exc, "code", None)
+    details_fn = getattr(exc, "details", None)
+    trailing_fn = getattr(exc, "trailing_metadata", None)
+    code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
+    details = details_fn() if callable(details_fn) else str(exc)
+    class_name: str | None = None
+    trailing = trailing_fn() if callable(trailing_fn) else None
+    if trailing:
+        for key, value in trailing:
+            if key == ERROR_CLASS_KEY:
+                class_name = value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return error_from_status(code or grpc.StatusCode.UNKNOWN, details or "", class_name=class_name, **context)
+
+
+def restated(exc: SlimsplitError, message: str) -> SlimsplitError:
+    """An exception of the same class, status and context as ``exc`` with another message."""
+    return type(exc)(message, **exc.context)
+
+
+def status_of(exc: BaseException) -> str:
+    """The status name an exception stands for (``"INTERNAL"`` for anything outside the tree)."""
+    status = getattr(exc, "context", {}).get("status") if isinstance(exc, SlimsplitError) else None
+    if isinstance(status, str):
+        return status
+    if isinstance(exc, SlimsplitError):
+        return exc.grpc_status
+    return "INTERNAL"
+
+
+__all__ = [
+    "REVERSE_TABLE",
+    "error_class",
+    "error_from_frame_error",
+    "error_from_rpc",
+    "error_from_status",
+    "restated",
+    "status_name",
+    "status_of",
+]

@@ -1,0 +1,355 @@
+"""Assembling and running the gRPC server: service, health, reflection, metrics, graceful shutdown.
+
+* :func:`start_server` - ``async``: load the bundles, bind, start; returns a :class:`RunningServer`.
+* :func:`serve` - ``async``: start, then run until SIGTERM/SIGINT and shut down gracefully (the CLI's main
+  loop).
+* :class:`ServerThread` - a server on its own event loop in a background thread, for synchronous callers
+  (tests, benchmarks, the edge demo): ``with ServerThread(config) as srv: ... srv.port ...``.
+
+Graceful shutdown (:meth:`RunningServer.stop`): health turns NOT_SERVING, new calls get UNAVAILABLE, open
+streams answer the frames they already read and end with UNAVAILABLE, in-flight unary calls finish within the
+grace period, then the batchers and tails are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # not in grpc-stubs
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from slimsplit.errors import ConfigError
+from slimsplit.protocol import SERVICE_NAME
+from slimsplit.server.backends.base import Backend
+from slimsplit.server.config import GrpcConfig, ServerConfig
+from slimsplit.server.core import InferenceCore
+from slimsplit.server.grpc_service import SplitInferenceService
+from slimsplit.server.metrics import ServerMetrics
+from slimsplit.v1 import slimsplit_pb2_grpc as pb_grpc
+
+log = logging.getLogger("slimsplit.server")
+
+T = TypeVar("T")
+
+
+def grpc_server_options(cfg: GrpcConfig) -> list[tuple[str, int]]:
+    """Channel arguments of the server: message limits, keepalive, stream limits."""
+    return [
+        ("grpc.max_receive_message_length", cfg.max_receive_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_send_message_bytes),
+        ("grpc.keepalive_time_ms", int(cfg.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Client pings closer together than this (with no data) are "strikes"; too many end the connection.
+        ("grpc.http2.min_ping_interval_without_data_ms", int(cfg.min_client_ping_interval_s * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
+        # Never share a port with another process (a second server on the same port must fail to bind).
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+@dataclass
+class RunningServer:
+    """A started server. ``port`` is the bound port (useful when the config asked for port 0)."""
+
+    config: ServerConfig
+    server: grpc.aio.Server
+    port: int
+    core: InferenceCore
+    service: SplitInferenceService
+    health: Any  # grpc_health.v1.health.aio.HealthServicer
+    metrics: ServerMetrics
+    metrics_port: int | None = None
+    _metrics_http: Any = None
+    _stopped: bool = False
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to dial."""
+        return format_address(self.config.grpc.host, self.port)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Shut down gracefully (see the module docstring). Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.config.grpc.grace_s if grace is None else grace
+        log.info("shutting down (grace %.1f s)", grace)
+        await self.health.enter_graceful_shutdown()
+        self.service.begin_shutdown()
+        await self.server.stop(grace)
+        await self.core.aclose()
+        if self._metrics_http is not None:
+            await _stop_metrics_http(self._metrics_http)
+        log.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def start_server(
+    config: ServerConfig,
+    *,
+    backend: Backend | None = None,
+    core: InferenceCore | None = None,
+    registry: CollectorRegistry | None = None,
+) -> RunningServer:
+    """Bind ``config.grpc.host:port`` (and the metrics port), load the bundles (unless ``core`` is given) and start
+    serving.
+
+    The ports are bound first, so a busy one fails before the bundles load: a :class:`ConfigError` naming the
+    address and the flag. On any failure everything already bound or started is released again.
+    ``backend`` replaces the configured one (tests inject slow or failing backends); ``registry`` receives the
+    Prometheus metrics (a fresh one by default).
+    """
+    metrics = ServerMetrics(registry)
+    cfg = config.grpc
+    server = grpc.aio.server(options=grpc_server_options(cfg))
+    httpd: Any = None
+    try:
+        address = format_address(cfg.host, cfg.port)
+        # a plain socket tries first: gRPC's own error says only that it failed, and logs it to stderr as well
+        why = _bind_problem(cfg.host, cfg.port) if cfg.port else None
+        if why is not None:
+            raise _cannot_listen(address, why)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise _cannot_listen(address, _bind_problem(cfg.host, cfg.port) or f"gRPC: {exc}") from exc
+        if config.metrics.port is not None:
+            httpd = _start_metrics_http(config.metrics.host, config.metrics.port, metrics.registry)
+        if core is None:
+            core = await asyncio.to_thread(InferenceCore.from_config, config, backend=backend, metrics=metrics)
+        elif core.metrics is None:
+            core.metrics = metrics
+        service = SplitInferenceService(core, stream_max_in_flight=cfg.stream_max_in_flight)
+        pb_grpc.add_SplitInferenceServicer_to_server(service, server)
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        if cfg.reflection:
+            names = (SERVICE_NAME, grpc_health.SERVICE_NAME, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, server)
+        await server.start()
+        await health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    except BaseException:
+        # grpc.aio keeps a bound but never started server's listening socket until the object is collected (after
+        # the loop closed, with errors): started with no service yet and stopped at once, it lets go of it now
+        with contextlib.suppress(Exception):
+            await server.start()
+        await server.stop(None)
+        if httpd is not None:
+            await _stop_metrics_http(httpd)
+        if core is not None:
+            await core.aclose()
+        raise
+    running = RunningServer(
+        config=config, server=server, port=port, core=core, service=service, health=health, metrics=metrics
+    )
+    if httpd is not None:
+        running.metrics_port = int(httpd.server_port)
+        running._metrics_http = httpd
+        log.info("metrics on http://%s/metrics", format_address(config.metrics.host, running.metrics_port))
+    models = ", ".join(f"{m.manifest.name}:{m.manifest.version}" for m in core.models())
+    log.info("serving %s on %s with backend %s", models, running.address, core.backend_name)
+    return running
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound, in the system's words, or None when a plain socket binds it on one of the
+    addresses the host resolves to (gRPC listens on every one it can bind, with SO_REUSEADDR, and fails when it
+    binds none)."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"cannot resolve {host!r} ({exc.strerror or exc})"
+    problems: list[str] = []
+    for family, kind, proto, _name, sockaddr in infos:
+        try:
+            probe = socket.socket(family, kind, proto)
+        except OSError:
+            continue  # no such address family here
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                problems.append((exc.strerror or str(exc)).lower())
+            else:
+                return None
+    return problems[0] if problems else None
+
+
+def _cannot_listen(address: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"cannot listen on {address} (--host/--port, [grpc] in the configuration file): {why}", address=address
+    )
+
+
+def _start_metrics_http(host: str, port: int, registry: CollectorRegistry) -> Any:
+    """Prometheus' HTTP exporter on ``host:port`` (its own thread); ConfigError naming the port if it cannot bind."""
+    from prometheus_client import start_http_server
+
+    address = format_address(host, port)
+    try:
+        httpd, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        why = (exc.strerror or str(exc)).lower()
+        raise ConfigError(
+            f"cannot serve metrics on {address} (--metrics-port, [metrics] in the configuration file): {why}",
+            address=address,
+        ) from None
+    return httpd
+
+
+async def _stop_metrics_http(httpd: Any) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, httpd.shutdown)
+    httpd.server_close()
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    backend: Backend | None = None,
+    ready: Callable[[RunningServer], None] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    running = await start_server(config, backend=backend)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    if ready is not None:
+        ready(running)
+    try:
+        await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await running.stop()
+
+
+class ServerThread:
+    """A server on its own event loop in a background thread, for synchronous code.
+
+    >>> with ServerThread(replace(config, grpc=replace(config.grpc, port=0))) as srv:
+    ...     channel = grpc.insecure_channel(srv.address)
+    """
+
+    def __init__(self, config: ServerConfig, *, backend: Backend | None = None) -> None:
+        self.config = config
+        self._backend = backend
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._grace: float | None = None
+        self._running: RunningServer | None = None
+        self._thread = threading.Thread(target=self._main, name="slimsplit-server", daemon=True)
+
+    # -------------------------------------------------------------------------------- thread side
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._amain())
+        except BaseException as exc:  # reported to start() / stop()
+            if self._error is None:
+                self._error = exc
+            self._ready.set()
+
+    async def _amain(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            self._running = await start_server(self.config, backend=self._backend)
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        await self._stop.wait()
+        await self._running.stop(self._grace)
+
+    # -------------------------------------------------------------------------------- caller side
+    def start(self, timeout: float = 120.0) -> ServerThread:
+        """Start and wait until the server listens; re-raises a start-up error (bad bundle, busy port...)."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"the server did not start within {timeout} s")
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+        return self
+
+    @property
+    def running(self) -> RunningServer:
+        if self._running is None:
+            raise RuntimeError("the server is not running; call start() first")
+        return self._running
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    @property
+    def address(self) -> str:
+        return self.running.address
+
+    @property
+    def core(self) -> InferenceCore:
+        return self.running.core
+
+    def call(self, fn: Callable[[], Awaitable[T]], timeout: float | None = 60.0) -> T:
+        """Run ``fn()`` (a coroutine function) on the server's event loop and return its result."""
+        if self._loop is None:
+            raise RuntimeError("the server is not running")
+
+        async def run() -> T:
+            return await fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+
+    def stop(self, grace: float | None = None, timeout: float = 60.0) -> None:
+        """Shut down gracefully and join the thread. Idempotent."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and self._thread.is_alive():
+            self._grace = grace
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(stop.set)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"the server thread did not stop within {timeout} s")
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_in_thread(config: ServerConfig, *, backend: Backend | None = None, port: int | None = 0) -> ServerThread:
+    """Start a :class:`ServerThread` (on a free port unless ``port`` is given); return it once it listens."""
+    if port is not None:
+        config = replace(config, grpc=replace(config.grpc, port=port))
+    return ServerThread(config, backend=backend).start()

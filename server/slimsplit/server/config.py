@@ -1,0 +1,194 @@
+"""Server configuration: frozen dataclasses with defaults, filled from an optional TOML file and CLI flags.
+
+Precedence: defaults < TOML file < command-line flags. The TOML file mirrors the dataclasses::
+
+    models = ["./models"]          # model repository folder(s) or bundle folder(s)
+    default_top_k = 5
+    log_level = "info"
+
+    [grpc]
+    host = "127.0.0.1"
+    port = 50051
+
+    [batching]
+    max_batch_size = 8
+    max_wait_us = 0
+    inline_tail_max_us = 500
+
+    [backend]
+    name = "onnxruntime"
+    device = "auto"
+
+    [metrics]
+    port = 9464
+
+Every key is checked: an unknown key or a value of the wrong type is a :class:`~slimsplit.errors.ConfigError`
+that names the key (the loader is :mod:`slimsplit.settings`, shared with the edge's configuration).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimsplit import settings
+from slimsplit.codec.header import MAX_HEADER_SIZE, MAX_PAYLOAD
+from slimsplit.protocol import DEFAULT_PORT
+
+# Room for a FeatureFrame's other fields (model and mode names, ids, timestamps) around the encoded features.
+ENVELOPE_BYTES = 16 << 10
+# The largest message the server accepts by default: the largest frame the codec can produce (header + a
+# payload of at most 65535 bytes) plus the envelope. gRPC refuses anything larger with RESOURCE_EXHAUSTED
+# before it reaches a handler, so a hostile client cannot make the server buffer megabytes.
+DEFAULT_MAX_RECEIVE_BYTES = MAX_HEADER_SIZE + MAX_PAYLOAD + ENVELOPE_BYTES
+BACKEND_DEVICES = ("auto", "cpu", "cuda")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+_check = settings.check
+
+
+@dataclass(frozen=True)
+class GrpcConfig:
+    """Network endpoint, message limits, keepalive and shutdown of the gRPC server."""
+
+    host: str = "127.0.0.1"
+    # 0 = pick a free port (tests, benchmarks); the bound port is reported by the running server.
+    port: int = DEFAULT_PORT
+    max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_BYTES
+    max_send_message_bytes: int = 4 << 20
+    # Server-initiated HTTP/2 pings on idle connections, and how long to wait for the ack.
+    keepalive_time_s: float = 30.0
+    keepalive_timeout_s: float = 10.0
+    # Clients may ping at most this often (more often counts as a strike and ends the connection).
+    min_client_ping_interval_s: float = 10.0
+    max_concurrent_streams: int = 256
+    # Frames of one InferStream being served at once; reading from the stream pauses beyond it (flow control).
+    stream_max_in_flight: int = 32
+    # On SIGTERM/SIGINT: seconds to finish in-flight frames before open calls are cancelled.
+    grace_s: float = 5.0
+    reflection: bool = True
+
+    def __post_init__(self) -> None:
+        _check(bool(self.host), "grpc.host", "must not be empty")
+        _check(0 <= self.port <= 65535, "grpc.port", f"must be in [0, 65535], got {self.port}")
+        _check(self.max_receive_message_bytes >= 1024, "grpc.max_receive_message_bytes", "must be >= 1024")
+        _check(self.max_send_message_bytes >= 1024, "grpc.max_send_message_bytes", "must be >= 1024")
+        for key in ("keepalive_time_s", "keepalive_timeout_s", "min_client_ping_interval_s"):
+            value = getattr(self, key)
+            _check(math.isfinite(value) and value > 0, f"grpc.{key}", f"must be a positive number, got {value}")
+        _check(math.isfinite(self.grace_s) and self.grace_s >= 0, "grpc.grace_s", "must be >= 0")
+        _check(self.max_concurrent_streams >= 1, "grpc.max_concurrent_streams", "must be >= 1")
+        _check(self.stream_max_in_flight >= 1, "grpc.stream_max_in_flight", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """The dynamic batcher in front of each model+mode."""
+
+    # Frames of the same model+mode that may run in one tail call.
+    max_batch_size: int = 8
+    # How long the first frame of a batch may wait for company (0 = take only what is already queued).
+    max_wait_us: int = 0
+    # Frames waiting per model+mode; beyond it a frame is refused with RESOURCE_EXHAUSTED (Overloaded).
+    queue_capacity: int = 256
+    # Tail batches running at once per model+mode.
+    workers_per_mode: int = 1
+    # Threads that run tail batches (shared by all models and modes).
+    executor_threads: int = 2
+    # Run a frame's tail directly on the event loop (no queue, no thread hop) when nothing else of its
+    # model+mode is queued or running and that tail's recent time is at most this many microseconds.
+    # Saves ~0.3 ms per frame for cheap tails; 0 = always use the queue and the executor.
+    inline_tail_max_us: int = 500
+    # ... but only while tails keep the server less busy than this (tail seconds per second over the last 50 ms);
+    # above it a tail on an executor thread beside the loop is worth more than the saved hop.
+    inline_max_load: float = 0.25
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_batch_size <= 4096, "batching.max_batch_size", "must be in [1, 4096]")
+        _check(0 <= self.max_wait_us <= 10_000_000, "batching.max_wait_us", "must be in [0, 10000000]")
+        _check(self.queue_capacity >= 1, "batching.queue_capacity", "must be >= 1")
+        _check(1 <= self.workers_per_mode <= 64, "batching.workers_per_mode", "must be in [1, 64]")
+        _check(1 <= self.executor_threads <= 256, "batching.executor_threads", "must be in [1, 256]")
+        _check(0 <= self.inline_tail_max_us <= 1_000_000, "batching.inline_tail_max_us", "must be in [0, 1000000]")
+        _check(0.0 <= self.inline_max_load <= 64.0, "batching.inline_max_load", "must be in [0, 64]")
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Which engine runs the model tails, and its settings."""
+
+    # onnxruntime | torch | fpga-emu | fpga | null (a zero-cost tail, for measuring serving overhead)
+    name: str = "onnxruntime"
+    # auto = CUDA when available, else CPU.
+    device: str = "auto"
+    # Threads inside one tail call (ONNX Runtime intra-op, torch.set_num_threads); 0 = the library's default.
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    # Backend-specific settings (e.g. the FPGA platform), passed through untouched.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "backend.name", "must not be empty")
+        _check(self.device in BACKEND_DEVICES, "backend.device", f"must be one of {', '.join(BACKEND_DEVICES)}")
+        _check(0 <= self.intra_op_threads <= 1024, "backend.intra_op_threads", "must be in [0, 1024]")
+        _check(0 <= self.inter_op_threads <= 1024, "backend.inter_op_threads", "must be in [0, 1024]")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics over HTTP (off unless a port is given)."""
+
+    port: int | None = None
+    host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        if self.port is not None:
+            _check(0 <= self.port <= 65535, "metrics.port", f"must be in [0, 65535], got {self.port}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``slimsplit-server`` needs. ``models`` empty = the shipped default bundle."""
+
+    models: tuple[Path, ...] = ()
+    default_top_k: int = 5
+    log_level: str = "info"
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.default_top_k <= 1000, "default_top_k", "must be in [1, 1000]")
+        _check(self.log_level in LOG_LEVELS, "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+
+    def model_paths(self) -> tuple[Path, ...]:
+        """The folders to load; the shipped default bundle when none are configured."""
+        if self.models:
+            return self.models
+        from slimsplit.bundle import default_bundle_path
+
+        return (default_bundle_path(),)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def config_from_mapping(raw: Mapping[str, Any]) -> ServerConfig:
+    """Build a :class:`ServerConfig` from nested mappings (a parsed TOML document)."""
+    return settings.from_mapping(ServerConfig, raw)
+
+
+def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | None = None) -> ServerConfig:
+    """Defaults, then the TOML file at ``path`` (if any; relative model paths in it are relative to the file, not
+    to the working directory), then ``overrides`` (nested like the file)."""
+    return settings.load(ServerConfig, path, overrides)
+
+
+def config_to_toml(config: ServerConfig) -> str:
+    """The effective configuration as a TOML document (what ``--print-config`` shows)."""
+    return settings.to_toml(config)

@@ -1,0 +1,35 @@
+"""The constants of the wire contract (``protos/slimsplit/v1``) that both sides share."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+PROTOCOL_VERSION = 1
+"""The value every request's ``protocol_version`` must carry (the proto package's major version)."""
+
+SERVICE_NAME = "slimsplit.v1.SplitInference"
+"""The gRPC service's full name, as registered for health checking and reflection."""
+
+DEFAULT_PORT = 50051
+"""The port a server listens on and an edge dials when none is given."""
+
+MAX_ERROR_MESSAGE_CHARS = 1000
+"""The longest error message either side passes on (a longer one, e.g. echoing a huge model name, is cut and ends in
+an ellipsis)."""
+
+ERROR_CLASS_KEY = "slimsplit-error-class"
+"""Trailing-metadata key of a failed unary call: the :mod:`slimsplit.errors` class name of the error (the stream's
+``FrameError.error_class`` carries the same name), so a client can tell errors that share a status apart."""
+
+
+def bound_message(text: str, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, the last one an ellipsis when it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def package_version() -> str:
+    """The installed distribution's version (``0+unknown`` when run from a tree that is not installed)."""
+    try:
+        return metadata.version("slimsplit")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
