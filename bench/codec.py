@@ -18,9 +18,9 @@ Real features: ``--features feats.npy`` with a float32 array ``[N, C, H, W]`` (e
 fitted on as many *other* frames of the same family (a held-out draw); for real features, the tables that the
 bundle (``--bundle``, default the shipped one) ships for mode ``w<C>b<bits>``.
 
-    python bench/codec.py --out out/codec.json                 # full: 200 frames per configuration
-    python bench/codec.py --quick --out out/codec-quick.json   # 20 frames per configuration
-    python bench/codec.py --features feats.npy --out out/codec-real.json
+    python -m bench.codec --out out/codec.json                 # full: 200 frames per configuration
+    python -m bench.codec --quick --out out/codec-quick.json   # 20 frames per configuration
+    python -m bench.codec --features feats.npy --out out/codec-real.json
 """
 
 from __future__ import annotations
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(console, rows)
     result = {
         "benchmark": "codec",
-        "command": " ".join(["python", "bench/codec.py", *recorded_args(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(["python", "-m", "bench.codec", *recorded_args(sys.argv[1:] if argv is None else argv)]),
         "config": asdict(
             replace(
                 cfg,

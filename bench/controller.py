@@ -1,8 +1,8 @@
 """Mode-selection controllers over emulated links driven by real and synthetic traces (discrete-event simulation).
 
-    .venv/bin/python bench/controller.py --out bench/results/controller.json          # full traces (a few minutes)
-    .venv/bin/python bench/controller.py --quick --out /tmp/controller.json           # first 120 s of each trace
-    .venv/bin/python bench/controller.py --traces my.up other.up --out ...            # evaluate more trace files
+    .venv/bin/python -m bench.controller --out bench/results/controller.json          # full traces (a few minutes)
+    .venv/bin/python -m bench.controller --quick --out /tmp/controller.json           # first 120 s of each trace
+    .venv/bin/python -m bench.controller --traces my.up other.up --out ...            # evaluate more trace files
 
 Scenarios
 ---------
@@ -798,7 +798,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     doc = {
         "benchmark": "controller",
-        "command": " ".join(["bench/controller.py", *recorded_args(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python -m bench.controller", *recorded_args(argv if argv is not None else sys.argv[1:])]),
         "quick": seconds is not None,
         "seconds": seconds,
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": _cpus()},

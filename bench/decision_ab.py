@@ -1,6 +1,6 @@
 """Decision time of the mpc controller against its version at another git revision, side by side in one process.
 
-    .venv/bin/python bench/decision_ab.py --base 8a71c27 --out bench/results/decision_ab.json
+    .venv/bin/python -m bench.decision_ab --base 8a71c27 --out bench/results/decision_ab.json
 
 The controller module of git revision ``--base`` (read with ``git show`` from the path it has in that revision:
 ``slimsplit/control/controllers.py``, in older revisions ``edge/control/controllers.py``) is loaded beside the
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(row)
     doc = {
         "benchmark": "decision_ab",
-        "command": " ".join(["bench/decision_ab.py", *recorded_args(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python -m bench.decision_ab", *recorded_args(sys.argv[1:] if argv is None else argv)]),
         "base": args.base,
         "passes": args.passes,
         "seconds": args.seconds,

@@ -16,7 +16,7 @@ sandwich rule, in-place and head distillation, QAT), then per-width BN recalibra
 Writes JSON (``--out``), a PNG (accuracy against width and against encoder multiply-adds, per bit depth) and
 prints tables.
 
-    python bench/ensemble_vs_slices.py --out bench/results/ensemble_vs_slices.json [--epochs 2] [--quick]
+    python -m bench.ensemble_vs_slices --out bench/results/ensemble_vs_slices.json [--epochs 2] [--quick]
 """
 
 from __future__ import annotations
@@ -575,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 150))  # the tables' columns, not wrapped, in logs and pipes
-    command = "python bench/ensemble_vs_slices.py " + " ".join(recorded_args(sys.argv[1:] if argv is None else argv))
+    command = "python -m bench.ensemble_vs_slices " + " ".join(recorded_args(sys.argv[1:] if argv is None else argv))
     if args.work_dir is not None:
         result = run(args, args.work_dir, console, command)
     else:

@@ -15,7 +15,7 @@ Then, with the input-codec points of ``bench/results/rate_accuracy.json`` (``--r
 "at equal or better accuracy, >= 10x fewer bytes than the input codec": for every codec point, the cheapest mode at
 least as accurate (manifest accuracy on the full test set) and the ratio, with today's codec and with the bound.
 
-    python bench/entropy_bound.py --out bench/results/entropy_bound.json
+    python -m bench.entropy_bound --out bench/results/entropy_bound.json
 """
 
 from __future__ import annotations

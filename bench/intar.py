@@ -18,8 +18,8 @@ Then, when the default bundle exists, every mode's tail is compiled, quantized a
 (``fpga-emu`` defaults) and its modelled latency is printed beside the measured ONNX Runtime CPU latency (1 thread,
 batch 1) and the fixed-point emulator's top-1 agreement with ONNX Runtime.
 
-    python bench/intar.py --out out/intar.json                 # full
-    python bench/intar.py --quick --out out/intar-quick.json   # fewer CPU timing repetitions / frames
+    python -m bench.intar --out out/intar.json                 # full
+    python -m bench.intar --quick --out out/intar-quick.json   # fewer CPU timing repetitions / frames
 """
 
 from __future__ import annotations
@@ -426,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     result = {
         "benchmark": "intar",
-        "command": " ".join(["python", "bench/intar.py", *recorded_args(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python -m bench.intar", *recorded_args(sys.argv[1:] if argv is None else argv)]),
         "platform": plat.name,
         "clock_mhz": plat.clock_mhz,
         "paper_budget": {"bram36": PAPER_BRAM36, "uram": 0, "offchip_channels": PAPER_CHANNELS, "dsp": "published"},

@@ -1,9 +1,9 @@
 """Do the shipped bundle's tails accept bit planes? The top ``k`` bits of a frame's ``b``-bit code, through the
 ``k``-bit tail, against the ``k``-bit code itself.
 
-    .venv/bin/python bench/nested_planes.py --out bench/results/nested_planes.json            # 10,000 test images
-    .venv/bin/python bench/nested_planes.py --quick --out /tmp/nested_planes.json             # 1,000
-    .venv/bin/python bench/nested_planes.py --samples --out /tmp/nested_planes.json           # the shipped 160
+    .venv/bin/python -m bench.nested_planes --out bench/results/nested_planes.json            # 10,000 test images
+    .venv/bin/python -m bench.nested_planes --quick --out /tmp/nested_planes.json             # 1,000
+    .venv/bin/python -m bench.nested_planes --samples --out /tmp/nested_planes.json           # the shipped 160
 
 Why: sending a frame as bit planes, most significant first, lets the link decide how many bits of each frame arrive
 by the deadline (``bench/transmission_study.py`` measures what that would do on the Raspberry Pi table). It needs

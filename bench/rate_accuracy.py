@@ -11,7 +11,7 @@ with --samples when the data set is not installed):
   that has run every mode over one that loaded and ran only the widest mode;
 * a rate-accuracy plot (PNG).
 
-    python bench/rate_accuracy.py --out bench/results/rate_accuracy.json [--quick]
+    python -m bench.rate_accuracy --out bench/results/rate_accuracy.json [--quick]
 """
 
 from __future__ import annotations
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "images": desc,
         "n_images": len(images),
         "machine": {"cpus": os.cpu_count(), "onnxruntime": ort.__version__},
-        "command": "python bench/rate_accuracy.py "
+        "command": "python -m bench.rate_accuracy "
         + " ".join(recorded_args(argv if argv is not None else sys.argv[1:])),
     }
     result["modes"] = measure_modes(bundle, images, labels, repeats)

@@ -55,7 +55,7 @@ def write_results(
     ``out``'s ``.png`` sibling (unless ``None``), say what was written, and return the document.
     ``argv``: the arguments the script was given (``None``: the command line's), recorded by :func:`recorded_args`."""
     args = recorded_args(argv if argv is not None else sys.argv[1:])
-    doc = {"benchmark": benchmark, "command": " ".join([f"bench/{benchmark}.py", *args]), **fields}
+    doc = {"benchmark": benchmark, "command": " ".join([f"python -m bench.{benchmark}", *args]), **fields}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     if plot is not None:

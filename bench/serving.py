@@ -17,8 +17,8 @@ with the shipped bundle; the client is the real edge client (``slimsplit.edge``)
 
 Targets: overhead <= 1 ms p50 per frame, stream throughput >= unary throughput at concurrency 16.
 
-    python bench/serving.py --out out/serving.json             # full: 2000 frames per point
-    python bench/serving.py --quick --out out/serving-quick.json
+    python -m bench.serving --out out/serving.json             # full: 2000 frames per point
+    python -m bench.serving --quick --out out/serving-quick.json
 """
 
 from __future__ import annotations
@@ -504,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = replace(config, concurrency=tuple(args.concurrency))
     console = Console()
     doc = _finite(run(config, console))
-    doc["command"] = "python bench/serving.py " + " ".join(recorded_args(sys.argv[1:] if argv is None else argv))
+    doc["command"] = "python -m bench.serving " + " ".join(recorded_args(sys.argv[1:] if argv is None else argv))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     print_tables(console, doc)

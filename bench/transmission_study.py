@@ -1,7 +1,7 @@
 """Design study: what the Raspberry Pi table's targets need from the *transmission*, not the controller.
 
-    .venv/bin/python bench/transmission_study.py --out bench/results/transmission_study.json     # all traces (~1 min)
-    .venv/bin/python bench/transmission_study.py --quick --out /tmp/transmission_study.json      # first 120 s
+    .venv/bin/python -m bench.transmission_study --out bench/results/transmission_study.json     # all traces (~1 min)
+    .venv/bin/python -m bench.transmission_study --quick --out /tmp/transmission_study.json      # first 120 s
 
 Why
 ---

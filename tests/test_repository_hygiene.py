@@ -82,7 +82,7 @@ def test_results_record_paths_relative_to_the_repository() -> None:
 def test_write_results_records_the_command_without_absolute_paths(tmp_path: Path) -> None:
     out = tmp_path / "demo.json"
     doc = write_results(out, "demo", ["--traces", str(ROOT / "x.up"), "--out", str(out)], {"results": []})
-    assert doc["command"] == "bench/demo.py --traces x.up --out demo.json"
+    assert doc["command"] == "python -m bench.demo --traces x.up --out demo.json"
     assert json.loads(out.read_text(encoding="utf-8"))["command"] == doc["command"]
 
 

@@ -30,7 +30,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -373,7 +373,7 @@ def link_from_args(
             queue_bytes=args.link_queue_bytes,
             offset_s=args.link_offset_s if offset_s is None else offset_s,
         )
-    return link_from_options(options)
+        return link_from_options(options)
 
 
 def link_from_options(options: LinkOptions) -> EmulatedLink | None:
@@ -529,16 +529,22 @@ def run_main(
         return EXIT_BROKEN_PIPE
 
 
-async def interruptible(console: Console, stop: Stop, main: Awaitable[_T]) -> _T:
+async def interruptible(console: Console, stop: Stop, main: Coroutine[Any, Any, _T]) -> _T:
     """Await ``main`` (runs sharing ``stop``) with the first Ctrl-C (SIGINT) during their frames asking ``stop``
     to end them: they stop capturing, wait briefly for the frames in flight and return what they have. A Ctrl-C
-    before any frame, or a second one, raises ``KeyboardInterrupt`` at once. Where the event loop cannot catch
-    signals (not the main thread), Ctrl-C is Python's."""
+    before any frame, or a second one, cancels ``main`` (its clean-up runs: links, connections) and then raises
+    ``KeyboardInterrupt``. Where the event loop cannot catch signals (not the main thread), Ctrl-C is Python's."""
     loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    quit_now = False
 
     def on_sigint() -> None:
+        nonlocal quit_now
         if stop.requested or not stop.streaming:
-            raise KeyboardInterrupt
+            quit_now = True
+            if task is not None:
+                task.cancel()
+            return
         stop.request()
         console.notes(["stopping: no more frames; waiting briefly for those in flight (Ctrl-C again quits at once)"])
 
@@ -548,6 +554,10 @@ async def interruptible(console: Console, stop: Stop, main: Awaitable[_T]) -> _T
         return await main
     try:
         return await main
+    except asyncio.CancelledError:
+        if quit_now:
+            raise KeyboardInterrupt from None
+        raise
     finally:
         loop.remove_signal_handler(signal.SIGINT)
 

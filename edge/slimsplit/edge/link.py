@@ -41,6 +41,9 @@ STARTUP_UPLINK_BYTES = 500
 #: :data:`STARTUP_UPLINK_BYTES` x 8 / 1000 = 4 s of the :data:`STARTUP_TIMEOUT_S` it may take up the link (a
 #: downlink must also carry the ``Describe`` answer, the bundle's manifest: a few kB, checked when the run starts).
 MIN_RATE_BPS = 1000.0
+#: Bytes on the way that do not make a direction the one that stalled: the HTTP/2 control frames sent as a call is
+#: given up (RST_STREAM, WINDOW_UPDATE: 13 bytes each).
+_CONTROL_BYTES = 32
 
 
 class LinkTooSlow(ConfigError):
@@ -164,7 +167,7 @@ class EmulatedLink:
                 ("uplink", st.bytes_up, st.offered_up),
                 ("downlink", st.bytes_down, st.offered_down),
             ):
-                if crossed < offered:
+                if offered - crossed > _CONTROL_BYTES:
                     parts.append(f"the {name} carried {crossed} of its {offered} bytes")
         carried = "; ".join(parts) or "every byte crossed, too late"
         direct = f"; the server at {target} answers when dialled directly" if target else ""

@@ -266,53 +266,38 @@ class Pipeline:
         t_s = item.captured - self._origin
         sent_s = outcome.sent_at - self._origin
         latency_ms = (outcome.received_at - item.captured) * 1e3
+        result = FrameRecord(
+            frame_id=item.frame_id,
+            index=source.index,
+            mode=encoded.mode,
+            status=outcome.status,
+            error=outcome.message,
+            label=source.label,
+            payload_bytes=nbytes,
+            encoder_ms=encoded.encoder_ms,
+            codec_ms=encoded.codec_ms,
+            latency_ms=latency_ms,
+            attempt=outcome.attempt,
+            reason=decision.reason,
+            estimate_bps=decision.estimate_bps,
+            predicted_ms=decision.predicted_ms,
+            deadline_ms=self._deadline_ms,
+            t_s=t_s,
+            sent_s=sent_s,
+            source=source.name,
+        )
         if prediction is not None and server is not None:
-            result = FrameRecord(
-                frame_id=item.frame_id,
-                index=source.index,
-                mode=encoded.mode,
+            result = replace(
+                result,
                 status=OK,
-                label=source.label,
+                error="",
                 classes=tuple(prediction.classes),
                 scores=tuple(prediction.scores),
                 class_names=tuple(prediction.labels),
-                payload_bytes=nbytes,
-                encoder_ms=encoded.encoder_ms,
-                codec_ms=encoded.codec_ms,
                 rtt_ms=rtt_ms,
                 transfer_ms=rtt_ms - server.total_ms,
-                latency_ms=latency_ms,
                 response_ms=(_perf() - t0) * 1e3,
                 server=server,
-                attempt=outcome.attempt,
-                reason=decision.reason,
-                estimate_bps=decision.estimate_bps,
-                predicted_ms=decision.predicted_ms,
-                deadline_ms=self._deadline_ms,
-                t_s=t_s,
-                sent_s=sent_s,
-                source=source.name,
-            )
-        else:
-            result = FrameRecord(
-                frame_id=item.frame_id,
-                index=source.index,
-                mode=encoded.mode,
-                status=outcome.status,
-                error=outcome.message,
-                label=source.label,
-                payload_bytes=nbytes,
-                encoder_ms=encoded.encoder_ms,
-                codec_ms=encoded.codec_ms,
-                latency_ms=latency_ms,
-                attempt=outcome.attempt,
-                reason=decision.reason,
-                estimate_bps=decision.estimate_bps,
-                predicted_ms=decision.predicted_ms,
-                deadline_ms=self._deadline_ms,
-                t_s=t_s,
-                sent_s=sent_s,
-                source=source.name,
             )
         if self.control.in_flight_frames == 0:
             self._idle.set()

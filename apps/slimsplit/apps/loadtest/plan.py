@@ -50,8 +50,10 @@ def plan_links(
     if not specs:
         raise ConfigError("--link needs at least one spec")
     configs: dict[str, LinkConfig | None] = {}
-    for spec in dict.fromkeys(specs):
-        configs[spec] = LinkOptions(uplink=spec, downlink=downlink, delay_ms=delay_ms, queue_bytes=queue_bytes).config()
+    with cli_common.naming_flags(cli_common.LINK_FLAGS):
+        for spec in dict.fromkeys(specs):
+            options = LinkOptions(uplink=spec, downlink=downlink, delay_ms=delay_ms, queue_bytes=queue_bytes)
+            configs[spec] = options.config()
     plans = []
     for i in range(clients):
         spec = specs[i % len(specs)]

@@ -3,9 +3,9 @@
 ``python -m slimsplit.server.cli`` (what the ``slimsplit-server`` script runs) in a child process, serving the test's
 bundle with its backend and batch size on a free 127.0.0.1 port. It is ready once its gRPC health check answers
 ``SERVING`` for the service, and stopped at the end with SIGTERM (the server's graceful shutdown), killed if it does
-not exit in time; it runs in a session of its own, so a Ctrl-C at the terminal reaches the load tester only.
-Nothing of ``slimsplit.server`` is imported into the load tester. A server that exits before it is
-ready, or is not ready in time, is an error that ends with the last lines of its stderr.
+not exit in time; it runs in a session of its own, so a Ctrl-C at the terminal reaches the load tester only (which
+stops its clients, then the server). Nothing of ``slimsplit.server`` is imported into the load tester. A server
+that exits before it is ready, or is not ready in time, is an error that ends with the last lines of its stderr.
 """
 
 from __future__ import annotations
