@@ -16,16 +16,16 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def recorded_path(path: str | os.PathLike[str]) -> str:
-    """``path`` as results record it: an absolute path inside the repository, or in the folder that holds it (such
-    as ``../shared/traces``), becomes relative to the repository; any other absolute path is reduced to its file
-    name (its folder exists on one machine only). Relative paths and specs (``shipped:NAME``, ``2mbit``) are kept
-    as given."""
+    """``path`` as results record it: an absolute path inside the repository, or inside the ``shared/`` folder
+    beside it (``../shared/traces``), becomes relative to the repository; any other absolute path is reduced to its
+    file name (its folder exists on one machine only). Relative paths and specs (``shipped:NAME``, ``2mbit``) are
+    kept as given."""
     text = os.fspath(path)
     if not os.path.isabs(text):
         return text
     absolute = Path(os.path.normpath(text))
     for candidate in (absolute, absolute.resolve()):
-        for base, prefix in ((REPOSITORY, Path(".")), (REPOSITORY.parent, Path(".."))):
+        for base, prefix in ((REPOSITORY, Path(".")), (REPOSITORY.parent / "shared", Path("..") / "shared")):
             if candidate.is_relative_to(base) and base != Path(base.anchor):  # never relative to "/"
                 return (prefix / candidate.relative_to(base)).as_posix()
     return absolute.name
