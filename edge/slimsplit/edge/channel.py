@@ -1,4 +1,4 @@
-"""The client's gRPC channel: message limits, keepalive, re-dial backoff and the unary retry policy."""
+"""The client's gRPC channel: message limits, keepalive, re-dial backoff, the unary retry policy and TLS."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import grpc
 import grpc.aio
 
-from slimsplit.edge.config import ChannelConfig
+from slimsplit.edge.config import ChannelConfig, TlsSettings
+from slimsplit.edge.tls import channel_credentials
 from slimsplit.protocol import SERVICE_NAME
 
 
@@ -56,8 +57,22 @@ def channel_options(config: ChannelConfig) -> list[tuple[str, str | int]]:
 
 
 def insecure_channel(target: str, config: ChannelConfig) -> grpc.aio.Channel:
-    """An insecure ``grpc.aio`` channel to ``target`` (TLS credentials are an extension point)."""
+    """A plaintext ``grpc.aio`` channel to ``target``."""
     return grpc.aio.insecure_channel(target, options=channel_options(config))
 
 
-__all__ = ["channel_options", "insecure_channel", "service_config"]
+def open_channel(
+    target: str, config: ChannelConfig, tls: TlsSettings, server_name: str | None = None
+) -> grpc.aio.Channel:
+    """A ``grpc.aio`` channel to ``target``: over TLS when ``tls`` is on (``server_name``: the name the server's
+    certificate must carry when it is not the host of ``target``, e.g. through a local proxy), else plaintext."""
+    if not tls.enabled:
+        return insecure_channel(target, config)
+    options = channel_options(config)
+    name = tls.server_name or server_name
+    if name:
+        options.append(("grpc.ssl_target_name_override", name))
+    return grpc.aio.secure_channel(target, channel_credentials(tls), options=options)
+
+
+__all__ = ["channel_options", "insecure_channel", "open_channel", "service_config"]

@@ -40,6 +40,7 @@ from slimsplit.edge.run import (
     run_edge,
 )
 from slimsplit.edge.sources import open_source
+from slimsplit.edge.tls import channel_credentials
 from slimsplit.errors import ConfigError
 from slimsplit.protocol import DEFAULT_PORT
 from slimsplit.settings import renamed, to_toml
@@ -100,6 +101,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "use it (default: %(default)s; 0 = do not measure)",
     )
     cli_common.add_connect_timeout_argument(net)
+    net.add_argument(
+        "--tls-ca", type=Path, metavar="PEM", help="connect over TLS: the CA that signed the server's certificate"
+    )
+    net.add_argument("--tls-cert", type=Path, metavar="PEM", help="mTLS: this device's certificate (with --tls-key)")
+    net.add_argument("--tls-key", type=Path, metavar="PEM", help="mTLS: this device's private key")
     net.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per prediction (default: %(default)s)")
 
     model = cli_common.add_control_arguments(
@@ -150,6 +156,9 @@ CONFIG_KEYS: dict[str, tuple[str, str]] = {
     "rtt_pings": ("server", "rtt_pings"),
     "connect_timeout": ("server", "connect_timeout_s"),
     "top_k": ("server", "top_k"),
+    "tls_ca": ("tls", "ca"),
+    "tls_cert": ("tls", "cert"),
+    "tls_key": ("tls", "key"),
     "bundle": ("model", "bundle"),
     "threads": ("model", "threads"),
     "controller": ("control", "controller"),
@@ -252,6 +261,9 @@ def _prepare(args: argparse.Namespace, console: cli_common.Console, given: dict[
     cli_common.check_json_out(config.output.json_out)
     control = config.control
     client = config.client()
+    if client.tls.enabled:
+        with naming_keys(args, given):
+            channel_credentials(client.tls)  # the files are read and checked before anything connects
     with naming_keys(args, given, table="link"):
         link = cli_common.link_from_options(config.link)
     bundle = cli_common.bundle_from_path(config.model.bundle)

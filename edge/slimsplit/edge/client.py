@@ -12,10 +12,11 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from slimsplit.edge.channel import insecure_channel
+from slimsplit.edge.channel import open_channel
 from slimsplit.edge.config import ClientConfig
 from slimsplit.edge.grpc_transport import StreamTransport, UnaryTransport
 from slimsplit.edge.status import error_from_rpc
+from slimsplit.edge.tls import diagnose, split_target
 from slimsplit.edge.transport import Connection, FrameTransport, Outcome
 from slimsplit.errors import Unavailable
 from slimsplit.protocol import PROTOCOL_VERSION
@@ -62,7 +63,7 @@ class EdgeClient(Connection):
 
     def open(self) -> None:
         if self._channel is None:
-            self._channel = insecure_channel(self.target, self.config.channel)
+            self._channel = open_channel(self.target, self.config.channel, self.config.tls, self.server_name)
             self._stub = pb_grpc.SplitInferenceStub(self._channel)
 
     async def close(self) -> None:
@@ -72,6 +73,39 @@ class EdgeClient(Connection):
             self._stub = None
 
     @property
+    def server_name(self) -> str:
+        """The name the server's certificate must carry: ``tls.server_name``, else the host of the configured
+        target (also when this connection dials another address, a local proxy)."""
+        if self.config.tls.server_name:
+            return self.config.tls.server_name
+        try:
+            return split_target(self.config.target)[0]
+        except ValueError:
+            return self.config.target
+
+    async def handshake_problem(self) -> str | None:
+        """What fails in the TLS handshake with the server (or a plaintext client's with a TLS server); ``None``
+        when that is not the problem."""
+        return await asyncio.to_thread(diagnose, self.target, self.config.tls, self.server_name)
+
+    def _handshake_error(self, problem: str) -> Unavailable:
+        return Unavailable(f"cannot connect to the server at {self.target}: {problem}", target=self.target)
+
+    async def _until_ready(self) -> None:
+        """Wait for the channel to be ready; at its first failure, fail at once if the handshake is the problem."""
+        assert self._channel is not None
+        checked = False
+        state = self._channel.get_state(try_to_connect=True)
+        while state is not grpc.ChannelConnectivity.READY:
+            if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE and not checked:
+                checked = True
+                problem = await self.handshake_problem()
+                if problem is not None:
+                    raise self._handshake_error(problem)
+            await self._channel.wait_for_state_change(state)
+            state = self._channel.get_state(try_to_connect=True)
+
+    @property
     def stub(self) -> Any:
         if self._stub is None:
             raise Unavailable("the client is not open (use 'async with EdgeClient(...)')")
@@ -79,13 +113,17 @@ class EdgeClient(Connection):
 
     # ----------------------------------------------------------------------------------------------- calls
     async def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Wait until the channel is connected; :class:`Unavailable` naming the address otherwise."""
+        """Wait until the channel is connected; :class:`Unavailable` naming the address otherwise, and the
+        certificate problem when the TLS handshake fails (at once, not after the timeout)."""
         self.open()
         assert self._channel is not None
         timeout = self.config.connect_timeout_s if timeout_s is None else timeout_s
         try:
-            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+            await asyncio.wait_for(self._until_ready(), timeout)
         except TimeoutError:
+            problem = await self.handshake_problem()
+            if problem is not None:
+                raise self._handshake_error(problem) from None
             raise Unavailable(
                 f"cannot reach a server at {self.target} within {timeout:g} s (is slimsplit-server running there?)",
                 target=self.target,

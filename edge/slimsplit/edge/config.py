@@ -15,6 +15,11 @@ override the file, the file overrides the defaults (the same loader as the serve
     [control.mpc]
     margin = 0.9
 
+    [tls]                       # TLS to the server (off unless ca or cert is given); paths relative to this file
+    ca = "ca.crt"               # the CA that signed the server's certificate
+    cert = "camera-01.crt"      # mTLS: this device's certificate and key
+    key = "camera-01.key"
+
 Every key is checked: an unknown key, a value of the wrong type or out of range is a
 :class:`~slimsplit.errors.ConfigError` naming the key (``control.deadline_ms: expected a number > 0, got 0``).
 ``slimsplit-edge --print-config`` prints the effective configuration in this form.
@@ -105,6 +110,27 @@ class ChannelConfig:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """``[tls]``: TLS to the server, on when ``ca`` or ``cert`` is given. ``ca``: the CA bundle that signed the
+    server's certificate (unset: the system's roots); ``cert`` and ``key``: this device's certificate and key
+    (mTLS); ``server_name``: the name to check the server's certificate against (unset: the host of the
+    address)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        check((self.cert is None) == (self.key is None), "cert", "the certificate and the key go together")
+        check(self.server_name is None or bool(self.server_name), "server_name", "must not be empty")
+
+    @property
+    def enabled(self) -> bool:
+        return self.ca is not None or self.cert is not None
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     """Everything the edge client needs besides the bundle and the frames.
 
@@ -128,6 +154,7 @@ class ClientConfig:
     give_up_ms: float | None = None
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     channel: ChannelConfig = field(default_factory=ChannelConfig)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -371,6 +398,7 @@ class EdgeConfig:
     frames: FramesSettings = field(default_factory=FramesSettings)
     link: LinkOptions = field(default_factory=LinkOptions)
     output: OutputSettings = field(default_factory=OutputSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     def client(self) -> ClientConfig:
         """The gRPC client's configuration (give up at the deadline unless ``server.give_up_ms`` says otherwise)."""
@@ -382,6 +410,7 @@ class EdgeConfig:
             give_up_ms=s.give_up_ms if s.give_up_ms is not None else c.deadline_ms,
             top_k=s.top_k,
             connect_timeout_s=s.connect_timeout_s,
+            tls=self.tls,
         )
 
 
@@ -403,6 +432,7 @@ __all__ = [
     "OutputSettings",
     "ReconnectPolicy",
     "ServerSettings",
+    "TlsSettings",
     "UnaryRetryPolicy",
     "check_live_controller",
     "load_edge_config",

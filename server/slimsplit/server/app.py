@@ -18,9 +18,11 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -34,7 +36,7 @@ from prometheus_client import CollectorRegistry
 from slimsplit.errors import ConfigError
 from slimsplit.protocol import SERVICE_NAME
 from slimsplit.server.backends.base import Backend
-from slimsplit.server.config import GrpcConfig, ServerConfig
+from slimsplit.server.config import GrpcConfig, ServerConfig, TlsConfig
 from slimsplit.server.core import InferenceCore
 from slimsplit.server.grpc_service import SplitInferenceService
 from slimsplit.server.metrics import ServerMetrics
@@ -60,6 +62,49 @@ def grpc_server_options(cfg: GrpcConfig) -> list[tuple[str, int]]:
         # Never share a port with another process (a second server on the same port must fail to bind).
         ("grpc.so_reuseport", 0),
     ]
+
+
+def _read_pem(path: Path, key: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}", key=key, path=str(path)) from exc
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{key}: {path} is not a PEM file", key=key, path=str(path))
+    return data
+
+
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """gRPC's TLS credentials for ``tls`` (mTLS with ``client_ca``). The files are read and checked first (a
+    certificate that does not match its key, a CA file that holds no certificate): a :class:`ConfigError` naming
+    the file, not a failure at the first handshake."""
+    assert tls.cert is not None and tls.key is not None
+    cert = _read_pem(tls.cert, "tls.cert")
+    key = _read_pem(tls.key, "tls.key")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except ssl.SSLError as exc:
+        why = "does not match the key" if "MISMATCH" in str(exc) else f"cannot be used with the key ({exc})"
+        raise ConfigError(
+            f"tls.cert: the certificate in {tls.cert} {why} in {tls.key}", key="tls.cert", path=str(tls.cert)
+        ) from exc
+    client_ca = None
+    if tls.client_ca is not None:
+        client_ca = _read_pem(tls.client_ca, "tls.client_ca")
+        try:
+            context.load_verify_locations(cafile=str(tls.client_ca))
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"tls.client_ca: {tls.client_ca} holds no usable CA certificate ({exc})",
+                key="tls.client_ca",
+                path=str(tls.client_ca),
+            ) from exc
+    return grpc.ssl_server_credentials(
+        [(key, cert)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None and tls.require_client_cert,
+    )
 
 
 def format_address(host: str, port: int) -> str:
@@ -122,6 +167,7 @@ async def start_server(
     """
     metrics = ServerMetrics(registry)
     cfg = config.grpc
+    credentials = server_credentials(config.tls) if config.tls.enabled else None
     server = grpc.aio.server(options=grpc_server_options(cfg))
     httpd: Any = None
     try:
@@ -131,7 +177,10 @@ async def start_server(
         if why is not None:
             raise _cannot_listen(address, why)
         try:
-            port = server.add_insecure_port(address)
+            if credentials is not None:
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise _cannot_listen(address, _bind_problem(cfg.host, cfg.port) or f"gRPC: {exc}") from exc
         if config.metrics.port is not None:
@@ -169,7 +218,10 @@ async def start_server(
         running._metrics_http = httpd
         log.info("metrics on http://%s/metrics", format_address(config.metrics.host, running.metrics_port))
     models = ", ".join(f"{m.manifest.name}:{m.manifest.version}" for m in core.models())
-    log.info("serving %s on %s with backend %s", models, running.address, core.backend_name)
+    security = "plaintext"
+    if config.tls.enabled:
+        security = "mTLS" if config.tls.client_ca is not None and config.tls.require_client_cert else "TLS"
+    log.info("serving %s on %s (%s) with backend %s", models, running.address, security, core.backend_name)
     return running
 
 

@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--stream-in-flight", type=int, metavar="N", help="frames served at once per stream (default 32)")
     net.add_argument("--grace", type=float, metavar="SECONDS", help="shutdown grace period (default 5)")
     net.add_argument("--no-reflection", action="store_true", help="turn off gRPC server reflection")
+    tls = p.add_argument_group("tls")
+    tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="server certificate (chain): serve over TLS")
+    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="the server certificate's private key")
+    tls.add_argument(
+        "--tls-client-ca", type=Path, metavar="PEM", help="mTLS: require client certificates signed by this CA bundle"
+    )
     be = p.add_argument_group("backend")
     be.add_argument("--backend", choices=backend_names(), help="engine that runs the tails (default onnxruntime)")
     be.add_argument("--device", choices=BACKEND_DEVICES, help="auto = CUDA when available, else CPU (default auto)")
@@ -149,6 +155,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("batching", "inline_tail_max_us", args.inline_tail_max_us)
     put("batching", "inline_max_load", args.inline_max_load)
     put("metrics", "port", args.metrics_port)
+    put("tls", "cert", str(args.tls_cert) if args.tls_cert else None)
+    put("tls", "key", str(args.tls_key) if args.tls_key else None)
+    put("tls", "client_ca", str(args.tls_client_ca) if args.tls_client_ca else None)
     return out
 
 

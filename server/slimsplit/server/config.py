@@ -22,6 +22,12 @@ Precedence: defaults < TOML file < command-line flags. The TOML file mirrors the
     [metrics]
     port = 9464
 
+    [tls]                          # TLS (off unless cert and key are given); paths relative to this file
+    cert = "server.crt"
+    key = "server.key"
+    client_ca = "ca.crt"           # mTLS: verify client certificates against this CA bundle
+    require_client_cert = true     # (the default when client_ca is given)
+
 Every key is checked: an unknown key or a value of the wrong type is a :class:`~slimsplit.errors.ConfigError`
 that names the key (the loader is :mod:`slimsplit.settings`, shared with the edge's configuration).
 """
@@ -151,6 +157,25 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """Transport security: TLS with ``cert`` and ``key`` (PEM); with ``client_ca`` also mTLS, client certificates
+    verified against that CA bundle (required unless ``require_client_cert = false``). Off when no cert is given."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+    require_client_cert: bool = True
+
+    def __post_init__(self) -> None:
+        _check((self.cert is None) == (self.key is None), "tls.cert", "tls.cert and tls.key go together")
+        _check(self.client_ca is None or self.cert is not None, "tls.client_ca", "needs tls.cert and tls.key")
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything ``slimsplit-server`` needs. ``models`` empty = the shipped default bundle."""
 
@@ -161,6 +186,7 @@ class ServerConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     def __post_init__(self) -> None:
         _check(1 <= self.default_top_k <= 1000, "default_top_k", "must be in [1, 1000]")
