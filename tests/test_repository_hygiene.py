@@ -46,8 +46,8 @@ def checked_in_files() -> list[Path]:
 
 
 def test_the_absolute_path_pattern_finds_paths_and_leaves_urls() -> None:
-    assert ABSOLUTE.search("/work/main/x")
-    assert ABSOLUTE.search("bundle v2 (/work/main/slimsplit/assets/default_bundle)")
+    assert ABSOLUTE.search("/srv/build/x")
+    assert ABSOLUTE.search("bundle v2 (/srv/build/slimsplit/assets/default_bundle)")
     assert ABSOLUTE.search("python bench/codec.py --features /tmp/f.npy")
     assert ABSOLUTE.search("--out=/tmp/x.json")
     assert not ABSOLUTE.search("https://github.com/OswaldHe/InTAR (benchmark/README.md)")
