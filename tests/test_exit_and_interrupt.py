@@ -22,12 +22,12 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from control_helpers import FixedMode
 
 from slimsplit.apps import demo
 from slimsplit.apps.loadtest import main as loadtest_main
 from slimsplit.apps.loadtest.aggregate import ClientResult, load_exit_status, load_failure
 from slimsplit.bundle import Bundle, default_bundle_path
-from slimsplit.control.base import Controller, Decision, FrameFeedback
 from slimsplit.control.modes import modes_from_manifest
 from slimsplit.edge import cli_common
 from slimsplit.edge.cli import main as edge_main
@@ -329,19 +329,6 @@ def test_the_link_names_what_each_direction_carried() -> None:
 # ------------------------------------------------------------------------------------------------ Stop
 
 
-class _Fixed(Controller):
-    name = "fixed-test"
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-
-    def choose(self, now: float, in_flight_bytes: int, in_flight_frames: int) -> Decision:
-        return Decision(self.mode, "fixed")
-
-    def observe(self, feedback: FrameFeedback) -> None:
-        return None
-
-
 class _Encoded:
     def __init__(self, mode: str) -> None:
         self.payload = b"\0" * 64
@@ -416,7 +403,7 @@ def test_a_stopped_run_captures_no_more_and_records_the_frames_it_could_not_wait
     run = EdgeRun(
         manifest=manifest,
         encoder=_Encoder(),
-        controller=_Fixed(mode),
+        controller=FixedMode(mode),
         mode_table=modes_from_manifest(manifest),
         frames=frames,
         target="127.0.0.1:1",
@@ -446,7 +433,7 @@ def test_a_stopped_run_waits_for_the_frames_in_flight(server: ServerThread) -> N
     run = EdgeRun(
         manifest=bundle.manifest,
         encoder=EncoderRuntime(bundle),
-        controller=_Fixed(bundle.manifest.modes[-1].name),
+        controller=FixedMode(bundle.manifest.modes[-1].name),
         mode_table=modes_from_manifest(bundle.manifest),
         frames=load_sample(bundle.manifest.input).take(1000, cycle=True),
         target=server.address,

@@ -10,11 +10,11 @@ from dataclasses import replace
 from typing import TypeVar
 
 import pytest
+from control_helpers import FixedMode
 
 from slimsplit import errors
 from slimsplit.apps.inprocess import InProcessConnection, connector
 from slimsplit.bundle import Bundle, default_bundle_path
-from slimsplit.control.base import Controller, Decision, FrameFeedback
 from slimsplit.control.modes import modes_from_manifest
 from slimsplit.edge.client import EdgeClient
 from slimsplit.edge.config import ClientConfig
@@ -31,21 +31,6 @@ from slimsplit.server.core import InferenceCore
 FRAMES = 8
 CLIENT = ClientConfig(max_in_flight=1, deadline_ms=10_000)
 T = TypeVar("T")
-
-
-class Fixed(Controller):
-    """Always ``mode``."""
-
-    name = "fixed-test"
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-
-    def choose(self, now: float, in_flight_bytes: int, in_flight_frames: int) -> Decision:
-        return Decision(self.mode, "fixed")
-
-    def observe(self, feedback: FrameFeedback) -> None:
-        return None
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +84,7 @@ def pipeline(connect: Callable[[], Connection], bundle: Bundle, mode: str, frame
         return await run_frames(
             client,
             EncoderRuntime(bundle),
-            Fixed(mode),
+            FixedMode(mode),
             modes_from_manifest(bundle.manifest),
             frames,
             PipelineConfig(model=bundle.manifest.name, model_version=bundle.manifest.version),
@@ -166,7 +151,7 @@ def test_an_edge_run_goes_through_the_in_process_connection(
     run = EdgeRun(
         manifest=bundle.manifest,
         encoder=EncoderRuntime(bundle),
-        controller=Fixed(mode),
+        controller=FixedMode(mode),
         mode_table=modes_from_manifest(bundle.manifest),
         frames=frames,
         target="127.0.0.1:1",  # never dialled
