@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -266,12 +266,24 @@ class Pipeline:
         t_s = item.captured - self._origin
         sent_s = outcome.sent_at - self._origin
         latency_ms = (outcome.received_at - item.captured) * 1e3
+        reply: dict[str, Any]  # what the reply adds to the record (built once: this runs for every frame)
+        if prediction is not None and server is not None:
+            reply = {
+                "status": OK,
+                "classes": tuple(prediction.classes),
+                "scores": tuple(prediction.scores),
+                "class_names": tuple(prediction.labels),
+                "rtt_ms": rtt_ms,
+                "transfer_ms": rtt_ms - server.total_ms,
+                "response_ms": (_perf() - t0) * 1e3,
+                "server": server,
+            }
+        else:
+            reply = {"status": outcome.status, "error": outcome.message}
         result = FrameRecord(
             frame_id=item.frame_id,
             index=source.index,
             mode=encoded.mode,
-            status=outcome.status,
-            error=outcome.message,
             label=source.label,
             payload_bytes=nbytes,
             encoder_ms=encoded.encoder_ms,
@@ -285,20 +297,8 @@ class Pipeline:
             t_s=t_s,
             sent_s=sent_s,
             source=source.name,
+            **reply,
         )
-        if prediction is not None and server is not None:
-            result = replace(
-                result,
-                status=OK,
-                error="",
-                classes=tuple(prediction.classes),
-                scores=tuple(prediction.scores),
-                class_names=tuple(prediction.labels),
-                rtt_ms=rtt_ms,
-                transfer_ms=rtt_ms - server.total_ms,
-                response_ms=(_perf() - t0) * 1e3,
-                server=server,
-            )
         if self.control.in_flight_frames == 0:
             self._idle.set()
         self._progress.set()
