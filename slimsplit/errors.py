@@ -95,6 +95,11 @@ class Overloaded(SlimsplitError):
     grpc_status = "RESOURCE_EXHAUSTED"
 
 
+class RateLimited(Overloaded):
+    """A device is over one of its limits (frames/s, bytes/s, concurrent streams); ``context["retry_after_s"]`` says
+    when it would be accepted again. Other devices are not affected."""
+
+
 class Unavailable(SlimsplitError):
     """The service is shutting down or a backend/device is not reachable."""
 
@@ -105,6 +110,23 @@ class DeadlineExceeded(SlimsplitError):
     """A frame missed its deadline before it could be served."""
 
     grpc_status = "DEADLINE_EXCEEDED"
+
+
+# --- identity and authorization --------------------------------------------------------------------------
+
+
+class Unauthenticated(SlimsplitError):
+    """A call carries no token, a token the server does not know, or a client certificate the server cannot map
+    to a device. The message never contains the token."""
+
+    grpc_status = "UNAUTHENTICATED"
+
+
+class PermissionDenied(SlimsplitError):
+    """The device is known but may not do this: it is revoked, the model is not among the ones it may use, or its
+    token belongs to another device's certificate."""
+
+    grpc_status = "PERMISSION_DENIED"
 
 
 class BackendError(SlimsplitError):
@@ -128,9 +150,12 @@ __all__ = [
     "DeadlineExceeded",
     "InvalidFrame",
     "Overloaded",
+    "PermissionDenied",
+    "RateLimited",
     "ResourceLimitError",
     "SlimsplitError",
     "TraceError",
+    "Unauthenticated",
     "Unavailable",
     "UnknownMode",
     "UnknownModel",

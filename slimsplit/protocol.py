@@ -21,6 +21,13 @@ ERROR_CLASS_KEY = "slimsplit-error-class"
 """Trailing-metadata key of a failed unary call: the :mod:`slimsplit.errors` class name of the error (the stream's
 ``FrameError.error_class`` carries the same name), so a client can tell errors that share a status apart."""
 
+AUTHORIZATION_KEY = "authorization"
+"""Request-metadata key of a device's bearer token (``authorization: Bearer <token>``)."""
+
+RETRY_AFTER_KEY = "slimsplit-retry-after-ms"
+"""Trailing-metadata key of a call refused by a per-device limit (``RESOURCE_EXHAUSTED``): milliseconds until it would
+be accepted again (a stream's per-frame refusals carry it in ``FrameError.retry_after_ms``)."""
+
 
 def bound_message(text: str, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
     """``text`` cut to ``limit`` characters, the last one an ellipsis when it was cut."""

@@ -44,7 +44,7 @@ def test_field_numbers_are_stable() -> None:
                        "model_version": 7, "mode": 8},
         "ServerTiming": {"queue_ms": 1, "decode_ms": 2, "tail_ms": 3, "total_ms": 4, "device_cycles": 5,
                          "device_ms": 6, "backend": 7, "batch_size": 8},
-        "FrameError": {"frame_id": 1, "code": 2, "status": 3, "message": 4, "error_class": 5},
+        "FrameError": {"frame_id": 1, "code": 2, "status": 3, "message": 4, "error_class": 5, "retry_after_ms": 6},
         "StreamReply": {"prediction": 1, "error": 2},
     }  # fmt: skip
     for message, fields in expected.items():

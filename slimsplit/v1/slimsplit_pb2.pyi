@@ -67,18 +67,20 @@ class Prediction(_message.Message):
     def __init__(self, frame_id: _Optional[int] = ..., classes: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[str]] = ..., timing: _Optional[_Union[ServerTiming, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class FrameError(_message.Message):
-    __slots__ = ("frame_id", "code", "status", "message", "error_class")
+    __slots__ = ("frame_id", "code", "status", "message", "error_class", "retry_after_ms")
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ERROR_CLASS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     frame_id: int
     code: int
     status: str
     message: str
     error_class: str
-    def __init__(self, frame_id: _Optional[int] = ..., code: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., error_class: _Optional[str] = ...) -> None: ...
+    retry_after_ms: int
+    def __init__(self, frame_id: _Optional[int] = ..., code: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., error_class: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class StreamReply(_message.Message):
     __slots__ = ("prediction", "error")

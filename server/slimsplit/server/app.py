@@ -1,10 +1,16 @@
-"""Assembling and running the gRPC server: service, health, reflection, metrics, graceful shutdown.
+"""Assembling and running the gRPC server: service, health, reflection, metrics, security, graceful shutdown.
 
 * :func:`start_server` - ``async``: load the bundles, bind, start; returns a :class:`RunningServer`.
 * :func:`serve` - ``async``: start, then run until SIGTERM/SIGINT and shut down gracefully (the CLI's main
   loop).
 * :class:`ServerThread` - a server on its own event loop in a background thread, for synchronous callers
   (tests, benchmarks, the edge demo): ``with ServerThread(config) as srv: ... srv.port ...``.
+
+Security: TLS/mTLS from ``[tls]``; with ``[auth] devices_file`` (or mTLS) the
+:class:`~slimsplit.server.security.AuthInterceptor` authenticates every call but the health service's, and the
+devices file is read again on SIGHUP and when it changes on disk (checked every ``auth.reload_poll_s``). Plaintext is
+refused on an address other than loopback unless ``grpc.insecure`` is set (then a warning says so at start).
+``grpc.health_port`` adds a plaintext port that serves only the health service, for probes that cannot do TLS.
 
 Graceful shutdown (:meth:`RunningServer.stop`): health turns NOT_SERVING, new calls get UNAVAILABLE, open
 streams answer the frames they already read and end with UNAVAILABLE, in-flight unary calls finish within the
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import socket
@@ -40,6 +47,8 @@ from slimsplit.server.config import GrpcConfig, ServerConfig, TlsConfig
 from slimsplit.server.core import InferenceCore
 from slimsplit.server.grpc_service import SplitInferenceService
 from slimsplit.server.metrics import ServerMetrics
+from slimsplit.server.security.guard import Guard
+from slimsplit.server.security.interceptor import AuthInterceptor
 from slimsplit.v1 import slimsplit_pb2_grpc as pb_grpc
 
 log = logging.getLogger("slimsplit.server")
@@ -107,6 +116,45 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     )
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``): the only place plaintext is allowed by default."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport_policy(config: ServerConfig) -> None:
+    """Refuse plaintext on an address other than loopback unless ``grpc.insecure`` is set (ConfigError naming the
+    address and the ways out)."""
+    host = config.grpc.host
+    if config.tls.enabled or config.grpc.insecure or is_loopback(host):
+        return
+    raise ConfigError(
+        f"refusing to serve plaintext on {host}: frames and tokens would cross the network unencrypted. Give "
+        "--tls-cert and --tls-key ([tls] in the configuration file), or --insecure ([grpc] insecure = true) to "
+        "accept that",
+        key="grpc.insecure",
+    )
+
+
+def security_summary(config: ServerConfig, guard: Guard | None) -> str:
+    """One phrase for the start-up line: the transport and how devices are identified."""
+    transport = "plaintext"
+    if config.tls.enabled:
+        transport = "mTLS" if config.tls.client_ca is not None and config.tls.require_client_cert else "TLS"
+    elif config.grpc.insecure and not is_loopback(config.grpc.host):
+        transport = "PLAINTEXT (--insecure)"
+    if guard is None:
+        return f"{transport}, no device authentication"
+    if guard.devices_file is not None:
+        return f"{transport}, device tokens ({len(guard.table)} device(s) in {guard.devices_file})"
+    return f"{transport}, devices identified by their client certificates"
+
+
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -123,13 +171,38 @@ class RunningServer:
     health: Any  # grpc_health.v1.health.aio.HealthServicer
     metrics: ServerMetrics
     metrics_port: int | None = None
+    guard: Guard | None = None
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
     _metrics_http: Any = None
+    _watcher: asyncio.Task[None] | None = None
     _stopped: bool = False
 
     @property
     def address(self) -> str:
         """``host:port`` to dial."""
         return format_address(self.config.grpc.host, self.port)
+
+    async def reload_devices(self) -> bool:
+        """Read the devices file again (SIGHUP does this); False when there is none or it is bad (then the devices
+        known before stay in force, and the error is logged)."""
+        if self.guard is None:
+            return False
+        return await self.guard.reload()
+
+    def watch_devices(self) -> None:
+        """Reload the devices file whenever it changes on disk (checked every ``auth.reload_poll_s``)."""
+        guard = self.guard
+        if guard is None or guard.devices_file is None or self._watcher is not None:
+            return
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(self.config.auth.reload_poll_s)
+                if guard.changed():
+                    await guard.reload()
+
+        self._watcher = asyncio.get_running_loop().create_task(watch(), name="slimsplit-devices-watch")
 
     async def stop(self, grace: float | None = None) -> None:
         """Shut down gracefully (see the module docstring). Idempotent."""
@@ -138,9 +211,15 @@ class RunningServer:
         self._stopped = True
         grace = self.config.grpc.grace_s if grace is None else grace
         log.info("shutting down (grace %.1f s)", grace)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         await self.health.enter_graceful_shutdown()
         self.service.begin_shutdown()
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         await self.core.aclose()
         if self._metrics_http is not None:
             await _stop_metrics_http(self._metrics_http)
@@ -167,8 +246,17 @@ async def start_server(
     """
     metrics = ServerMetrics(registry)
     cfg = config.grpc
+    check_transport_policy(config)
     credentials = server_credentials(config.tls) if config.tls.enabled else None
-    server = grpc.aio.server(options=grpc_server_options(cfg))
+    mtls = config.tls.enabled and config.tls.client_ca is not None and config.tls.require_client_cert
+    guard: Guard | None = None
+    if config.auth.enabled or mtls:
+        guard = Guard(config.auth, mtls=mtls, metrics=metrics)
+        guard.load()
+    interceptors = [AuthInterceptor(guard)] if guard is not None else None
+    server = grpc.aio.server(options=grpc_server_options(cfg), interceptors=interceptors)
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
     httpd: Any = None
     try:
         address = format_address(cfg.host, cfg.port)
@@ -196,6 +284,9 @@ async def start_server(
         if cfg.reflection:
             names = (SERVICE_NAME, grpc_health.SERVICE_NAME, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, server)
+        if cfg.health_port is not None:
+            health_server, health_port = _health_only_server(health, cfg.host, cfg.health_port)
+            await health_server.start()
         await server.start()
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -205,24 +296,59 @@ async def start_server(
         with contextlib.suppress(Exception):
             await server.start()
         await server.stop(None)
+        if health_server is not None:
+            with contextlib.suppress(Exception):
+                await health_server.start()
+            await health_server.stop(None)
         if httpd is not None:
             await _stop_metrics_http(httpd)
         if core is not None:
             await core.aclose()
         raise
     running = RunningServer(
-        config=config, server=server, port=port, core=core, service=service, health=health, metrics=metrics
+        config=config,
+        server=server,
+        port=port,
+        core=core,
+        service=service,
+        health=health,
+        metrics=metrics,
+        guard=guard,
+        health_server=health_server,
+        health_port=health_port,
     )
     if httpd is not None:
         running.metrics_port = int(httpd.server_port)
         running._metrics_http = httpd
         log.info("metrics on http://%s/metrics", format_address(config.metrics.host, running.metrics_port))
+    if health_port is not None:
+        log.info("health service (only) in plaintext on %s", format_address(cfg.host, health_port))
     models = ", ".join(f"{m.manifest.name}:{m.manifest.version}" for m in core.models())
-    security = "plaintext"
-    if config.tls.enabled:
-        security = "mTLS" if config.tls.client_ca is not None and config.tls.require_client_cert else "TLS"
+    security = security_summary(config, guard)
+    if cfg.insecure and not config.tls.enabled and not is_loopback(cfg.host):
+        log.warning(
+            "serving PLAINTEXT on %s (--insecure): anyone on the network path can read and alter frames and tokens",
+            running.address,
+        )
     log.info("serving %s on %s (%s) with backend %s", models, running.address, security, core.backend_name)
+    running.watch_devices()
     return running
+
+
+def _health_only_server(health: Any, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server with nothing but ``health`` (the main server's health servicer, so both report the same
+    status) on ``host:port``."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    address = format_address(host, port)
+    why = _bind_problem(host, port) if port else None
+    if why is not None:
+        raise _cannot_listen(address, why, flag="--health-port")
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise _cannot_listen(address, f"gRPC: {exc}", flag="--health-port") from exc
+    return server, bound
 
 
 def _bind_problem(host: str, port: int) -> str | None:
@@ -250,10 +376,8 @@ def _bind_problem(host: str, port: int) -> str | None:
     return problems[0] if problems else None
 
 
-def _cannot_listen(address: str, why: str) -> ConfigError:
-    return ConfigError(
-        f"cannot listen on {address} (--host/--port, [grpc] in the configuration file): {why}", address=address
-    )
+def _cannot_listen(address: str, why: str, flag: str = "--host/--port") -> ConfigError:
+    return ConfigError(f"cannot listen on {address} ({flag}, [grpc] in the configuration file): {why}", address=address)
 
 
 def _start_metrics_http(host: str, port: int, registry: CollectorRegistry) -> Any:
@@ -292,6 +416,17 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        log.info("SIGHUP: reloading the devices file")
+        task = loop.create_task(running.reload_devices())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        installed.append(signal.SIGHUP)
     if ready is not None:
         ready(running)
     try:
@@ -370,6 +505,10 @@ class ServerThread:
     @property
     def core(self) -> InferenceCore:
         return self.running.core
+
+    def reload_devices(self, timeout: float = 30.0) -> bool:
+        """Read the devices file again, as SIGHUP does (see :meth:`RunningServer.reload_devices`)."""
+        return self.call(self.running.reload_devices, timeout)
 
     def call(self, fn: Callable[[], Awaitable[T]], timeout: float | None = 60.0) -> T:
         """Run ``fn()`` (a coroutine function) on the server's event loop and return its result."""

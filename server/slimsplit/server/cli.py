@@ -39,12 +39,16 @@ model folders (--models):
 
 examples:
   slimsplit-server                                   # the shipped bundle on 127.0.0.1:50051
-  slimsplit-server --models ./models --host 0.0.0.0  # listen on every interface (for real edge devices)
+  slimsplit-server --models ./models --host 0.0.0.0 --tls-cert server.crt --tls-key server.key \
+      --tls-client-ca ca.crt --devices devices.toml  # every interface, mTLS and device tokens (SECURITY.md)
   slimsplit-server --backend torch --device cuda     # PyTorch tails on the GPU
   slimsplit-server --config server.toml --print-config
 
   grpcurl -plaintext 127.0.0.1:50051 list            # reflection is on
   grpcurl -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check
+
+Plaintext is served on loopback only, unless --insecure is given. SIGHUP reloads the --devices file (so does
+a change of the file): revoked devices' streams end at once, the others go on.
 
 SIGTERM or Ctrl-C shuts down gracefully: in-flight frames are answered (within --grace seconds), then the
 server exits.
@@ -78,12 +82,35 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--stream-in-flight", type=int, metavar="N", help="frames served at once per stream (default 32)")
     net.add_argument("--grace", type=float, metavar="SECONDS", help="shutdown grace period (default 5)")
     net.add_argument("--no-reflection", action="store_true", help="turn off gRPC server reflection")
+    net.add_argument(
+        "--health-port",
+        type=int,
+        metavar="PORT",
+        help="also serve the health service alone, in plaintext, on this port (for probes that cannot do TLS)",
+    )
     tls = p.add_argument_group("tls")
     tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="server certificate (chain): serve over TLS")
     tls.add_argument("--tls-key", type=Path, metavar="PEM", help="the server certificate's private key")
     tls.add_argument(
         "--tls-client-ca", type=Path, metavar="PEM", help="mTLS: require client certificates signed by this CA bundle"
     )
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext on an address other than loopback (refused otherwise: frames and tokens would cross "
+        "the network unencrypted)",
+    )
+    auth = p.add_argument_group("devices")
+    auth.add_argument(
+        "--devices",
+        type=Path,
+        metavar="FILE",
+        help="devices file (slimsplit-certs writes it): every call needs a device token; reloaded on SIGHUP and "
+        "when it changes",
+    )
+    auth.add_argument("--frames-per-s", type=float, metavar="X", help="default limit per device (default 0 = none)")
+    auth.add_argument("--bytes-per-s", type=float, metavar="X", help="default limit per device (default 0 = none)")
+    auth.add_argument("--max-streams", type=int, metavar="N", help="open streams per device (default 0 = no limit)")
     be = p.add_argument_group("backend")
     be.add_argument("--backend", choices=backend_names(), help="engine that runs the tails (default onnxruntime)")
     be.add_argument("--device", choices=BACKEND_DEVICES, help="auto = CUDA when available, else CPU (default auto)")
@@ -158,6 +185,12 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("tls", "cert", str(args.tls_cert) if args.tls_cert else None)
     put("tls", "key", str(args.tls_key) if args.tls_key else None)
     put("tls", "client_ca", str(args.tls_client_ca) if args.tls_client_ca else None)
+    put("grpc", "insecure", True if args.insecure else None)
+    put("grpc", "health_port", args.health_port)
+    put("auth", "devices_file", str(args.devices) if args.devices else None)
+    put("auth", "frames_per_s", args.frames_per_s)
+    put("auth", "bytes_per_s", args.bytes_per_s)
+    put("auth", "max_streams", args.max_streams)
     return out
 
 

@@ -28,6 +28,12 @@ Precedence: defaults < TOML file < command-line flags. The TOML file mirrors the
     client_ca = "ca.crt"           # mTLS: verify client certificates against this CA bundle
     require_client_cert = true     # (the default when client_ca is given)
 
+    [auth]                         # per-device tokens and limits (off unless devices_file is given)
+    devices_file = "devices.toml"  # device id -> token hash, allowed models, limits (slimsplit-certs writes it)
+    frames_per_s = 0               # default per-device limits (0 = none); a device's entry may set its own
+    bytes_per_s = 0
+    max_streams = 0
+
 Every key is checked: an unknown key or a value of the wrong type is a :class:`~slimsplit.errors.ConfigError`
 that names the key (the loader is :mod:`slimsplit.settings`, shared with the edge's configuration).
 """
@@ -77,6 +83,11 @@ class GrpcConfig:
     # On SIGTERM/SIGINT: seconds to finish in-flight frames before open calls are cancelled.
     grace_s: float = 5.0
     reflection: bool = True
+    # Plaintext on an address other than loopback is refused unless this is set (then the server says so at start).
+    insecure: bool = False
+    # A second, plaintext port that serves only grpc.health.v1.Health (for probes that cannot do TLS, such as
+    # Kubernetes' gRPC probe); None = off. It tells nothing but SERVING / NOT_SERVING.
+    health_port: int | None = None
 
     def __post_init__(self) -> None:
         _check(bool(self.host), "grpc.host", "must not be empty")
@@ -89,6 +100,11 @@ class GrpcConfig:
         _check(math.isfinite(self.grace_s) and self.grace_s >= 0, "grpc.grace_s", "must be >= 0")
         _check(self.max_concurrent_streams >= 1, "grpc.max_concurrent_streams", "must be >= 1")
         _check(self.stream_max_in_flight >= 1, "grpc.stream_max_in_flight", "must be >= 1")
+        if self.health_port is not None:
+            _check(0 <= self.health_port <= 65535, "grpc.health_port", f"must be in [0, 65535], got {self.health_port}")
+            _check(
+                self.health_port == 0 or self.health_port != self.port, "grpc.health_port", "must differ from grpc.port"
+            )
 
 
 @dataclass(frozen=True)
@@ -176,6 +192,52 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """Per-device authentication, authorization and limits (see :mod:`slimsplit.server.security`).
+
+    With ``devices_file`` every call except the health service needs a device's bearer token; with mTLS the token
+    must belong to the device of the client certificate. The limits here apply to every device whose entry in the
+    devices file does not set its own (0 = no limit)."""
+
+    devices_file: Path | None = None
+    frames_per_s: float = 0.0
+    bytes_per_s: float = 0.0
+    max_streams: int = 0
+    # Seconds of the rate a device may send at once (the token buckets' depth).
+    burst_s: float = 1.0
+    # How often the devices file is checked for changes (SIGHUP reloads it at once).
+    reload_poll_s: float = 0.5
+    # Authentication failures logged per second (at most ``audit_burst`` at once); the rest are counted.
+    audit_lines_per_s: float = 5.0
+    audit_burst: int = 20
+    # Device ids that get their own metrics label; later ones (mTLS without a devices file) share "_other".
+    max_device_labels: int = 1000
+
+    def __post_init__(self) -> None:
+        for key in ("frames_per_s", "bytes_per_s"):
+            value = getattr(self, key)
+            _check(math.isfinite(value) and value >= 0, f"auth.{key}", f"must be a number >= 0, got {value}")
+        _check(self.max_streams >= 0, "auth.max_streams", f"must be >= 0, got {self.max_streams}")
+        _check(math.isfinite(self.burst_s) and self.burst_s > 0, "auth.burst_s", "must be a number > 0")
+        _check(
+            math.isfinite(self.reload_poll_s) and 0.05 <= self.reload_poll_s <= 3600,
+            "auth.reload_poll_s",
+            "must be in [0.05, 3600]",
+        )
+        _check(
+            math.isfinite(self.audit_lines_per_s) and self.audit_lines_per_s > 0,
+            "auth.audit_lines_per_s",
+            "must be > 0",
+        )
+        _check(self.audit_burst >= 1, "auth.audit_burst", "must be >= 1")
+        _check(self.max_device_labels >= 1, "auth.max_device_labels", "must be >= 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.devices_file is not None
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything ``slimsplit-server`` needs. ``models`` empty = the shipped default bundle."""
 
@@ -187,6 +249,7 @@ class ServerConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def __post_init__(self) -> None:
         _check(1 <= self.default_top_k <= 1000, "default_top_k", "must be in [1, 1000]")

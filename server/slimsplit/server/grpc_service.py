@@ -9,6 +9,10 @@ its frame id; the stream itself only fails for transport reasons. When the serve
 reading, answers the frames it already read, and ends with UNAVAILABLE: frames the client sent after that were not
 accepted and should be sent again (elsewhere). A client that goes away cancels the handler, which cancels its
 reader and frame tasks.
+
+With device authentication on (:mod:`slimsplit.server.security`), every frame is first checked against its
+device's allowed models and rate limits: a refused frame is answered at once with its error (``PERMISSION_DENIED``,
+``RESOURCE_EXHAUSTED`` with ``retry_after_ms``) and costs the server nothing more.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ import grpc
 import grpc.aio
 
 from slimsplit.bundle import Manifest
-from slimsplit.errors import Unavailable
+from slimsplit.errors import SlimsplitError, Unavailable
 from slimsplit.protocol import ERROR_CLASS_KEY, PROTOCOL_VERSION, package_version
 from slimsplit.server.core import InferenceCore, InferRequest, InferResult
+from slimsplit.server.security.interceptor import current_device
 from slimsplit.server.status import abort, frame_error, status_for
 from slimsplit.v1 import slimsplit_pb2 as pb
 from slimsplit.v1 import slimsplit_pb2_grpc as pb_grpc
@@ -144,12 +149,19 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
         received = time.perf_counter()
         if self._shutting_down:
             await abort(context, self._unavailable())
+        device = current_device.get()
         try:
+            if device is not None:
+                device.admit(request.model, len(request.features))
             result = await self.core.infer(
                 frame_to_request(request), timeout=context.time_remaining(), received=received
             )
         except Exception as exc:
+            if device is not None:
+                device.count(exc.grpc_status if isinstance(exc, SlimsplitError) else "INTERNAL")
             await abort(context, exc)
+        if device is not None:
+            device.count("OK")
         return result_to_prediction(result, _since_ms(received))
 
     async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.DescribeResponse:
@@ -163,6 +175,7 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
     ) -> AsyncIterator[pb.StreamReply]:
         if self._shutting_down:
             await abort(context, self._unavailable())
+        device = current_device.get()
         replies: asyncio.Queue[object] = asyncio.Queue()
         slots = asyncio.Semaphore(self.stream_max_in_flight)
         tasks: set[asyncio.Future[InferResult]] = set()  # frames waiting in the batcher
@@ -170,11 +183,19 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
 
         def reply(frame_id: int, received: float, fut: asyncio.Future[InferResult]) -> pb.StreamReply:
             if fut.cancelled():
-                return pb.StreamReply(error=frame_error(frame_id, self._unavailable()))
+                return failed(frame_id, self._unavailable())
             exc = fut.exception()
             if exc is not None:
-                return pb.StreamReply(error=frame_error(frame_id, exc))
+                return failed(frame_id, exc)
+            if device is not None:
+                device.count("OK")
             return pb.StreamReply(prediction=result_to_prediction(fut.result(), _since_ms(received)))
+
+        def failed(frame_id: int, exc: BaseException) -> pb.StreamReply:
+            error = frame_error(frame_id, exc)
+            if device is not None:
+                device.count(error.status)
+            return pb.StreamReply(error=error)
 
         def answered(frame_id: int, received: float, fut: asyncio.Future[InferResult]) -> None:
             tasks.discard(fut)
@@ -185,6 +206,12 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
                 async for frame in request_iterator:
                     received = time.perf_counter()
                     await slots.acquire()  # released once the reply is written: a slow reader slows the stream
+                    if device is not None:
+                        try:
+                            device.admit(frame.model, len(frame.features))
+                        except SlimsplitError as exc:
+                            replies.put_nowait(failed(frame.frame_id, exc))
+                            continue
                     # Eager: a cheap frame is fully served inside start() and answered without a task.
                     fut = core.start(frame_to_request(frame), timeout=context.time_remaining(), received=received)
                     if fut.done():

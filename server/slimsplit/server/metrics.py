@@ -10,6 +10,11 @@ Names (all prefixed ``slimsplit_``):
 * ``batch_size{model,mode}``: frames per tail call
 * ``payload_bytes{model,mode}``: encoded feature bytes per frame
 * ``in_flight``: frames being served right now
+* ``device_frames_total{device,status}`` / ``device_bytes_total{device}`` / ``device_streams{device}``: per device
+  (with device authentication on; ``device`` is a device id of the devices file or a client certificate, never a
+  token, and their number is bounded by ``auth.max_device_labels``)
+* ``auth_failures_total{reason}``: calls refused by authentication or authorization
+* ``devices_reloads_total{result}``: reloads of the devices file (``ok``, ``error``)
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -34,6 +40,23 @@ class _ModeMetrics:
     tail: Histogram
     batch: Histogram
     payload: Histogram
+
+
+class DeviceMetrics:
+    """One device's instruments (children cached per status)."""
+
+    def __init__(self, frames: Counter, nbytes: Counter, streams: Gauge, label: str) -> None:
+        self._frames = frames
+        self._label = label
+        self._by_status: dict[str, Any] = {}
+        self.bytes = nbytes.labels(label)
+        self.streams = streams.labels(label)
+
+    def frame(self, status: str) -> None:
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self._frames.labels(self._label, status)
+        child.inc()
 
 
 class ServerMetrics:
@@ -73,6 +96,18 @@ class ServerMetrics:
             registry=r,
         )
         self.in_flight = Gauge("slimsplit_in_flight", "Frames being served", registry=r)
+        self.device_frames = Counter(
+            "slimsplit_device_frames", "Frames answered per device, by status", ("device", "status"), registry=r
+        )
+        self.device_bytes = Counter(
+            "slimsplit_device_bytes", "Feature bytes received per device", ("device",), registry=r
+        )
+        self.device_streams = Gauge("slimsplit_device_streams", "Open streams per device", ("device",), registry=r)
+        self.auth_failures = Counter(
+            "slimsplit_auth_failures", "Calls refused by authentication or authorization", ("reason",), registry=r
+        )
+        self.reloads = Counter("slimsplit_devices_reloads", "Reloads of the devices file", ("result",), registry=r)
+        self._devices: dict[str, DeviceMetrics] = {}
         self._children: dict[tuple[str, str], _ModeMetrics] = {}
         self._lock = threading.Lock()
 
@@ -104,6 +139,17 @@ class ServerMetrics:
     def frame_failed(self, model: str, mode: str, status: str) -> None:
         # model/mode come from the client: unknown names are folded so a client cannot grow the label set.
         self.frames.labels(model, mode, status).inc()
+
+    def device(self, label: str) -> DeviceMetrics:
+        """The instruments of the device labelled ``label`` (the caller bounds the number of labels)."""
+        found = self._devices.get(label)
+        if found is None:
+            with self._lock:
+                found = self._devices.get(label)
+                if found is None:
+                    found = DeviceMetrics(self.device_frames, self.device_bytes, self.device_streams, label)
+                    self._devices[label] = found
+        return found
 
     def batch_ran(self, model: str, mode: str, size: int) -> None:
         self._mode(model, mode).batch.observe(size)

@@ -14,6 +14,7 @@ what the client sent (a model or mode name); they are cut to
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from dataclasses import dataclass
 from typing import NoReturn
@@ -23,7 +24,7 @@ import grpc.aio
 
 from slimsplit import errors
 from slimsplit.errors import SlimsplitError
-from slimsplit.protocol import ERROR_CLASS_KEY, bound_message
+from slimsplit.protocol import ERROR_CLASS_KEY, RETRY_AFTER_KEY, bound_message
 from slimsplit.v1 import slimsplit_pb2 as pb
 
 log = logging.getLogger("slimsplit.server")
@@ -36,6 +37,7 @@ class StatusInfo:
     code: grpc.StatusCode
     message: str
     error_class: str = ""
+    retry_after_ms: int = 0  # a per-device limit's hint (RateLimited); 0 = none
 
     @property
     def name(self) -> str:
@@ -65,7 +67,11 @@ def error_class_name(exc: SlimsplitError) -> str:
 def status_for(exc: BaseException) -> StatusInfo:
     """The status a client receives for ``exc``. Unexpected exceptions are logged with their traceback."""
     if isinstance(exc, SlimsplitError):
-        info = StatusInfo(status_code(exc.grpc_status), bound_message(exc.message), error_class_name(exc))
+        retry = exc.context.get("retry_after_s")
+        retry_ms = max(1, math.ceil(retry * 1000)) if isinstance(retry, int | float) and retry > 0 else 0
+        info = StatusInfo(
+            status_code(exc.grpc_status), bound_message(exc.message), error_class_name(exc), min(retry_ms, 2**31)
+        )
         if info.code == grpc.StatusCode.INTERNAL:  # a server-side failure (e.g. BackendError), not a bad frame
             log.error("%s: %s", type(exc).__name__, exc.message, exc_info=exc)
         return info
@@ -78,12 +84,26 @@ def frame_error(frame_id: int, exc: BaseException) -> pb.FrameError:
     """The in-stream error reply for one frame."""
     info = status_for(exc)
     return pb.FrameError(
-        frame_id=frame_id, code=info.number, status=info.name, message=info.message, error_class=info.error_class
+        frame_id=frame_id,
+        code=info.number,
+        status=info.name,
+        message=info.message,
+        error_class=info.error_class,
+        retry_after_ms=info.retry_after_ms,
     )
+
+
+def trailing_metadata(info: StatusInfo) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata of a failed call: the error's class and, for a per-device limit, the retry hint."""
+    out: list[tuple[str, str]] = []
+    if info.error_class:
+        out.append((ERROR_CLASS_KEY, info.error_class))
+    if info.retry_after_ms:
+        out.append((RETRY_AFTER_KEY, str(info.retry_after_ms)))
+    return tuple(out)
 
 
 async def abort(context: grpc.aio.ServicerContext[object, object], exc: BaseException) -> NoReturn:
     """End a unary call with the status that ``exc`` maps to (and its class in the trailing metadata)."""
     info = status_for(exc)
-    trailing = ((ERROR_CLASS_KEY, info.error_class),) if info.error_class else ()
-    await context.abort(info.code, info.message, trailing)
+    await context.abort(info.code, info.message, trailing_metadata(info))

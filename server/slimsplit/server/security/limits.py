@@ -1,0 +1,122 @@
+"""Token buckets: the per-device limits on frames/s and bytes/s, and the audit log's line rate.
+
+A bucket holds at most ``capacity`` tokens and refills at ``rate`` per second. :meth:`TokenBucket.take` takes
+``amount`` tokens if the bucket has them and otherwise says how long until it would: a refused frame costs nothing,
+so a device over its limit is answered at once and no other device waits for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from slimsplit.errors import RateLimited
+
+Clock = Callable[[], float]
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``capacity`` held (it starts full). Not thread-safe: one event loop."""
+
+    __slots__ = ("_clock", "_stamp", "_tokens", "capacity", "rate")
+
+    def __init__(self, rate: float, capacity: float, clock: Clock = time.monotonic) -> None:
+        if rate <= 0 or capacity <= 0:
+            raise ValueError(f"a token bucket needs rate > 0 and capacity > 0, got {rate} and {capacity}")
+        self.rate = rate
+        self.capacity = capacity
+        self._clock = clock
+        self._tokens = capacity
+        self._stamp = clock()
+
+    def _refill(self) -> float:
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        return self._tokens
+
+    def take(self, amount: float = 1.0) -> float:
+        """Take ``amount`` tokens: 0.0 when taken, else the seconds until they would be there (nothing taken).
+        An amount above the capacity is taken from a full bucket (a frame larger than the burst still passes when
+        the device has been quiet for a burst's time)."""
+        need = min(amount, self.capacity)
+        tokens = self._refill()
+        if tokens >= need:
+            self._tokens = tokens - need
+            return 0.0
+        return (need - tokens) / self.rate
+
+    def give(self, amount: float) -> None:
+        """Put back ``amount`` tokens taken for something that did not happen after all."""
+        self._tokens = min(self.capacity, self._tokens + amount)
+
+    def set_rate(self, rate: float, capacity: float) -> None:
+        """New limits, keeping what is in the bucket (cut to the new capacity)."""
+        self._refill()
+        self.rate = rate
+        self.capacity = capacity
+        self._tokens = min(self._tokens, capacity)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A device's effective limits (0 = none)."""
+
+    frames_per_s: float = 0.0
+    bytes_per_s: float = 0.0
+    max_streams: int = 0
+
+
+class RateLimiter:
+    """The frames/s and bytes/s buckets of one device; ``burst_s`` seconds of each rate may come at once."""
+
+    def __init__(self, limits: Limits, burst_s: float, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._burst_s = burst_s
+        self.frames: TokenBucket | None = None
+        self.bytes: TokenBucket | None = None
+        self.limits = Limits()
+        self.update(limits)
+
+    def _bucket(self, old: TokenBucket | None, rate: float, floor: float) -> TokenBucket | None:
+        if rate <= 0:
+            return None
+        capacity = max(rate * self._burst_s, floor)
+        if old is None:
+            return TokenBucket(rate, capacity, self._clock)
+        old.set_rate(rate, capacity)
+        return old
+
+    def update(self, limits: Limits) -> None:
+        """Apply new limits (a reloaded devices file); the buckets keep their fill."""
+        self.limits = limits
+        self.frames = self._bucket(self.frames, limits.frames_per_s, 1.0)
+        self.bytes = self._bucket(self.bytes, limits.bytes_per_s, 1.0)
+
+    def admit(self, device_id: str, nbytes: int) -> None:
+        """Take one frame of ``nbytes``; :class:`RateLimited` with ``retry_after_s`` when over a limit (then
+        nothing is taken from either bucket)."""
+        frames, size = self.frames, self.bytes
+        if frames is not None:
+            wait = frames.take(1.0)
+            if wait > 0:
+                raise _limited(device_id, f"{frames.rate:g} frames/s", wait)
+        if size is not None:
+            wait = size.take(float(nbytes))
+            if wait > 0:
+                if frames is not None:
+                    frames.give(1.0)
+                raise _limited(device_id, f"{size.rate:g} bytes/s", wait)
+
+
+def _limited(device_id: str, limit: str, wait_s: float) -> RateLimited:
+    ms = max(1, round(wait_s * 1000))
+    return RateLimited(
+        f"device {device_id!r} is over its limit of {limit}: retry in {ms} ms",
+        device=device_id,
+        retry_after_s=wait_s,
+    )
+
+
+__all__ = ["Clock", "Limits", "RateLimiter", "TokenBucket"]
