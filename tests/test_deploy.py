@@ -2,9 +2,10 @@
 
 What binds them to the code:
 
-* Kubernetes: the ConfigMap's ``server.toml`` is loaded by ``slimsplit.server.config.load_config``; the
-  container's arguments are parsed by the parser of the module behind the ``slimsplit-server`` console script;
-  the probes' ports are the ConfigMap's, which must be the server's default port; the probes' health service
+* Kubernetes: the ConfigMap's ``server.toml`` is loaded by ``slimsplit.server.config.load_config``; its TLS and
+  devices-file paths are the files of the mounted Secret; the container's arguments are parsed by the parser of
+  the module behind the ``slimsplit-server`` console script; the serving port is the ConfigMap's, which must be
+  the server's default port, and the probes ask the ConfigMap's plaintext health-only port; the probes' health service
   names are asked of a real server on 127.0.0.1, which must answer SERVING; the shutdown timings are checked
   against the ConfigMap's ``grace_s``; the pod user is the Dockerfile's ``USER``.
 * Docker: every ``COPY`` source exists and passes ``dockerignore.example``; ``EXPOSE`` is the server's ports;
@@ -13,7 +14,8 @@ What binds them to the code:
 * Raspberry Pi: the unit's ``ExecStart`` is parsed by the real edge parser and the shipped ``edge.toml`` loaded by
   the edge's real configuration loader (and printed back by ``--print-config`` to the same configuration), then
   both run through the edge CLI's own ``main()`` (bundle, controller, source, threads as written; only the
-  server address and the frame count overridden by flags) against a real server; the exit statuses
+  server address and the frame count overridden by flags) against a real server with TLS, mTLS and a devices
+  file, the unit's ``LoadCredential=`` files made by ``slimsplit-certs`` in place of ``%d``; the exit statuses
   in the unit are the edge CLI's constants; ``systemd-analyze verify``/``security`` and shellcheck run when
   installed; ``install.sh --dry-run`` runs with every mutating tool shadowed by a shim that
   records calls, and must leave the system (and the shims' log) untouched.
@@ -39,7 +41,7 @@ import sys
 import tomllib
 import zipfile
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
@@ -291,6 +293,17 @@ def unit_execstart() -> tuple[str, list[str]]:
     return words[0], words[1:]
 
 
+def unit_credentials() -> dict[str, str]:
+    """The unit's ``LoadCredential=ID:PATH`` lines, ID -> PATH (configparser keeps only the last of a key)."""
+    creds: dict[str, str] = {}
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("LoadCredential="):
+            name, _, path = line.removeprefix("LoadCredential=").partition(":")
+            assert name not in creds, f"LoadCredential={name} twice"
+            creds[name] = path
+    return creds
+
+
 def unit_environment() -> dict[str, str]:
     """The unit's ``Environment=`` assignments."""
     env: dict[str, str] = {}
@@ -383,6 +396,32 @@ def test_kustomization_renders_with_kubectl() -> None:
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"].endswith(f":{tag}")
 
 
+def credentials_volume() -> tuple[Doc, PurePosixPath]:
+    """The Secret volume of the server's credentials and where the container mounts it."""
+    (volume,) = [v for v in deployment()["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    (mount,) = [m for m in server_container()["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True and "subPath" not in mount, "read-only, and no subPath (it would never update)"
+    return volume, PurePosixPath(mount["mountPath"])
+
+
+def test_the_server_serves_tls_and_checks_devices_from_a_mounted_secret(tmp_path: Path) -> None:
+    cfg = configmap_config(tmp_path)
+    volume, mount = credentials_volume()
+    secret = volume["secret"]
+    assert secret["secretName"] == "slimsplit-server-credentials"
+    assert secret["defaultMode"] == 0o440, "the key readable by the pod's group (fsGroup) only"
+    files = {mount / item["path"] for item in secret["items"]}
+    assert cfg.tls.enabled and cfg.tls.client_ca is not None and cfg.tls.require_client_cert
+    assert cfg.auth.devices_file is not None
+    for path in (cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca, cfg.auth.devices_file):
+        assert PurePosixPath(str(path)) in files, f"{path} is not a file of the Secret {secret['secretName']}"
+    assert "Secret" not in {d["kind"] for d in base_docs()}, "credentials are never kept in the repository"
+    readme = (K8S / "README.md").read_text()
+    assert f"kubectl -n slimsplit create secret generic {secret['secretName']}" in readme
+    for item in secret["items"]:
+        assert f"--from-file={item['key']}=" in readme, f"README.md: how to put {item['key']} in the Secret"
+
+
 def test_configmap_is_a_server_config_the_real_loader_accepts(tmp_path: Path) -> None:
     cfg = configmap_config(tmp_path)
     # Reachable from probes, Services and other pods: not loopback.
@@ -417,13 +456,16 @@ def test_ports_are_the_servers(tmp_path: Path) -> None:
     annotations = deployment()["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(cfg.metrics.port)
     container = server_container()
+    # The probes cannot do TLS: they ask the plaintext health-only port, which serves nothing else.
+    assert ports["health"] == cfg.grpc.health_port != cfg.grpc.port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         port = container[probe]["grpc"]["port"]
         assert isinstance(port, int), f"{probe}: gRPC probes take a port number, not a name"
-        assert port == ports["grpc"], probe
+        assert port == ports["health"], probe
     for svc in [d for d in base_docs() if d["kind"] == "Service"]:
         for p in svc["spec"]["ports"]:
             assert p["targetPort"] in ports, f"{svc['metadata']['name']}: unknown target port {p['targetPort']}"
+            assert p["targetPort"] != "health", "the health port is the kubelet's, not a Service's"
             assert p["port"] == ports[p["targetPort"]]
 
 
@@ -441,6 +483,18 @@ def test_probes_ask_for_health_services_a_real_server_reports_serving(server_add
     # ... and the check does fail for a name the server does not register.
     serving, line = health.check(server_address, "slimsplit.v1.NoSuchService", 5.0)
     assert not serving and "NOT_FOUND" in line
+
+
+def test_probes_reach_a_tls_server_through_its_plaintext_health_port(secure_server: SecureServer) -> None:
+    """As in the pod: the serving port speaks mTLS only, so the kubelet's plaintext probes ask the health-only
+    port, which answers them without credentials (and serves nothing else)."""
+    health = load_healthcheck()
+    container = server_container()
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        serving, line = health.check(secure_server.health_address, container[probe]["grpc"].get("service", ""), 5.0)
+        assert serving, f"{probe} on the health port: {line}"
+    serving, _line = health.check(secure_server.address, "", 2.0)
+    assert not serving, "a plaintext probe of the mTLS serving port cannot succeed"
 
 
 def test_termination_grace_covers_prestop_and_server_grace(tmp_path: Path) -> None:
@@ -515,7 +569,7 @@ def test_optional_manifests_point_at_real_ports() -> None:
     assert lb["spec"]["type"] == "LoadBalancer"
     assert {p["targetPort"] for p in lb["spec"]["ports"]} <= set(container_ports())
     ingress = one("Ingress", docs=opt)
-    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS", "TLS pods"
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend["name"] in services
     assert backend["port"]["name"] in {p["name"] for p in services[backend["name"]]["spec"]["ports"]}
@@ -740,7 +794,35 @@ def test_unit_command_line_is_accepted_by_the_edge_cli() -> None:
     assert "slimsplit-edge" in pyproject()["project"]["scripts"]
     args = parse_or_fail(edge_parser(), argv, "slimsplit-edge.service ExecStart")
     assert args.config == Path(f"{defaults['DEFAULT_CONFIG_DIR']}/edge.toml"), "the unit runs the installed edge.toml"
-    assert argv == ["--config", str(args.config)], "every setting belongs in edge.toml, not on the command line"
+    # Besides edge.toml only the credentials' paths, which exist in the service's credentials folder (%d) only.
+    flags = [a for a in argv if a.startswith("--")]
+    assert flags == ["--config", *CREDENTIAL_FLAGS], "every other setting belongs in edge.toml"
+    assert (args.tls_ca, args.tls_cert, args.tls_key, args.token_file) == tuple(
+        Path(f"%d/{name}") for name in CREDENTIAL_FLAGS.values()
+    )
+
+
+#: The unit's credential flags and the LoadCredential= id each one names (%d/ID).
+CREDENTIAL_FLAGS = {
+    "--tls-ca": "ca.crt",
+    "--tls-cert": "device.crt",
+    "--tls-key": "device.key",
+    "--token-file": "device.token",
+}
+
+
+def test_unit_loads_the_credentials_from_root_only_files() -> None:
+    creds = unit_credentials()
+    defaults = install_defaults()
+    assert set(creds) == set(CREDENTIAL_FLAGS.values())
+    for name, source in creds.items():
+        assert source == f"{defaults['DEFAULT_CONFIG_DIR']}/credentials/{name}", name
+    listed = re.search(r'^readonly CREDENTIALS="([^"]*)"$', INSTALL_SH.read_text(), flags=re.M)
+    assert listed is not None and listed.group(1).split() == sorted(creds), "install.sh checks the same files"
+    s = read_unit()["Service"]
+    assert "243" in s["RestartPreventExitStatus"].split(), "a missing credential (243) must not restart forever"
+    readme = (PI / "README.md").read_text()
+    assert "LoadCredential=" in readme and "slimsplit-certs device" in readme
 
 
 def test_the_shipped_edge_toml_is_read_by_the_real_loader() -> None:
@@ -759,19 +841,75 @@ def test_the_shipped_edge_toml_is_read_by_the_real_loader() -> None:
             assert str(path).startswith(defaults["STATE_DIR"]), f"{path}: only the state directory is the service's"
     assert unit_environment()["OMP_NUM_THREADS"] == str(config.model.threads), "thread pools in step"
     assert from_mapping(EdgeConfig, tomllib.loads(to_toml(config))) == config
-    raw = tomllib.loads((PI / "edge.toml").read_text())
+    text = (PI / "edge.toml").read_text()
+    raw = tomllib.loads(text)
     assert set(raw) <= {f for f in EdgeConfig.__dataclass_fields__}, "tables the loader knows"
+    # The commented [tls] and [auth] tables, uncommented, are keys the loader knows, naming the credentials' files.
+    block = re.search(r"^# \[tls\]\n(?:#.*\n)+", text, flags=re.M)
+    assert block is not None, "edge.toml shows [tls] and [auth], commented"
+    uncommented = "\n".join(ln[2:] if ln.startswith("# ") else "" for ln in block.group(0).splitlines())
+    shown = from_mapping(EdgeConfig, tomllib.loads(uncommented))
+    folder = Path(f"{defaults['DEFAULT_CONFIG_DIR']}/credentials")
+    assert (shown.tls.ca, shown.tls.cert, shown.tls.key, shown.auth.token_file) == tuple(
+        folder / name for name in CREDENTIAL_FLAGS.values()
+    )
 
 
-def test_unit_command_line_runs_against_a_real_server(server_address: str) -> None:
-    """The unit's exact flags (bundle, mode, controller, source, threads ...) through the edge CLI's own main(),
-    with only the server's address and the frame count overridden (the last flag wins in argparse)."""
+@dataclass(frozen=True)
+class SecureServer:
+    address: str  # TLS + mTLS + tokens
+    health_address: str  # plaintext, grpc.health.v1.Health only
+    credentials: Path  # one device's credentials, named as the unit's LoadCredential= ids
+
+
+@pytest.fixture(scope="module")
+def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
+    """A real server on 127.0.0.1 with TLS, mTLS, a devices file and a plaintext health-only port, and the folder
+    of one device's credentials as the unit's LoadCredential= ids name them (what systemd makes %d)."""
+    from slimsplit.apps import certs
+    from slimsplit.server.app import ServerThread
+    from slimsplit.server.config import AuthConfig, BackendConfig, TlsConfig
+
+    root = tmp_path_factory.mktemp("pi-credentials")
+    pki = certs.make_dev_pki(root / "pki", ["camera-01"], devices=root / "pki" / "devices.toml")
+    device = pki.devices["camera-01"]
+    assert device.token is not None and pki.devices_file is not None
+    folder = root / "credentials"
+    folder.mkdir(mode=0o700)
+    sources = {"ca.crt": pki.ca.cert, "device.crt": device.cert, "device.key": device.key, "device.token": device.token}
+    for name, source in sources.items():
+        (folder / name).write_bytes(source.read_bytes())
+        (folder / name).chmod(0o400)
+    base = ServerConfig(backend=BackendConfig(name="null"))
+    config = replace(
+        base,
+        grpc=replace(base.grpc, host="127.0.0.1", port=0, grace_s=0.5, health_port=0),
+        tls=TlsConfig(cert=pki.server.cert, key=pki.server.key, client_ca=pki.ca.cert),
+        auth=AuthConfig(devices_file=pki.devices_file),
+    )
+    with ServerThread(config) as srv:
+        health_port = srv.running.health_port
+        assert health_port is not None
+        yield SecureServer(srv.address, f"127.0.0.1:{health_port}", folder)
+
+
+def test_unit_command_line_runs_against_a_real_server(secure_server: SecureServer) -> None:
+    """The unit's exact flags (bundle, mode, controller, source, threads, the credentials ...) through the edge
+    CLI's own main(), with only the server's address and the frame count overridden (the last flag wins in
+    argparse), against a server with TLS, mTLS and tokens; %d is the folder of the credentials."""
+    address, folder = secure_server.address, secure_server.credentials
     cli = console_script_module("slimsplit-edge")
     _binary, argv = unit_execstart()
     out, err = io.StringIO(), io.StringIO()
-    argv = with_shipped_config(argv)
-    status = cli.main([*argv, "--server", server_address, "--frames", "3", "--fps", "0"], stdout=out, stderr=err)
+    argv = [a.replace("%d", str(folder)) for a in with_shipped_config(argv)]
+    status = cli.main([*argv, "--server", address, "--frames", "3", "--fps", "0"], stdout=out, stderr=err)
     assert status == 0, f"exit {status}\n{err.getvalue()}\n{out.getvalue()[-2000:]}"
+    # ... and without the token the same server refuses the device: one line, exit 3 (the unit restarts it).
+    no_token = argv[: argv.index("--token-file")] + argv[argv.index("--token-file") + 2 :]
+    out, err = io.StringIO(), io.StringIO()
+    status = cli.main([*no_token, "--server", address, "--frames", "3", "--fps", "0"], stdout=out, stderr=err)
+    assert status == cli.EXIT_SERVER, f"exit {status}\n{err.getvalue()}"
+    assert "refused this device's credentials" in err.getvalue() and ": UNAUTHENTICATED: " in err.getvalue()
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
@@ -860,6 +998,9 @@ def test_install_dry_run_prints_the_steps_and_changes_nothing(tmp_path: Path) ->
     assert 'address = "edge-gw.example.org:50051"' in joined.replace("\\", "")
     assert f"--config {config_dir}/edge.toml --print-config" in joined, "the installed file is checked"
     assert f"{PI}/{UNIT.name} > {unit_dir}/{UNIT.name}" in joined
+    assert f"install -d -o root -g root -m 0700 {config_dir}/credentials" in joined
+    assert f"missing in {config_dir}/credentials: ca.crt device.crt device.key device.token" in done.stderr
+    assert "slimsplit-certs device" in out and f"not (re)starting {UNIT.name}" in done.stderr
     assert f"systemctl enable {UNIT.name}" in joined
     assert "systemctl status" in out and "journalctl -u" in out
 

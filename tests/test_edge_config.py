@@ -94,6 +94,9 @@ def test_flags_override_the_file_and_the_file_overrides_the_defaults(tmp_path: P
         ("[frames]\ncount = 0\n", "frames.count: expected an integer >= 1, got 0"),
         ("[output]\nevery = -1\n", "output.every: expected a number >= 0, got -1.0"),
         ("[link]\ndelay_ms = -1\n", "link.delay_ms: expected a number >= 0, got -1.0"),
+        ('[auth]\ntoken = "sst_x"\n', "unknown configuration key 'auth.token' (known here: token_file)"),
+        ("[auth]\ntoken_file = 7\n", "auth.token_file: expected a path"),
+        ('[auth]\ntoken_file = "no-such.token"\n', "auth.token_file: cannot read "),
     ],
 )
 def test_a_bad_file_is_refused_naming_the_file_and_the_key(tmp_path: Path, toml: str, message: str) -> None:

@@ -51,7 +51,8 @@ def test_reverse_table_prefers_general_and_per_frame_classes() -> None:
     assert status.error_class("NOT_FOUND", "Overloaded") is errors.UnknownModel
     assert status.error_class("NOT_FOUND", "UnknownMode") is errors.UnknownMode
     # statuses no class claims fall back to the base class
-    assert status.error_class("PERMISSION_DENIED") is errors.SlimsplitError
+    assert status.error_class("ABORTED") is errors.SlimsplitError
+    assert status.error_class("PERMISSION_DENIED") is errors.PermissionDenied
     assert status.status_name(999) == "UNKNOWN"
     assert status.status_name("bogus") == "UNKNOWN"
 

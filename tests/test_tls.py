@@ -239,7 +239,7 @@ def test_keys_are_0600_and_certificates_name_the_device(pki: Pki) -> None:
         assert stat.S_IMODE(issued.key.stat().st_mode) == 0o600
     cert = x509.load_pem_x509_certificate(pki.device.cert.read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [certs.DEVICE_URI_PREFIX + "camera-01"]
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["slimsplit://device/camera-01"]
     assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "camera-01"
 
 

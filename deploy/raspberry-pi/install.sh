@@ -12,8 +12,10 @@
 # What an install does: creates the system user `slimsplit`; creates a virtual environment in
 # /opt/slimsplit/venv and pip-installs slimsplit with the `edge` extra only (numpy, onnxruntime, grpcio,
 # protobuf; never torch); copies edge.toml to /etc/slimsplit/ unless one is there and checks it with
-# slimsplit-edge --print-config; installs slimsplit-edge.service into /etc/systemd/system, enables it and
-# (re)starts it.
+# slimsplit-edge --print-config; creates /etc/slimsplit/credentials/ (root's, 0700) for the CA, the device's
+# certificate, key and token the unit loads with LoadCredential= (README.md says how to make them) and names the
+# ones missing; installs slimsplit-edge.service into /etc/systemd/system, enables it and (re)starts it (not while
+# a credential is missing: the unit would not start).
 #
 # Environment (packaging and tests; the defaults are what slimsplit-edge.service expects):
 #   SLIMSPLIT_PREFIX=/opt/slimsplit  SLIMSPLIT_CONFIG_DIR=/etc/slimsplit  SLIMSPLIT_UNIT_DIR=/etc/systemd/system
@@ -27,6 +29,8 @@ readonly DEFAULT_CONFIG_DIR=/etc/slimsplit
 readonly DEFAULT_USER=slimsplit
 # StateDirectory= in the unit: systemd creates and owns it; the service user's home.
 readonly STATE_DIR=/var/lib/slimsplit-edge
+# LoadCredential= sources of the unit, in $config_dir/credentials/.
+readonly CREDENTIALS="ca.crt device.crt device.key device.token"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -43,6 +47,7 @@ start=1
 purge=0
 server=""
 from="$repo"
+credentials_missing=0
 
 usage() {
     cat <<USAGE
@@ -222,6 +227,24 @@ install_config() {
     fi
 }
 
+install_credentials() {
+    local dir="$config_dir/credentials" name missing=""
+    run install -d -o root -g root -m 0700 "$dir"
+    for name in $CREDENTIALS; do
+        [ -e "$dir/$name" ] || missing="$missing $name"
+    done
+    if [ -n "$missing" ]; then
+        credentials_missing=1
+        warn "missing in $dir:$missing (the unit loads them with LoadCredential= and does not start without them)"
+        printf '    make them on the operator machine (README.md: TLS, device certificate and token):\n'
+        printf '      slimsplit-certs device --ca CA_DIR --out OUT --devices devices.toml DEVICE_ID\n'
+        printf '    copy CA_DIR/ca.crt and OUT/DEVICE_ID.{crt,key,token} here, then install each, mode 0600:\n'
+        printf '      sudo install -m 0600 DEVICE_ID.token %s/device.token   (and ca.crt, device.crt, device.key)\n' "$dir"
+    else
+        log "credentials in $dir: $CREDENTIALS"
+    fi
+}
+
 install_unit() {
     local src="$here/$UNIT_NAME" dest="$unit_dir/$UNIT_NAME" tmp
     log "installing $dest"
@@ -244,7 +267,9 @@ install_unit() {
         warn "systemd is not running here: skipping daemon-reload and start"
     fi
     run systemctl enable "$UNIT_NAME"
-    if [ "$start" = 1 ] && have_systemd; then
+    if [ "$start" = 1 ] && [ "$credentials_missing" = 1 ]; then
+        warn "not (re)starting $UNIT_NAME until its credentials are in place: then systemctl restart $UNIT_NAME"
+    elif [ "$start" = 1 ] && have_systemd; then
         log "(re)starting $UNIT_NAME"
         run systemctl restart "$UNIT_NAME"
     fi
@@ -256,6 +281,7 @@ do_install() {
     ensure_user
     install_package
     install_config
+    install_credentials
     install_unit
     log "done. Check it with:"
     printf '    systemctl status %s\n    journalctl -u %s -f\n' "$UNIT_NAME" "$UNIT_NAME"

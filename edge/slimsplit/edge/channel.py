@@ -1,4 +1,9 @@
-"""The client's gRPC channel: message limits, keepalive, re-dial backoff, the unary retry policy and TLS."""
+"""The client's gRPC channel: message limits, keepalive, re-dial backoff, the unary retry policy, TLS and the token.
+
+A bearer token travels as call credentials (``authorization: Bearer ...`` on every call): over TLS composed with
+the TLS credentials; in plaintext only to a server on loopback, composed with gRPC's local credentials (which accept
+a plaintext connection to a loopback address and nothing else); to any other host in plaintext it is refused
+(:func:`~slimsplit.edge.auth.check_token_route`)."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import json
 import grpc
 import grpc.aio
 
+from slimsplit.edge.auth import check_token_route
 from slimsplit.edge.config import ChannelConfig, TlsSettings
 from slimsplit.edge.tls import channel_credentials
 from slimsplit.protocol import SERVICE_NAME
@@ -61,18 +67,47 @@ def insecure_channel(target: str, config: ChannelConfig) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, options=channel_options(config))
 
 
+def credentials(
+    tls: TlsSettings, token: str | None = None, *, target: str = "", origin: str | None = None
+) -> grpc.ChannelCredentials | None:
+    """The channel credentials for ``tls`` and ``token``; ``None`` for a plaintext channel without a token.
+
+    A plaintext channel with a token needs ``target`` (the address dialled) and ``origin`` (the server's own
+    address, when ``target`` is a local proxy in front of it) on loopback: :class:`~slimsplit.errors.ConfigError`
+    otherwise, the token would travel in clear."""
+    if tls.enabled:
+        ssl_creds = channel_credentials(tls)
+        if token is None:
+            return ssl_creds
+        return grpc.composite_channel_credentials(ssl_creds, grpc.access_token_call_credentials(token))
+    if token is None:
+        return None
+    check_token_route(*(t for t in (origin, target) if t))
+    local = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+    return grpc.composite_channel_credentials(local, grpc.access_token_call_credentials(token))
+
+
 def open_channel(
-    target: str, config: ChannelConfig, tls: TlsSettings, server_name: str | None = None
+    target: str,
+    config: ChannelConfig,
+    tls: TlsSettings,
+    server_name: str | None = None,
+    *,
+    token: str | None = None,
+    origin: str | None = None,
 ) -> grpc.aio.Channel:
     """A ``grpc.aio`` channel to ``target``: over TLS when ``tls`` is on (``server_name``: the name the server's
-    certificate must carry when it is not the host of ``target``, e.g. through a local proxy), else plaintext."""
-    if not tls.enabled:
+    certificate must carry when it is not the host of ``target``, e.g. through a local proxy), else plaintext;
+    ``token``: the device's bearer token, sent with every call (see :func:`credentials`; ``origin``: the server's
+    own address when ``target`` is a proxy in front of it)."""
+    creds = credentials(tls, token, target=target, origin=origin)
+    if creds is None:
         return insecure_channel(target, config)
     options = channel_options(config)
     name = tls.server_name or server_name
-    if name:
+    if tls.enabled and name:
         options.append(("grpc.ssl_target_name_override", name))
-    return grpc.aio.secure_channel(target, channel_credentials(tls), options=options)
+    return grpc.aio.secure_channel(target, creds, options=options)
 
 
-__all__ = ["channel_options", "insecure_channel", "open_channel", "service_config"]
+__all__ = ["channel_options", "credentials", "insecure_channel", "open_channel", "service_config"]

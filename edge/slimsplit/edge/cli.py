@@ -7,9 +7,10 @@ Exit status (:data:`~slimsplit.edge.cli_common.EXIT_STATUS_HELP`): 0 = the run w
 exit rule (:class:`~slimsplit.edge.config.ExitRule`: ``--min-hit-rate``, ``--max-drop-rate``); 1 = it did not (no
 frame answered, or a threshold missed); 2 = a usage problem (bad address, missing bundle, unknown mode or
 controller, unreadable source or link trace, unwritable ``--json-out``: all found before connecting; or an
-emulated link too slow to carry the start-up exchange); 3 = the server could not be reached or does not serve
-this bundle; 130 = interrupted (Ctrl-C during the frames: the partial summary is printed and ``--json-out``
-written with ``"interrupted": true``); 141 = output pipe closed.
+emulated link too slow to carry the start-up exchange); 3 = the server could not be reached, refused this device
+(``UNAUTHENTICATED``/``PERMISSION_DENIED``: its token or certificate, or it was revoked, also during the run) or
+does not serve this bundle; 130 = interrupted (Ctrl-C during the frames: the partial summary is printed and
+``--json-out`` written with ``"interrupted": true``); 141 = output pipe closed.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from slimsplit.edge import cli_common
+from slimsplit.edge.auth import TOKEN_KEY, read_token
+from slimsplit.edge.channel import credentials
 from slimsplit.edge.cli_common import EXIT_BROKEN_PIPE as EXIT_BROKEN_PIPE
 from slimsplit.edge.cli_common import EXIT_INTERRUPTED as EXIT_INTERRUPTED
 from slimsplit.edge.cli_common import EXIT_SERVER as EXIT_SERVER
 from slimsplit.edge.cli_common import EXIT_USAGE as EXIT_USAGE
-from slimsplit.edge.config import EdgeConfig, load_edge_config
+from slimsplit.edge.config import AuthSettings, EdgeConfig, load_edge_config
 from slimsplit.edge.display import make_display
 from slimsplit.edge.link import EmulatedLink
 from slimsplit.edge.run import (
@@ -40,7 +43,6 @@ from slimsplit.edge.run import (
     run_edge,
 )
 from slimsplit.edge.sources import open_source
-from slimsplit.edge.tls import channel_credentials
 from slimsplit.errors import ConfigError
 from slimsplit.protocol import DEFAULT_PORT
 from slimsplit.settings import renamed, to_toml
@@ -101,11 +103,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "use it (default: %(default)s; 0 = do not measure)",
     )
     cli_common.add_connect_timeout_argument(net)
-    net.add_argument(
-        "--tls-ca", type=Path, metavar="PEM", help="connect over TLS: the CA that signed the server's certificate"
-    )
-    net.add_argument("--tls-cert", type=Path, metavar="PEM", help="mTLS: this device's certificate (with --tls-key)")
-    net.add_argument("--tls-key", type=Path, metavar="PEM", help="mTLS: this device's private key")
+    cli_common.add_credential_arguments(net)
     net.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per prediction (default: %(default)s)")
 
     model = cli_common.add_control_arguments(
@@ -159,6 +157,7 @@ CONFIG_KEYS: dict[str, tuple[str, str]] = {
     "tls_ca": ("tls", "ca"),
     "tls_cert": ("tls", "cert"),
     "tls_key": ("tls", "key"),
+    "token_file": ("auth", "token_file"),
     "bundle": ("model", "bundle"),
     "threads": ("model", "threads"),
     "controller": ("control", "controller"),
@@ -261,9 +260,8 @@ def _prepare(args: argparse.Namespace, console: cli_common.Console, given: dict[
     cli_common.check_json_out(config.output.json_out)
     control = config.control
     client = config.client()
-    if client.tls.enabled:
-        with naming_keys(args, given):
-            channel_credentials(client.tls)  # the files are read and checked before anything connects
+    with naming_keys(args, given):  # the files are read and checked before anything connects
+        credentials(client.tls, _token(client.auth, console), target=client.target)
     with naming_keys(args, given, table="link"):
         link = cli_common.link_from_options(config.link)
     bundle = cli_common.bundle_from_path(config.model.bundle)
@@ -291,6 +289,13 @@ def _prepare(args: argparse.Namespace, console: cli_common.Console, given: dict[
     )
     console.notes(source.notes)
     return _Prepared(config, run, source.description, plan.mode_label, link)
+
+
+def _token(auth: AuthSettings, console: cli_common.Console) -> str | None:
+    """The token of ``auth`` (read and checked now; a file the group or others may read is a note)."""
+    if auth.token_file is None:
+        return None
+    return read_token(auth.token_file, TOKEN_KEY, warn=lambda problem: console.notes([problem]))
 
 
 def link_meta(link: EmulatedLink, config: EdgeConfig) -> dict[str, object]:

@@ -7,12 +7,16 @@
   ``--link-delay-ms``, ``--link-queue-bytes``, ``--link-offset-s``) and the link they describe;
 * :func:`add_source_argument`, :func:`add_connect_timeout_argument`, :func:`add_output_arguments`: ``--source``,
   ``--connect-timeout``, and ``--json-out``, ``--quiet``, ``--plain``, ``--every``;
+* :func:`add_credential_arguments`, :func:`tls_from_args` and :func:`auth_from_args`: ``--tls-ca``, ``--tls-cert``,
+  ``--tls-key`` and ``--token-file`` (a file: a token is never given on a command line, where ``ps`` shows it),
+  and the :class:`~slimsplit.edge.config.TlsSettings` / :class:`~slimsplit.edge.config.AuthSettings` they give;
 * :func:`add_exit_arguments` and :func:`exit_rule_from_args`: ``--min-hit-rate`` and ``--max-drop-rate``, the
   :class:`~slimsplit.edge.config.ExitRule` that decides between 0 and 1 (:data:`EXIT_STATUS_HELP`);
 * :func:`run_main`, :class:`Console`, :func:`check_json_out`, :func:`interruptible`, :func:`write_json_out` and
   :func:`finish_run`: the exit statuses and one-line errors they all keep. A problem found before the network
   (an unwritable ``--json-out`` included) is ``PROG: error: ...`` and 2, an emulated link too slow for the
-  start-up exchange 2 as well, a server that cannot be reached or does not serve the bundle 3; the first Ctrl-C
+  start-up exchange 2 as well, a server that cannot be reached, refuses this device (its token or certificate:
+  ``UNAUTHENTICATED``, ``PERMISSION_DENIED``) or does not serve the bundle 3; the first Ctrl-C
   during the frames stops the run, which then prints its summary, writes ``--json-out`` (``"interrupted":
   true``) and exits 130 (a second one, or one before the frames, quits at once, also 130); an output pipe closed
   under the run (``| head``) 141, quietly; never a traceback for a user error.
@@ -41,7 +45,7 @@ from slimsplit.control.config import RunConfig
 from slimsplit.control.controllers import FixedOptions
 from slimsplit.control.registry import CONTROLLERS
 from slimsplit.edge.client import frame_overhead_bytes
-from slimsplit.edge.config import ExitRule, check_live_controller
+from slimsplit.edge.config import AuthSettings, ExitRule, TlsSettings, check_live_controller
 from slimsplit.edge.display import silence_stdout
 from slimsplit.edge.link import DEFAULT_DELAY_MS, DEFAULT_DOWNLINK, EmulatedLink, LinkOptions, LinkTooSlow
 from slimsplit.edge.pipeline import RunReport
@@ -80,7 +84,8 @@ EXIT_STATUS_HELP = (
     "fewer than --min-hit-rate of the frames were answered in time, or more than --max-drop-rate of the frames "
     "sent were never answered{failed}; 2 = a usage problem: a bad flag or file, an unwritable --json-out (found "
     "before the run), or an emulated link too slow to carry the start-up exchange; 3 = the server cannot be "
-    "reached or does not serve the bundle{server}; 130 = interrupted (Ctrl-C during the frames: the summary so "
+    "reached, refused this device (UNAUTHENTICATED, PERMISSION_DENIED: its token or certificate, or it is revoked) "
+    "or does not serve the bundle{server}; 130 = interrupted (Ctrl-C during the frames: the summary so "
     'far is printed and --json-out written with "interrupted": true); 141 = the output pipe closed'
 )
 
@@ -297,6 +302,47 @@ def add_connect_timeout_argument(group: argparse._ArgumentGroup) -> None:
         metavar="S",
         help="how long a client waits for the server at start (default: %(default)s)",
     )
+
+
+#: The flag of each key of the ``[tls]`` and ``[auth]`` tables.
+CREDENTIAL_FLAGS = {
+    "tls.ca": "--tls-ca",
+    "tls.cert": "--tls-cert",
+    "tls.key": "--tls-key",
+    "tls.server_name": "--tls-server-name",
+    "auth.token_file": "--token-file",
+}
+
+
+def add_credential_arguments(group: argparse._ArgumentGroup, *, tls: bool = True) -> None:
+    """``--tls-ca``, ``--tls-cert``, ``--tls-key`` (unless ``tls`` is false) and ``--token-file``: how a client
+    proves who it is. There is no flag for the token itself: a command line is visible to every user (``ps``)."""
+    if tls:
+        group.add_argument(
+            "--tls-ca", type=Path, metavar="PEM", help="connect over TLS: the CA that signed the server's certificate"
+        )
+        group.add_argument(
+            "--tls-cert", type=Path, metavar="PEM", help="mTLS: this device's certificate (with --tls-key)"
+        )
+        group.add_argument("--tls-key", type=Path, metavar="PEM", help="mTLS: this device's private key")
+    group.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="a file holding this device's bearer token, one line (slimsplit-certs writes it; keep it mode 0600), "
+        "sent with every call; in plaintext only to a server on loopback, else use TLS",
+    )
+
+
+def tls_from_args(args: argparse.Namespace) -> TlsSettings:
+    """The TLS settings of ``--tls-ca``, ``--tls-cert`` and ``--tls-key`` (errors name the flag)."""
+    with naming_flags({k.removeprefix("tls."): v for k, v in CREDENTIAL_FLAGS.items() if k.startswith("tls.")}):
+        return TlsSettings(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+
+
+def auth_from_args(args: argparse.Namespace) -> AuthSettings:
+    """The token settings of ``--token-file``."""
+    return AuthSettings(token_file=args.token_file)
 
 
 # ---------------------------------------------------------------------------------------------- link
@@ -629,6 +675,7 @@ def finish_run(
 
 __all__ = [
     "CONTROL_FLAGS",
+    "CREDENTIAL_FLAGS",
     "DEFAULT_CONNECT_TIMEOUT_S",
     "DEFAULT_MAX_IN_FLIGHT",
     "EXIT_BROKEN_PIPE",
@@ -645,10 +692,12 @@ __all__ = [
     "HelpFormatter",
     "add_connect_timeout_argument",
     "add_control_arguments",
+    "add_credential_arguments",
     "add_exit_arguments",
     "add_link_arguments",
     "add_output_arguments",
     "add_source_argument",
+    "auth_from_args",
     "bundle_from_args",
     "bundle_from_path",
     "check_control_args",
@@ -667,5 +716,6 @@ __all__ = [
     "report_link_check",
     "run_config_from_args",
     "run_main",
+    "tls_from_args",
     "write_json_out",
 ]

@@ -12,10 +12,11 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from slimsplit.edge.auth import TOKEN_KEY, read_token
 from slimsplit.edge.channel import open_channel
 from slimsplit.edge.config import ClientConfig
 from slimsplit.edge.grpc_transport import StreamTransport, UnaryTransport
-from slimsplit.edge.status import error_from_rpc
+from slimsplit.edge.status import error_from_rpc, refusal, refused
 from slimsplit.edge.tls import diagnose, split_target
 from slimsplit.edge.transport import Connection, FrameTransport, Outcome
 from slimsplit.errors import Unavailable
@@ -50,7 +51,11 @@ def frame_overhead_bytes(model: str, model_version: str = "", top_k: int = 5) ->
 
 
 class EdgeClient(Connection):
-    """A connection to one slimsplit server over gRPC (``async with EdgeClient(config) as client: ...``)."""
+    """A connection to one slimsplit server over gRPC (``async with EdgeClient(config) as client: ...``).
+
+    With ``config.auth.token_file`` the token is read when the channel opens (:func:`~slimsplit.edge.auth.read_token`)
+    and sent with every call; a call the server refuses (``UNAUTHENTICATED``, ``PERMISSION_DENIED``) raises that
+    error restated to say so (:func:`~slimsplit.edge.status.refused`)."""
 
     def __init__(self, config: ClientConfig, target: str | None = None) -> None:
         super().__init__(config, target)
@@ -63,7 +68,16 @@ class EdgeClient(Connection):
 
     def open(self) -> None:
         if self._channel is None:
-            self._channel = open_channel(self.target, self.config.channel, self.config.tls, self.server_name)
+            auth = self.config.auth
+            token = read_token(auth.token_file, TOKEN_KEY) if auth.token_file is not None else None
+            self._channel = open_channel(
+                self.target,
+                self.config.channel,
+                self.config.tls,
+                self.server_name,
+                token=token,
+                origin=self.config.target,
+            )
             self._stub = pb_grpc.SplitInferenceStub(self._channel)
 
     async def close(self) -> None:
@@ -133,16 +147,17 @@ class EdgeClient(Connection):
         try:
             response: pb.DescribeResponse = await self.stub.Describe(pb.DescribeRequest(model=model), timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc, target=self.target) from None
+            error = error_from_rpc(exc, target=self.target)
+            raise (refused(error, self.config.target) if refusal(error) else error) from None
         return response
 
     def open_transport(self, *, unary: bool = False, seed: int | None = None) -> FrameTransport:
         """A reconnecting ``InferStream`` (opened lazily by the first ``submit``), or unary ``Infer`` calls."""
-        return UnaryTransport(self.stub) if unary else self.open_stream(seed=seed)
+        return UnaryTransport(self.stub, target=self.config.target) if unary else self.open_stream(seed=seed)
 
     def open_stream(self, *, seed: int | None = None) -> StreamTransport:
         """A reconnecting frame stream on this channel (opened lazily by the first ``submit``)."""
-        return StreamTransport(self.stub, self.config.reconnect, seed=seed)
+        return StreamTransport(self.stub, self.config.reconnect, seed=seed, target=self.config.target)
 
     async def infer_outcome(self, frame: pb.FeatureFrame, deadline_s: float | None) -> Outcome:
         """One unary ``Infer``, awaited; a failure is the outcome's error (gRPC retries UNAVAILABLE)."""

@@ -20,6 +20,9 @@ override the file, the file overrides the defaults (the same loader as the serve
     cert = "camera-01.crt"      # mTLS: this device's certificate and key
     key = "camera-01.key"
 
+    [auth]                      # this device's bearer token (the server's devices file holds its hash)
+    token_file = "camera-01.token"  # one line; relative to this file; never put the token itself here
+
 Every key is checked: an unknown key, a value of the wrong type or out of range is a
 :class:`~slimsplit.errors.ConfigError` naming the key (``control.deadline_ms: expected a number > 0, got 0``).
 ``slimsplit-edge --print-config`` prints the effective configuration in this form.
@@ -131,6 +134,19 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """``[auth]``: ``token_file`` = the file holding this device's bearer token (one line, as ``slimsplit-certs``
+    writes it), sent as ``authorization: Bearer ...`` with every call; unset: no token. The token is read when
+    the channel opens (:func:`slimsplit.edge.auth.read_token`), never given on a command line."""
+
+    token_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.token_file is not None
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     """Everything the edge client needs besides the bundle and the frames.
 
@@ -155,6 +171,7 @@ class ClientConfig:
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -399,6 +416,7 @@ class EdgeConfig:
     link: LinkOptions = field(default_factory=LinkOptions)
     output: OutputSettings = field(default_factory=OutputSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     def client(self) -> ClientConfig:
         """The gRPC client's configuration (give up at the deadline unless ``server.give_up_ms`` says otherwise)."""
@@ -411,6 +429,7 @@ class EdgeConfig:
             top_k=s.top_k,
             connect_timeout_s=s.connect_timeout_s,
             tls=self.tls,
+            auth=self.auth,
         )
 
 
@@ -422,6 +441,7 @@ def load_edge_config(path: Path | str | None = None, overrides: dict[str, Any] |
 
 __all__ = [
     "ORACLE_REFUSAL",
+    "AuthSettings",
     "ChannelConfig",
     "ClientConfig",
     "ControlSettings",

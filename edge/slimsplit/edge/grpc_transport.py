@@ -9,7 +9,10 @@ reply, a few microseconds each) and 64 concurrent unary calls are 64 cheap tasks
 Outcomes are delivered through callbacks (:class:`~slimsplit.edge.transport.Outcome`), never raised: a frame that
 fails, misses its deadline or is in flight when the stream breaks is *reported*, and the stream goes on. Only giving
 up on the server entirely (``ReconnectPolicy.max_attempts`` consecutive failures) raises
-:class:`~slimsplit.errors.Unavailable`.
+:class:`~slimsplit.errors.Unavailable`, and so does the server refusing this device: once a call or a frame ends
+with ``UNAUTHENTICATED`` or ``PERMISSION_DENIED`` (a wrong token, a revoked device) the transport does not reconnect
+or send again, and the next ``submit`` raises that error, restated to say so (a CLI prints it and exits 3). A refusal
+by a per-device limit with a retry hint (``RateLimited``, ``retry_after_s``) delays the next reconnection that long.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ import grpc
 import grpc.aio
 
 from slimsplit.edge.config import ReconnectPolicy
-from slimsplit.edge.status import error_from_frame_error, error_from_rpc, restated, status_of
+from slimsplit.edge.status import (
+    error_from_frame_error,
+    error_from_rpc,
+    error_from_status,
+    refusal,
+    refused,
+    restated,
+    status_of,
+)
 from slimsplit.edge.transport import Done, FrameTransport, InFlight, Outcome
 from slimsplit.errors import SlimsplitError, Unavailable
 from slimsplit.v1 import slimsplit_pb2 as pb
@@ -48,11 +59,14 @@ class StreamTransport(FrameTransport):
     deadline (``DeadlineExceeded``, its late reply is then dropped), or when the stream breaks while the frame is in
     flight (the call's error, e.g. ``Unavailable``). After a break the next ``submit`` re-opens the stream once the
     backoff delay has passed; frames submitted before that fail at once with ``Unavailable`` (a live source cannot
-    wait), so a dead server costs microseconds per frame, not a hang.
+    wait), so a dead server costs microseconds per frame, not a hang. A refusal of this device ends it for good
+    (see the module docstring); ``target``: the server's address, for that error's message.
     """
 
-    def __init__(self, stub: Any, policy: ReconnectPolicy, *, seed: int | None = None) -> None:
+    def __init__(self, stub: Any, policy: ReconnectPolicy, *, seed: int | None = None, target: str = "") -> None:
         self._stub = stub
+        self._target = target or "?"
+        self._refused: SlimsplitError | None = None
         self._policy = policy
         self._rng = random.Random(seed)
         self._call: Any = None
@@ -88,11 +102,22 @@ class StreamTransport(FrameTransport):
     def connected(self) -> bool:
         return self._call is not None
 
+    @property
+    def refused(self) -> SlimsplitError | None:
+        """The server's refusal of this device that ended the transport, or ``None``."""
+        return self._refused
+
+    def _refuse(self, error: SlimsplitError) -> None:
+        if self._refused is None:
+            self._refused = refused(error, self._target)
+
     # ----------------------------------------------------------------------------------------------- sending
     async def submit(self, frame: pb.FeatureFrame, deadline_s: float | None, done: Done) -> None:
         """Send ``frame`` (its ``frame_id`` must be unique among frames in flight)."""
         if self._closed:
             raise Unavailable("the frame stream is closed")
+        if self._refused is not None:
+            raise self._refused
         fid = frame.frame_id
         if self._call is None:
             now = _perf()
@@ -140,7 +165,10 @@ class StreamTransport(FrameTransport):
                 if reply is _EOF:
                     code = await call.code()
                     details = await call.details()
-                    error = Unavailable(f"server ended the stream ({code.name}{': ' + details if details else ''})")
+                    if code is grpc.StatusCode.OK:
+                        error = Unavailable(f"server ended the stream ({code.name}{': ' + details if details else ''})")
+                    else:
+                        error = error_from_status(code, details or "")
                     break
                 received = _perf()
                 if self._failures:
@@ -150,7 +178,10 @@ class StreamTransport(FrameTransport):
                     frames.answer(prediction.frame_id, received, prediction, None)
                 else:
                     err = reply.error
-                    frames.answer(err.frame_id, received, None, error_from_frame_error(err, frame_id=err.frame_id))
+                    frame_error = error_from_frame_error(err, frame_id=err.frame_id)
+                    if refusal(frame_error):
+                        self._refuse(frame_error)
+                    frames.answer(err.frame_id, received, None, frame_error)
         except asyncio.CancelledError:
             raise
         except (grpc.RpcError, asyncio.InvalidStateError) as exc:
@@ -164,8 +195,14 @@ class StreamTransport(FrameTransport):
             return  # an older call; its frames were reported when it broke
         self._call = None
         self._failures += 1
-        self._retry_at = _perf() + self._policy.delay(self._failures, self._rng.random())
+        now = _perf()
+        self._retry_at = now + self._policy.delay(self._failures, self._rng.random())
+        retry_after = error.context.get("retry_after_s")
+        if isinstance(retry_after, int | float) and retry_after > 0:
+            self._retry_at = max(self._retry_at, now + float(retry_after))
         self._last_error = error
+        if refusal(error):
+            self._refuse(error)
         if not call.done():
             call.cancel()
         reader = self._reader
@@ -209,10 +246,13 @@ class StreamTransport(FrameTransport):
 class UnaryTransport(FrameTransport):
     """One unary ``Infer`` call per frame, each a task; a failure is the call's status as the outcome's error (gRPC
     retries ``UNAVAILABLE`` by the channel's retry policy). The deadline travels with the call, so the server does
-    not run a frame its client gave up on."""
+    not run a frame its client gave up on. A call the server refuses (``UNAUTHENTICATED``, ``PERMISSION_DENIED``)
+    is that frame's outcome, and every later ``submit`` raises it (restated; ``target``: the server's address)."""
 
-    def __init__(self, stub: Any) -> None:
+    def __init__(self, stub: Any, *, target: str = "") -> None:
         self._stub = stub
+        self._target = target or "?"
+        self._refused: SlimsplitError | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -235,13 +275,23 @@ class UnaryTransport(FrameTransport):
     async def submit(self, frame: pb.FeatureFrame, deadline_s: float | None, done: Done) -> None:
         if self._closed:
             raise Unavailable("the unary transport is closed")
+        if self._refused is not None:
+            raise self._refused
         task = asyncio.get_running_loop().create_task(self._run(frame, deadline_s, done))
         self._tasks.add(task)
         self._idle.clear()
         task.add_done_callback(self._finished)
 
+    @property
+    def refused(self) -> SlimsplitError | None:
+        """The server's refusal of this device that ended the transport, or ``None``."""
+        return self._refused
+
     async def _run(self, frame: pb.FeatureFrame, deadline_s: float | None, done: Done) -> None:
-        done(await self.call(frame, deadline_s))
+        outcome = await self.call(frame, deadline_s)
+        if outcome.error is not None and self._refused is None and refusal(outcome.error):
+            self._refused = refused(outcome.error, self._target)
+        done(outcome)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -10,6 +10,12 @@ as the received status it is the class raised, so an unknown model (``UnknownMod
 (``UnknownMode``) are told apart although both are ``NOT_FOUND``. Without it (a server that does not send it, or a
 status from gRPC itself) the edge picks the most general class of the status (the one most of the others derive
 from; ties go to a per-frame error, i.e. an ``InvalidFrame``, then to the class defined first).
+
+A refusal by a per-device limit carries a retry hint (``FrameError.retry_after_ms``, the trailing metadata key
+:data:`~slimsplit.protocol.RETRY_AFTER_KEY` of a unary call): it becomes ``context["retry_after_s"]`` (seconds), and
+a ``RESOURCE_EXHAUSTED`` with a hint but no class name is a :class:`~slimsplit.errors.RateLimited`.
+:func:`refusal` says whether an error is the server refusing this device itself (``UNAUTHENTICATED``,
+``PERMISSION_DENIED``), which no retry or reconnection can fix.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import grpc
 
 from slimsplit import errors
 from slimsplit.errors import SlimsplitError
-from slimsplit.protocol import ERROR_CLASS_KEY, bound_message
+from slimsplit.protocol import ERROR_CLASS_KEY, RETRY_AFTER_KEY, bound_message
 from slimsplit.v1 import slimsplit_pb2 as pb
 
 
@@ -85,19 +91,43 @@ def error_from_status(
     message: str,
     *,
     class_name: str | None = None,
+    retry_after_ms: int | None = None,
     **context: object,
 ) -> SlimsplitError:
-    """Build the exception for a status received from the server (``context`` gets ``status`` added; a message
-    longer than :data:`~slimsplit.protocol.MAX_ERROR_MESSAGE_CHARS` is cut: replies are untrusted input too)."""
+    """Build the exception for a status received from the server (``context`` gets ``status`` added, and
+    ``retry_after_s`` for a positive ``retry_after_ms``; a message longer than
+    :data:`~slimsplit.protocol.MAX_ERROR_MESSAGE_CHARS` is cut: replies are untrusted input too)."""
     name = status_name(code)
     cls = error_class(name, class_name)
+    if retry_after_ms is not None and retry_after_ms > 0:
+        context["retry_after_s"] = retry_after_ms / 1e3
+        if cls is REVERSE_TABLE.get(name) and issubclass(errors.RateLimited, cls) and not class_name:
+            cls = errors.RateLimited
     return cls(bound_message(message or name), status=name, **context)
 
 
 def error_from_frame_error(error: pb.FrameError, **context: object) -> SlimsplitError:
     """The exception of a stream's per-frame error reply (its status name, else its numeric code)."""
     code: str | int = error.status or error.code
-    return error_from_status(code, error.message, class_name=error.error_class or None, **context)
+    return error_from_status(
+        code,
+        error.message,
+        class_name=error.error_class or None,
+        retry_after_ms=error.retry_after_ms or None,
+        **context,
+    )
+
+
+def _text(value: str | bytes) -> str:
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def _retry_after_ms(value: str | bytes) -> int | None:
+    """The retry hint of a trailing-metadata value (milliseconds; ``None`` when it is not a number >= 0)."""
+    text = _text(value).strip()
+    if not text.isdigit() or len(text) > 12:
+        return None
+    return int(text)
 
 
 def error_from_rpc(exc: grpc.RpcError, **context: object) -> SlimsplitError:
@@ -108,12 +138,41 @@ def error_from_rpc(exc: grpc.RpcError, **context: object) -> SlimsplitError:
     code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
     details = details_fn() if callable(details_fn) else str(exc)
     class_name: str | None = None
+    retry_after_ms: int | None = None
     trailing = trailing_fn() if callable(trailing_fn) else None
     if trailing:
         for key, value in trailing:
             if key == ERROR_CLASS_KEY:
-                class_name = value if isinstance(value, str) else value.decode("utf-8", "replace")
-    return error_from_status(code or grpc.StatusCode.UNKNOWN, details or "", class_name=class_name, **context)
+                class_name = _text(value)
+            elif key == RETRY_AFTER_KEY:
+                retry_after_ms = _retry_after_ms(value)
+    return error_from_status(
+        code or grpc.StatusCode.UNKNOWN, details or "", class_name=class_name, retry_after_ms=retry_after_ms, **context
+    )
+
+
+def refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is the server refusing this device: ``UNAUTHENTICATED`` (no token, an unknown one, a
+    certificate it cannot map to a device) or ``PERMISSION_DENIED`` (revoked, a model it may not use)."""
+    return isinstance(exc, errors.Unauthenticated | errors.PermissionDenied) or (
+        isinstance(exc, SlimsplitError) and status_of(exc) in ("UNAUTHENTICATED", "PERMISSION_DENIED")
+    )
+
+
+def refused(exc: SlimsplitError, target: str) -> SlimsplitError:
+    """``exc`` (a :func:`refusal`) restated as the one line a CLI prints: who refused what, and why (once: an error
+    restated already is returned as it is)."""
+    if exc.context.get("refused"):
+        return exc
+    status = status_of(exc)
+    if status == "UNAUTHENTICATED":
+        what = "the server at {target} refused this device's credentials (its token, or its certificate)"
+        hint = "check --token-file / [auth] token_file, and that the device is in the server's devices file"
+    else:
+        what = "the server at {target} refused this device"
+        hint = "the device is revoked, or may not use this model (slimsplit-certs devices on the server's side)"
+    message = f"{what.format(target=target)}: {status}: {exc} ({hint})"
+    return type(exc)(message, **{**exc.context, "refused": True})
 
 
 def restated(exc: SlimsplitError, message: str) -> SlimsplitError:
@@ -137,6 +196,8 @@ __all__ = [
     "error_from_frame_error",
     "error_from_rpc",
     "error_from_status",
+    "refusal",
+    "refused",
     "restated",
     "status_name",
     "status_of",
