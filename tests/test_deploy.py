@@ -545,7 +545,7 @@ def test_services_hpa_and_pdb_select_the_deployment() -> None:
     for svc in services.values():
         assert labels_match(svc["spec"]["selector"], pod_labels), svc["metadata"]["name"]
         grpc_ports = [p for p in svc["spec"]["ports"] if p["name"] == "grpc"]
-        assert grpc_ports and grpc_ports[0]["appProtocol"] == "kubernetes.io/h2c"
+        assert grpc_ports and grpc_ports[0]["appProtocol"] == "https"  # the serving port speaks TLS (configmap [tls])
     hpa = one("HorizontalPodAutoscaler")
     ref = hpa["spec"]["scaleTargetRef"]
     assert (ref["kind"], ref["name"]) == ("Deployment", dep["metadata"]["name"])
