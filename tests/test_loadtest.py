@@ -1,6 +1,7 @@
 """``slimsplit-loadtest``: many clients, each over its own emulated link, against a ``slimsplit-server`` process it
 starts on 127.0.0.1 (or a core in its own process); every frame accounted for, the slow link's clients send less,
-and user errors are one line and exit 2."""
+and user errors are one line and exit 2. The started server runs with TLS + mTLS + a devices file by default, each
+client its own device (certificate and token), named in the table and the JSON."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from slimsplit.apps.loadtest.aggregate import aggregate, collect, load_exit_stat
 from slimsplit.apps.loadtest.plan import plan_links
 from slimsplit.apps.loadtest.report import format_report
 from slimsplit.edge.pipeline import RunReport
-from slimsplit.errors import Unavailable
+from slimsplit.errors import ConfigError, Unavailable
 from slimsplit.records import FrameRecord, ServerTiming, summarize
 
 FPS = 10
@@ -67,6 +68,11 @@ def test_three_clients_alternate_links_and_account_for_every_frame(
     assert [c["link"] for c in clients] == ["2mbit", "500kbit", "2mbit"]
     assert [c["offset_s"] for c in clients] == [0.0, 7.0, 14.0]  # the default stride
     assert all("127.0.0.1" in doc["meta"]["target"] for _ in clients)
+    # TLS + mTLS + a token by default, each client its own device
+    devices = ["loadtest-000", "loadtest-001", "loadtest-002"]
+    assert [c["device_id"] for c in clients] == devices == doc["meta"]["device_ids"]
+    assert doc["meta"]["security"] == "mtls+token"
+    assert "security: TLS + mTLS + a bearer token per client (devices loadtest-000..loadtest-002" in out
     for c in clients:
         assert c["error"] is None
         assert c["frames"] == FPS * SECONDS
@@ -88,8 +94,9 @@ def test_three_clients_alternate_links_and_account_for_every_frame(
     header = next(i for i, line in enumerate(lines) if line.startswith("client") and "in time" in line)
     rows = [line.split() for line in lines[header + 2 : header + 5]]
     assert [r[0] for r in rows] == ["0", "1", "2"]
-    assert [r[1] for r in rows] == ["2mbit", "500kbit", "2mbit"]
-    assert [r[3] for r in rows] == [str(FPS * SECONDS)] * 3
+    assert [r[1] for r in rows] == devices
+    assert [r[2] for r in rows] == ["2mbit", "500kbit", "2mbit"]
+    assert [r[4] for r in rows] == [str(FPS * SECONDS)] * 3
     assert any(line.split()[:1] == ["all"] and str(3 * FPS * SECONDS) in line.split() for line in lines)
     assert "server timing (from the predictions): total p50" in out
     # constant 2 and 0.5 Mbit/s links allow every frame in some mode; the hits split by what they allowed
@@ -108,6 +115,7 @@ def test_mpc_sends_fewer_bytes_per_frame_over_a_much_slower_link(tmp_path: Path)
     path = tmp_path / "load.json"
     code, _out, err = run_cli(
         "--start-server",
+        "--no-tls",
         "--server-backend",
         "null",
         "--clients",
@@ -128,7 +136,9 @@ def test_mpc_sends_fewer_bytes_per_frame_over_a_much_slower_link(tmp_path: Path)
         str(path),
     )
     assert code in (0, 1), err  # the 32 kbit/s client may drop a frame; the bytes are what this test is about
-    fast, slow = json.loads(path.read_text(encoding="utf-8"))["clients"]
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    fast, slow = doc["clients"]
+    assert doc["meta"]["security"] == "plaintext" and fast["device_id"] is None  # --no-tls
     assert fast["link"] == "2mbit" and slow["link"] == "32kbit"
     assert fast["summary"]["bytes_per_frame"] > 0 and slow["summary"]["bytes_per_frame"] > 0
     assert slow["summary"]["bytes_per_frame"] < fast["summary"]["bytes_per_frame"]
@@ -148,6 +158,14 @@ def test_mpc_sends_fewer_bytes_per_frame_over_a_much_slower_link(tmp_path: Path)
         (["--start-server", "--controller", "oracle"], "offline"),
         (["--start-server", "--controller", "mpc", "--mode", "w8b4"], "fixes the mode"),
         (["--start-server", "--bundle", "/nonexistent/bundle"], "/nonexistent/bundle"),
+        (
+            ["--start-server", "--tls-ca", "ca.crt"],
+            "--start-server makes its own credentials; --tls-ca: for --server only",
+        ),
+        (["--in-process", "--token-file", "t"], "--in-process has no gRPC"),
+        (["--server", "127.0.0.1:1", "--no-tls", "--tls-ca", "ca.crt"], "--no-tls and --tls-ca exclude each other"),
+        (["--server", "127.0.0.1:1", "--tls-cert", "d.crt"], "--tls-cert and --tls-key go together"),
+        (["--server", "127.0.0.1:1", "--credentials", "d", "--token-file", "t"], "exclude each other"),
     ],
 )
 def test_usage_errors_are_one_clear_line_and_exit_2(argv: list[str], fragment: str) -> None:
@@ -236,13 +254,15 @@ def test_an_unreachable_server_fails_every_client_and_exits_3() -> None:
 
 
 def test_a_started_server_is_a_process_of_its_own_and_this_process_imports_no_server() -> None:
-    """--start-server runs slimsplit-server through its entry point; the load tester never imports the server."""
+    """--start-server runs slimsplit-server through its entry point; the load tester imports nothing of the server
+    but its security package (the development PKI writes the devices file with it)."""
     code = (
         "import sys\n"
         "from slimsplit.apps.loadtest import main\n"
         "status = main(['--start-server', '--server-backend', 'null', '--clients', '2', '--link', 'none',\n"
         "               '--seconds', '0.5', '--fps', '10', '--quiet'])\n"
-        "bad = sorted(m for m in sys.modules if m.startswith('slimsplit.server'))\n"
+        "bad = sorted(m for m in sys.modules if m.startswith('slimsplit.server')\n"
+        "             and m != 'slimsplit.server' and not m.startswith('slimsplit.server.security'))\n"
         "assert not bad, bad\n"
         "print('status', status)\n"
     )
@@ -281,6 +301,49 @@ def test_in_process_clients_talk_to_a_core_without_grpc(tmp_path: Path) -> None:
     doc = json.loads(path.read_text(encoding="utf-8"))
     assert doc["meta"]["target"] == "in-process" and doc["meta"]["links"] == ["none"]
     assert doc["meta"]["server"] == "in-process core (null, max batch 8)"
+    assert doc["meta"]["security"] == "none" and doc["meta"]["device_ids"] == [None, None]  # no gRPC: no TLS
     assert doc["overall"]["answered"] == doc["overall"]["frames"] == 2 * FPS
     assert all(c["link_check"] is None and c["error"] is None for c in doc["clients"])
     assert "clients -> in-process" in out
+
+
+def test_credentials_folder_gives_each_client_its_own_device(tmp_path: Path) -> None:
+    """--server --credentials DIR: client i is the i-th device of DIR (as make_dev_pki or slimsplit-certs write
+    it), with its certificate and token; a folder with too few devices is a usage error."""
+    from slimsplit.apps import certs
+    from slimsplit.apps.loadtest.security import credentials_dir
+
+    certs.make_dev_pki(tmp_path, ["cam-b", "cam-a", "cam-c"], devices=tmp_path / "devices.toml")
+    identities = credentials_dir(tmp_path, 2)
+    assert [i.device_id for i in identities] == ["cam-a", "cam-b"]
+    first = identities[0]
+    assert first.tls.ca == tmp_path / "ca.crt"
+    assert first.tls.cert is not None and first.tls.cert.name == "cam-a.crt"
+    assert first.token_file is not None and first.token_file.name == "cam-a.token"
+    with pytest.raises(ConfigError, match="has 3 devices; --clients 4 needs 4"):
+        credentials_dir(tmp_path, 4)
+
+
+def test_clients_with_their_own_credentials_against_an_external_tls_server(tmp_path: Path) -> None:
+    """--server with --credentials: each client authenticates as its own device over mTLS + token."""
+    from slimsplit.apps import certs
+    from slimsplit.apps.loadtest.security import ServerCredentials
+    from slimsplit.apps.loadtest.server_process import ServerProcess
+    from slimsplit.bundle import default_bundle_path
+    from slimsplit.edge.config import TlsSettings
+
+    pki = certs.make_dev_pki(tmp_path, ["cam-a", "cam-b"], devices=tmp_path / "devices.toml")
+    assert pki.devices_file is not None
+    probe = TlsSettings(ca=pki.ca.cert, cert=pki.devices["cam-a"].cert, key=pki.devices["cam-a"].key)
+    creds = ServerCredentials(pki.server.cert, pki.server.key, pki.ca.cert, pki.devices_file, probe)
+    path = tmp_path / "load.json"
+    with ServerProcess.start(default_bundle_path(), backend="null", credentials=creds) as server:
+        code, _out, err = run_cli(
+            "--server", server.address, "--credentials", str(tmp_path), "--clients", "2", "--link", "none",
+            "--seconds", "0.5", "--fps", "10", "--quiet", "--json-out", str(path),
+        )  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    assert [c["device_id"] for c in doc["clients"]] == ["cam-a", "cam-b"]
+    assert doc["meta"]["security"] == "mtls+token"
+    assert doc["overall"]["answered"] == doc["overall"]["frames"] == 2 * 5

@@ -15,6 +15,12 @@ scripted tour of a few modes), ``--link`` (a trace file, a rate such as ``2mbit`
 ``--deadline-ms``, ``--fps``, ``--seconds`` / ``--frames``. ``--link none --controller sweep`` shows a few modes in
 turn without emulation.
 
+Security is on as in a deployment: the demo makes a temporary development PKI
+(:func:`slimsplit.apps.certs.make_dev_pki`: a CA, a server certificate for 127.0.0.1, a device ``demo-edge`` with its
+certificate and bearer token, a devices file), serves over TLS with client certificates required (mTLS) and that
+devices file, and the edge connects with its certificate and token; the folder is removed at the end.
+``--no-tls``: plaintext on loopback, no token. One line of the output says which.
+
 Needs the server extra (it imports the server); the edge part is exactly what ``slimsplit-edge`` runs, with the
 same exit statuses (:data:`~slimsplit.edge.cli_common.EXIT_STATUS_HELP`): the shipped trace's outage drops frames,
 which is what the demo shows, not a failure.
@@ -24,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +41,7 @@ from slimsplit.bundle import Manifest
 from slimsplit.control.base import Controller, Decision, FrameFeedback, ModeOption
 from slimsplit.edge import cli_common
 from slimsplit.edge.client import frame_overhead_bytes
-from slimsplit.edge.config import ClientConfig, ExitRule
+from slimsplit.edge.config import AuthSettings, ClientConfig, ExitRule, TlsSettings
 from slimsplit.edge.display import make_display, wants_live
 from slimsplit.edge.link import EmulatedLink
 from slimsplit.edge.run import (
@@ -52,6 +60,7 @@ from slimsplit.link.synth import shipped_traces_dir
 if TYPE_CHECKING:
     from slimsplit.edge.runtime import EncoderRuntime
     from slimsplit.server.app import ServerThread
+    from slimsplit.server.config import AuthConfig, TlsConfig
 
 PROG = "slimsplit-demo"
 #: The shipped trace the demo drives the uplink with, and where in it the demo starts: from 6 s on it falls from
@@ -61,6 +70,8 @@ DEMO_OFFSET_S = 6.0
 DEMO_SECONDS_LIVE = 24.0
 DEMO_SECONDS_PLAIN = 10.0
 SWEEP = "sweep"
+#: The device the demo's edge authenticates as (its certificate's SAN and its token's entry in the devices file).
+DEMO_DEVICE = "demo-edge"
 
 
 class SweepController(Controller):
@@ -142,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--frames", type=int, default=None, metavar="N", help="how many frames (instead of --seconds)")
     run.add_argument("--unary", action="store_true", help="one Infer call per frame instead of InferStream")
     run.add_argument("--backend", default="onnxruntime", help="server backend (default: %(default)s)")
+    run.add_argument(
+        "--no-tls",
+        action="store_true",
+        help=f"plaintext, no token (default: TLS + mTLS + a bearer token: device {DEMO_DEVICE} of a temporary "
+        "development PKI)",
+    )
     cli_common.add_output_arguments(
         p,
         summary="the summary",
@@ -211,6 +228,44 @@ class _Demo:
     source: FrameSource
     encoder: EncoderRuntime
     server: ServerThread
+    security: str  # the security line of the output
+    pki: Path | None = None  # the temporary PKI folder (removed at the end), None with --no-tls
+
+
+@dataclass(frozen=True)
+class _Secured:
+    """What the server and the edge are given for TLS + mTLS + a token (or nothing: plaintext)."""
+
+    line: str
+    tls: TlsConfig
+    auth: AuthConfig
+    client: ClientConfig
+    pki: Path | None
+
+
+def _secure(args: argparse.Namespace, client: ClientConfig) -> _Secured:
+    """A temporary development PKI for the server and the :data:`DEMO_DEVICE` edge, unless ``--no-tls``."""
+    from slimsplit.server.config import AuthConfig, TlsConfig
+
+    if args.no_tls:
+        return _Secured("plaintext on loopback, no token (--no-tls)", TlsConfig(), AuthConfig(), client, None)
+    from slimsplit.apps import certs
+
+    folder = Path(tempfile.mkdtemp(prefix="slimsplit-demo-pki-"))
+    try:
+        pki = certs.make_dev_pki(folder, [DEMO_DEVICE], devices=folder / "devices.toml")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    device = pki.devices[DEMO_DEVICE]
+    tls = TlsSettings(ca=pki.ca.cert, cert=device.cert, key=device.key)
+    return _Secured(
+        f"TLS + mTLS + bearer token, device {DEMO_DEVICE} (a temporary development PKI, removed at the end)",
+        TlsConfig(cert=pki.server.cert, key=pki.server.key, client_ca=pki.ca.cert),
+        AuthConfig(devices_file=pki.devices_file),
+        replace(client, tls=tls, auth=AuthSettings(token_file=device.token)),
+        folder,
+    )
 
 
 def _prepare(args: argparse.Namespace, console: cli_common.Console) -> _Demo:
@@ -237,15 +292,31 @@ def _prepare(args: argparse.Namespace, console: cli_common.Console) -> _Demo:
     from slimsplit.server.config import BackendConfig, GrpcConfig, ServerConfig
 
     encoder = EncoderRuntime(bundle)
-    config = ServerConfig(
-        models=(bundle.root,),
-        log_level="warning",
-        grpc=GrpcConfig(host="127.0.0.1", port=0, grace_s=1.0),
-        backend=BackendConfig(name=args.backend),
+    secured = _secure(args, client)
+    try:
+        config = ServerConfig(
+            models=(bundle.root,),
+            log_level="warning",
+            grpc=GrpcConfig(host="127.0.0.1", port=0, grace_s=1.0),
+            backend=BackendConfig(name=args.backend),
+            tls=secured.tls,
+            auth=secured.auth,
+        )
+        console.out.write(f"{PROG}: starting a server on 127.0.0.1 with {args.backend} ...\n")
+        console.out.write(f"{PROG}: security: {secured.line}\n")
+        console.out.flush()
+        server = ServerThread(config).start()
+    except BaseException:
+        _remove(secured.pki)
+        raise
+    return _Demo(
+        live, frames, rule, link, manifest, choice, secured.client, source, encoder, server, secured.line, secured.pki
     )
-    console.out.write(f"{PROG}: starting a server on 127.0.0.1 with {args.backend} ...\n")
-    console.out.flush()
-    return _Demo(live, frames, rule, link, manifest, choice, client, source, encoder, ServerThread(config).start())
+
+
+def _remove(folder: Path | None) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run(demo: _Demo, args: argparse.Namespace, console: cli_common.Console) -> int:
@@ -288,6 +359,7 @@ def _run(demo: _Demo, args: argparse.Namespace, console: cli_common.Console) -> 
         report, summary = asyncio.run(cli_common.interruptible(console, stop, run_edge(run, display, header)))
     finally:
         demo.server.stop(grace=1.0)
+        _remove(demo.pki)
     meta = {
         "demo": True,
         "target": target,
@@ -298,6 +370,8 @@ def _run(demo: _Demo, args: argparse.Namespace, console: cli_common.Console) -> 
         "fps": args.fps,
         "rtt_ms": report.rtt_ms,
         "link": link.describe() if link is not None else None,
+        "security": "plaintext" if demo.pki is None else "mtls+token",
+        "device_id": None if demo.pki is None else DEMO_DEVICE,
     }
     cli_common.report_link_check(console, link, report, demo.choice.table, demo.choice.modes, meta)
     return cli_common.finish_run(console, args.json_out, report, summary, meta, rule=demo.rule, stop=stop)

@@ -9,6 +9,12 @@ loop. The server is an address (``--server``), a ``slimsplit-server`` process st
 stopped at the end (``--start-server``), or an inference core in this process, without gRPC or links
 (``--in-process``); both need the server extra.
 
+Security (:mod:`~slimsplit.apps.loadtest.security`): a started server serves TLS + mTLS with a devices file, and
+client ``i`` is device ``loadtest-III`` with its own certificate and bearer token from a temporary development PKI
+(``--no-tls``: plaintext); against ``--server`` the clients use ``--tls-ca``/``--tls-cert``/``--tls-key``/
+``--token-file`` (one identity for all) or ``--credentials DIR`` (one device each); ``--in-process`` has no gRPC, so
+no TLS and no tokens. The table and the JSON name each client's device.
+
 Output: a plain progress line every ``--every`` seconds (stderr), then one row per client and the overall figures
 (stdout); ``--json-out`` writes the per-client summaries and the overall figures.
 
@@ -24,6 +30,7 @@ the frames before it, with ``"interrupted": true``); 141 = output pipe closed.
 Modules: :mod:`~slimsplit.apps.loadtest.args` (flags), :mod:`~slimsplit.apps.loadtest.plan` (links, set-up, runs),
 :mod:`~slimsplit.apps.loadtest.run` (running the clients), :mod:`~slimsplit.apps.loadtest.aggregate` (per-client
 rows, overall figures, exit status), :mod:`~slimsplit.apps.loadtest.report` (table and JSON),
+:mod:`~slimsplit.apps.loadtest.security` (credentials),
 :mod:`~slimsplit.apps.loadtest.server_process` (``--start-server``), :mod:`~slimsplit.apps.loadtest.cli` (main).
 """
 

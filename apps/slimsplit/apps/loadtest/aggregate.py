@@ -35,12 +35,14 @@ def clean(obj: Any) -> Any:
 class ClientResult:
     """What one client did: its link, its summary (``None`` when it could not run, with ``error``; ``link_too_slow``:
     its link did not carry the start-up exchange), its frames and, over an emulated link, what the link allowed
-    (:mod:`slimsplit.evaluation.link_check`)."""
+    (:mod:`slimsplit.evaluation.link_check`); ``device_id``: the device it authenticated as (``None``: not known
+    to the load tester: plaintext, in-process, or one shared identity)."""
 
     index: int
     link: str
     link_description: str
     offset_s: float
+    device_id: str | None = None
     summary: RunSummary | None = None
     results: tuple[FrameRecord, ...] = ()
     rtt_ms: float | None = None
@@ -67,6 +69,7 @@ class ClientResult:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "index": self.index,
+            "device_id": self.device_id,
             "link": self.link,
             "link_description": self.link_description,
             "offset_s": self.offset_s,
@@ -163,13 +166,16 @@ def collect(
     outcomes: Sequence[ClientOutcome],
     table: Sequence[ModeOption] = (),
     usable: Sequence[str] = (),
+    device_ids: Sequence[str | None] = (),
 ) -> list[ClientResult]:
-    """Pair each client's plan with its outcome. A client stopped by a slimsplit error, a socket error or the time
-    limit becomes a failed row; anything else is a bug and is raised. With the controller's mode ``table`` (and the
-    ``usable`` mode names), a client over an emulated link also gets its :class:`LinkCheck`."""
+    """Pair each client's plan with its outcome (and its device id, ``device_ids[i]``, when given). A client
+    stopped by a slimsplit error, a socket error or the time limit becomes a failed row; anything else is a bug
+    and is raised. With the controller's mode ``table`` (and the ``usable`` mode names), a client over an emulated
+    link also gets its :class:`LinkCheck`."""
     clients = []
     for plan, outcome in zip(plans, outcomes, strict=True):
-        base = ClientResult(plan.index, plan.link_spec, plan.describe(), plan.offset_s)
+        device = device_ids[plan.index] if plan.index < len(device_ids) else None
+        base = ClientResult(plan.index, plan.link_spec, plan.describe(), plan.offset_s, device)
         if isinstance(outcome, SlimsplitError | OSError | TimeoutError):
             error = str(outcome) or type(outcome).__name__
             clients.append(replace(base, error=error, link_too_slow=isinstance(outcome, LinkTooSlow)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from slimsplit.apps.loadtest.security import add_security_arguments, check_security_args
 from slimsplit.edge import cli_common
 from slimsplit.errors import ConfigError
 from slimsplit.link.synth import shipped_traces_dir
@@ -55,14 +56,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     srv.add_argument(
         "--start-server",
         action="store_true",
-        help="start slimsplit-server with --bundle on a free 127.0.0.1 port, wait until its health check says "
-        "SERVING, and stop it at the end (needs the server extra)",
+        help="start slimsplit-server with --bundle on a free 127.0.0.1 port (TLS + mTLS + a devices file unless "
+        "--no-tls), wait until its health check says SERVING, and stop it at the end (needs the server extra)",
     )
     srv.add_argument(
         "--in-process",
         action="store_true",
         help="serve the clients from an inference core in this process, without gRPC or links: what the core "
-        "alone sustains (needs the server extra; --link none only)",
+        "alone sustains (needs the server extra; --link none only; no gRPC, so no TLS and no tokens)",
     )
     srv.add_argument(
         "--server-backend",
@@ -77,6 +78,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         metavar="N",
         help="--start-server/--in-process: frames of one mode per tail call (default: %(default)s)",
     )
+
+    add_security_arguments(p)
 
     load = p.add_argument_group("load")
     load.add_argument("--clients", type=int, default=4, metavar="N", help="edge clients (default: %(default)s)")
@@ -163,6 +166,7 @@ def check_args(args: argparse.Namespace) -> str:
         raise ConfigError(f"--every must be >= 0, got {args.every}")
     if args.time_limit_s is not None and not args.time_limit_s > 0:
         raise ConfigError(f"--time-limit-s must be > 0, got {args.time_limit_s}")
+    check_security_args(args)
     cli_common.exit_rule_from_args(args)
     cli_common.check_json_out(args.json_out)
     return cli_common.check_control_args(args)

@@ -12,6 +12,7 @@ from slimsplit.apps.loadtest.args import PROG, build_parser, link_specs
 from slimsplit.apps.loadtest.plan import Setup, build_runs, prepare
 from slimsplit.apps.loadtest.report import format_report, write_report
 from slimsplit.apps.loadtest.run import ClientOutcome, run_clients
+from slimsplit.apps.loadtest.security import Security, identity_of, security_for
 from slimsplit.apps.loadtest.server_process import ServerProcess, check_server_extra
 from slimsplit.edge import cli_common
 from slimsplit.edge.client import EdgeClient
@@ -20,7 +21,7 @@ from slimsplit.edge.run import Connect, Stop
 from slimsplit.errors import ConfigError, SlimsplitError
 
 
-def _meta(args: argparse.Namespace, setup: Setup, target: str) -> dict[str, Any]:
+def _meta(args: argparse.Namespace, setup: Setup, target: str, security: Security) -> dict[str, Any]:
     server = None
     if args.start_server:
         server = f"slimsplit-server process ({args.server_backend}, max batch {args.max_batch_size})"
@@ -47,6 +48,9 @@ def _meta(args: argparse.Namespace, setup: Setup, target: str) -> dict[str, Any]
         "downlink": args.downlink,
         "source": setup.source.description,
         "encoder_threads": args.encoder_threads,
+        "security": security.label,
+        "security_description": security.description,
+        "device_ids": [identity_of(security, p.index).device_id for p in setup.plans],
     }
 
 
@@ -66,6 +70,18 @@ def _in_process(args: argparse.Namespace, setup: Setup) -> tuple[Connect, Callab
 
 
 def _run(setup: Setup, args: argparse.Namespace, console: cli_common.Console) -> int:
+    """The run's credentials (:mod:`~slimsplit.apps.loadtest.security`), then :func:`_run_secured`; a temporary
+    PKI is removed at the end."""
+    try:
+        security = security_for(args, len(setup.plans))
+    except (ConfigError, OSError) as exc:
+        console.error(f"credentials: {exc}")
+        return cli_common.EXIT_USAGE
+    with security:
+        return _run_secured(setup, args, console, security)
+
+
+def _run_secured(setup: Setup, args: argparse.Namespace, console: cli_common.Console, security: Security) -> int:
     """Start the server (``--start-server``, ``--in-process``), run every client, print the table, write the JSON;
     the exit status (Ctrl-C during the frames stops every client: the table and the JSON then cover the frames
     before it, and the status is 130)."""
@@ -83,7 +99,10 @@ def _run(setup: Setup, args: argparse.Namespace, console: cli_common.Console) ->
                 target = "in-process"
             else:
                 server = ServerProcess.start(
-                    setup.bundle_path, backend=args.server_backend, max_batch_size=args.max_batch_size
+                    setup.bundle_path,
+                    backend=args.server_backend,
+                    max_batch_size=args.max_batch_size,
+                    credentials=security.server,
                 )
                 target = server.address
         except ConfigError as exc:
@@ -95,15 +114,17 @@ def _run(setup: Setup, args: argparse.Namespace, console: cli_common.Console) ->
     else:
         target = parse_address(args.server)
     try:
-        runs = build_runs(setup, target, args.fps, connect, stop)
+        runs = build_runs(setup, target, args.fps, connect, stop, security)
         if not args.quiet:
             out.write(
                 f"{PROG}: {len(runs)} clients -> {target}; model {setup.manifest.name} {setup.manifest.version}; "
                 f"controller {setup.control.name} ({setup.control.mode_label}); {setup.frames} frames each at "
                 f"{args.fps:g} fps; deadline {args.deadline_ms:g} ms; source {setup.source.description}\n"
+                f"  security: {security.description}\n"
             )
             for plan in setup.plans:
-                out.write(f"  client {plan.index}: {plan.describe()}\n")
+                device = identity_of(security, plan.index).device_id
+                out.write(f"  client {plan.index}{f' ({device})' if device else ''}: {plan.describe()}\n")
             out.flush()
 
         async def clients_run() -> tuple[list[ClientOutcome], float]:
@@ -120,7 +141,8 @@ def _run(setup: Setup, args: argparse.Namespace, console: cli_common.Console) ->
                     await close_core()
 
         outcomes, wall_s = asyncio.run(cli_common.interruptible(console, stop, clients_run()))
-        clients = collect(setup.plans, outcomes, setup.control.table, setup.control.modes)
+        ids = [identity_of(security, p.index).device_id for p in setup.plans]
+        clients = collect(setup.plans, outcomes, setup.control.table, setup.control.modes, ids)
         overall = aggregate(clients, wall_s)
         out.write(format_report(clients, overall) + "\n")
         out.flush()
@@ -133,7 +155,7 @@ def _run(setup: Setup, args: argparse.Namespace, console: cli_common.Console) ->
     for c in clients:
         if c.error:
             console.error(f"client {c.index}: {c.error}")
-    meta = _meta(args, setup, target)
+    meta = _meta(args, setup, target, security)
     status = load_exit_status(clients, setup.rule)
     if stop.requested or status in (0, cli_common.EXIT_FAILED):
         status = cli_common.end_status(console, load_failure(clients, setup.rule) if status else None, stop)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from slimsplit.apps.loadtest.args import DEFAULT_STRIDE_S, TIME_LIMIT_SLACK_S, check_args, link_specs
+from slimsplit.apps.loadtest.security import Identity, Security, identity_of
 from slimsplit.bundle import Manifest
 from slimsplit.edge import cli_common
 from slimsplit.edge.client import EdgeClient
@@ -132,11 +133,18 @@ def prepare(args: argparse.Namespace, console: cli_common.Console) -> Setup:
 
 
 def build_runs(
-    setup: Setup, target: str, fps: float, connect: Connect = EdgeClient, stop: Stop | None = None
+    setup: Setup,
+    target: str,
+    fps: float,
+    connect: Connect = EdgeClient,
+    stop: Stop | None = None,
+    security: Security | None = None,
 ) -> list[EdgeRun]:
-    """One :class:`EdgeRun` per client: its own encoder, controller (from the factory), frames and link, talking
-    through ``connect`` (default: gRPC to ``target``); ``stop`` ends them all early (Ctrl-C)."""
+    """One :class:`EdgeRun` per client: its own encoder, controller (from the factory), frames, link and
+    credentials (``security``'s identity of that client; none: plaintext), talking through ``connect`` (default:
+    gRPC to ``target``); ``stop`` ends them all early (Ctrl-C)."""
     client = replace(setup.client, target=target)
+    identities = [identity_of(security, p.index) if security is not None else Identity() for p in setup.plans]
     return [
         EdgeRun(
             manifest=setup.manifest,
@@ -145,14 +153,14 @@ def build_runs(
             mode_table=setup.control.table,
             frames=setup.source.take(setup.frames, cycle=True),
             target=target,
-            client=client,
+            client=identity.apply(client),
             fps=fps,
             modes=setup.control.modes,
             route=plan.link.route if plan.link is not None else None,
             connect=connect,
             stop=stop,
         )
-        for plan in setup.plans
+        for plan, identity in zip(setup.plans, identities, strict=True)
     ]
 
 

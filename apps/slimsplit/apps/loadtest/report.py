@@ -27,6 +27,7 @@ def _link_label(spec: str) -> str:
 
 _COLUMNS = (
     "client",
+    "device",
     "link",
     "offset s",
     "frames",
@@ -42,11 +43,12 @@ _COLUMNS = (
     "allowed",
     "in/allowed",
 )
+_LEFT = (1, 2)  # the device and link columns
 
 
 def _row(c: ClientResult) -> list[str]:
     s = c.summary
-    head = [str(c.index), _link_label(c.link), _num(c.offset_s, "g")]
+    head = [str(c.index), c.device_id or "-", _link_label(c.link), _num(c.offset_s, "g")]
     if s is None:
         return [*head, f"failed: {c.error}"]
     b = c.accounting()
@@ -74,6 +76,7 @@ def format_report(clients: Sequence[ClientResult], overall: Overall) -> str:
         "all",
         f"{o.clients} clients",
         "",
+        "",
         str(o.frames),
         _pct(o.hit_rate),
         str(o.late),
@@ -93,10 +96,10 @@ def format_report(clients: Sequence[ClientResult], overall: Overall) -> str:
     lines = []
     for i, r in enumerate(rows):
         if len(r) < len(_COLUMNS):  # a failed client: its message runs across the remaining columns
-            cells = [r[j].rjust(widths[j]) if j != 1 else r[j].ljust(widths[j]) for j in range(len(r) - 1)]
+            cells = [r[j].ljust(widths[j]) if j in _LEFT else r[j].rjust(widths[j]) for j in range(len(r) - 1)]
             lines.append("  ".join([*cells, r[-1]]))
         else:
-            lines.append("  ".join(v.ljust(widths[j]) if j == 1 else v.rjust(widths[j]) for j, v in enumerate(r)))
+            lines.append("  ".join(v.ljust(widths[j]) if j in _LEFT else v.rjust(widths[j]) for j, v in enumerate(r)))
         if i == 0 or i == len(rows) - 2:
             lines.append("  ".join("-" * w for w in widths))
     lines.append(

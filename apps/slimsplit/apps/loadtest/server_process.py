@@ -1,11 +1,13 @@
 """A slimsplit server for a load test, started through the server's own entry point.
 
 ``python -m slimsplit.server.cli`` (what the ``slimsplit-server`` script runs) in a child process, serving the test's
-bundle with its backend and batch size on a free 127.0.0.1 port. It is ready once its gRPC health check answers
-``SERVING`` for the service, and stopped at the end with SIGTERM (the server's graceful shutdown), killed if it does
-not exit in time; it runs in a session of its own, so a Ctrl-C at the terminal reaches the load tester only (which
-stops its clients, then the server). Nothing of ``slimsplit.server`` is imported into the load tester. A server
-that exits before it is ready, or is not ready in time, is an error that ends with the last lines of its stderr.
+bundle with its backend and batch size on a free 127.0.0.1 port; with :class:`ServerCredentials`, over TLS + mTLS
+with a devices file. It is ready once its gRPC health check (asked over TLS when it serves TLS) answers ``SERVING``
+for the service, and stopped at the end with SIGTERM (the server's graceful shutdown), killed if it does not exit in
+time; it runs in a session of its own, so a Ctrl-C at the terminal reaches the load tester only (which stops its
+clients, then the server). Nothing of ``slimsplit.server`` is imported into the load tester but the devices file's
+module (the development PKI writes the devices file with it). A server that exits before it is ready, or is not
+ready in time, is an error that ends with the last lines of its stderr.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import IO
 
 import grpc
 
+from slimsplit.apps.loadtest.security import ServerCredentials
+from slimsplit.edge.config import TlsSettings
 from slimsplit.errors import ConfigError, Unavailable
 from slimsplit.protocol import SERVICE_NAME
 
@@ -52,8 +56,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def server_command(bundle: Path, port: int, *, backend: str, max_batch_size: int, host: str = "127.0.0.1") -> list[str]:
-    """The server's command line (this interpreter, so the same installation)."""
+def server_command(
+    bundle: Path,
+    port: int,
+    *,
+    backend: str,
+    max_batch_size: int,
+    host: str = "127.0.0.1",
+    credentials: ServerCredentials | None = None,
+) -> list[str]:
+    """The server's command line (this interpreter, so the same installation); with ``credentials``, TLS, mTLS
+    and the devices file."""
+    security = credentials.flags() if credentials is not None else []
     return [
         sys.executable,
         "-m",
@@ -72,15 +86,26 @@ def server_command(bundle: Path, port: int, *, backend: str, max_batch_size: int
         "1",
         "--log-level",
         "warning",
+        *security,
     ]
+
+
+def probe_credentials(tls: TlsSettings) -> grpc.ChannelCredentials:
+    """The channel credentials of a health check over TLS with ``tls`` (its CA; its certificate for mTLS)."""
+
+    def read(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path is not None else None
+
+    return grpc.ssl_channel_credentials(read(tls.ca), read(tls.key), read(tls.cert))
 
 
 class ServerProcess:
     """A running server process (``with ServerProcess.start(...) as server: ... server.address ...``)."""
 
-    def __init__(self, argv: Sequence[str], address: str) -> None:
+    def __init__(self, argv: Sequence[str], address: str, probe: TlsSettings | None = None) -> None:
         self.argv = list(argv)
         self.address = address
+        self.probe = probe  # the health check's TLS settings (None: plaintext)
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - held open while the server runs
         # a session of its own: Ctrl-C at the terminal stops the load test (which then stops the server), not the
         # server under the clients' frames in flight
@@ -101,14 +126,18 @@ class ServerProcess:
         max_batch_size: int = 8,
         host: str = "127.0.0.1",
         ready_timeout_s: float = READY_TIMEOUT_S,
+        credentials: ServerCredentials | None = None,
     ) -> ServerProcess:
-        """Start a server and wait until it is ready. ConfigError when it refused its configuration or bundle
-        (exit status 1 or 2), Unavailable when it crashed or was not ready within ``ready_timeout_s``."""
+        """Start a server (with ``credentials``: over TLS + mTLS with a devices file) and wait until it is ready.
+        ConfigError when it refused its configuration or bundle (exit status 1 or 2), Unavailable when it crashed
+        or was not ready within ``ready_timeout_s``."""
         check_server_extra()
         for attempt in range(1, PORT_ATTEMPTS + 1):
             port = free_port(host)
-            argv = server_command(bundle, port, backend=backend, max_batch_size=max_batch_size, host=host)
-            server = cls(argv, f"{host}:{port}")
+            argv = server_command(
+                bundle, port, backend=backend, max_batch_size=max_batch_size, host=host, credentials=credentials
+            )
+            server = cls(argv, f"{host}:{port}", credentials.probe if credentials is not None else None)
             try:
                 server.wait_ready(ready_timeout_s)
             except ConfigError:
@@ -142,7 +171,11 @@ class ServerProcess:
 
         deadline = time.monotonic() + timeout_s
         request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
-        with grpc.insecure_channel(self.address) as channel:
+        if self.probe is not None:
+            channel = grpc.secure_channel(self.address, probe_credentials(self.probe))
+        else:
+            channel = grpc.insecure_channel(self.address)
+        with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 code = self.process.poll()
@@ -190,4 +223,11 @@ class ServerProcess:
         self.close()
 
 
-__all__ = ["READY_TIMEOUT_S", "ServerProcess", "check_server_extra", "free_port", "server_command"]
+__all__ = [
+    "READY_TIMEOUT_S",
+    "ServerProcess",
+    "check_server_extra",
+    "free_port",
+    "probe_credentials",
+    "server_command",
+]
