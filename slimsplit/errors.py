@@ -95,6 +95,12 @@ class Overloaded(SlimsplitError):
     grpc_status = "RESOURCE_EXHAUSTED"
 
 
+class MessageTooLarge(SlimsplitError):
+    """A request message is larger than the server accepts (``--max-message-bytes``)."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
 class RateLimited(Overloaded):
     """A device is over one of its limits (frames/s, bytes/s, concurrent streams); ``context["retry_after_s"]`` says
     when it would be accepted again. Other devices are not affected."""
@@ -149,6 +155,7 @@ __all__ = [
     "DatasetError",
     "DeadlineExceeded",
     "InvalidFrame",
+    "MessageTooLarge",
     "Overloaded",
     "PermissionDenied",
     "RateLimited",

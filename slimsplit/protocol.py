@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib import metadata
 
 PROTOCOL_VERSION = 1
@@ -29,9 +30,17 @@ RETRY_AFTER_KEY = "slimsplit-retry-after-ms"
 be accepted again (a stream's per-frame refusals carry it in ``FrameError.retry_after_ms``)."""
 
 
+#: Characters never passed on in a message: C0/C1 controls (terminal escape sequences start with ESC), line and
+#: paragraph separators and the bidirectional overrides (which reorder what a terminal or log viewer shows).
+_UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def bound_message(text: str, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
-    """``text`` cut to ``limit`` characters, the last one an ellipsis when it was cut."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``text`` safe to print and to log: control characters (escape sequences, newlines) replaced by ``?`` and cut
+    to ``limit`` characters, the last one an ellipsis when it was cut."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return _UNSAFE_CHARS.sub("?", text)
 
 
 def package_version() -> str:

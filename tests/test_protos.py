@@ -39,7 +39,7 @@ def test_field_numbers_are_stable() -> None:
     """Fields may only be added within v1: renumbering one would silently break deployed edges."""
     expected = {
         "FeatureFrame": {"protocol_version": 1, "frame_id": 2, "model": 3, "model_version": 4, "mode": 5,
-                         "features": 6, "client_send_unix_ns": 7, "top_k": 8},
+                         "features": 6, "client_send_unix_ns": 7, "top_k": 8, "deadline_ms": 9},
         "Prediction": {"frame_id": 1, "classes": 2, "scores": 3, "labels": 4, "timing": 5, "model": 6,
                        "model_version": 7, "mode": 8},
         "ServerTiming": {"queue_ms": 1, "decode_ms": 2, "tail_ms": 3, "total_ms": 4, "device_cycles": 5,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cslimsplit/v1/slimsplit.proto\x12\x0cslimsplit.v1\"\xac\x01\n\x0c\x46\x65\x61tureFrame\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0c\x12\x1b\n\x13\x63lient_send_unix_ns\x18\x07 \x01(\x03\x12\r\n\x05top_k\x18\x08 \x01(\r\"\xa5\x01\n\x0cServerTiming\x12\x10\n\x08queue_ms\x18\x01 \x01(\x02\x12\x11\n\tdecode_ms\x18\x02 \x01(\x02\x12\x0f\n\x07tail_ms\x18\x03 \x01(\x02\x12\x10\n\x08total_ms\x18\x04 \x01(\x02\x12\x15\n\rdevice_cycles\x18\x05 \x01(\x04\x12\x11\n\tdevice_ms\x18\x06 \x01(\x02\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x12\n\nbatch_size\x18\x08 \x01(\r\"\xaf\x01\n\nPrediction\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\r\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12*\n\x06timing\x18\x05 \x01(\x0b\x32\x1a.slimsplit.v1.ServerTiming\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x0c\n\x04mode\x18\x08 \x01(\t\"z\n\nFrameError\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x13\n\x0b\x65rror_class\x18\x05 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r\"r\n\x0bStreamReply\x12.\n\nprediction\x18\x01 \x01(\x0b\x32\x18.slimsplit.v1.PredictionH\x00\x12)\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x18.slimsplit.v1.FrameErrorH\x00\x42\x08\n\x06result\" \n\x0f\x44\x65scribeRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x90\x01\n\x08ModeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0c\n\x04\x62its\x18\x03 \x01(\r\x12\x10\n\x08\x61\x63\x63uracy\x18\x04 \x01(\x02\x12\x1a\n\x12payload_bytes_mean\x18\x05 \x01(\x02\x12\x16\n\x0e\x65ncoder_ms_p50\x18\x06 \x01(\x02\x12\x13\n\x0btail_ms_p50\x18\x07 \x01(\x02\"\x90\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12%\n\x05modes\x18\x04 \x03(\x0b\x32\x16.slimsplit.v1.ModeInfo\x12\x15\n\rfeature_shape\x18\x05 \x03(\r\x12\x15\n\rmanifest_json\x18\x06 \x01(\t\"~\n\x10\x44\x65scribeResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\'\n\x06models\x18\x04 \x03(\x0b\x32\x17.slimsplit.v1.ModelInfo2\xe4\x01\n\x0eSplitInference\x12=\n\x05Infer\x12\x1a.slimsplit.v1.FeatureFrame\x1a\x18.slimsplit.v1.Prediction\x12H\n\x0bInferStream\x12\x1a.slimsplit.v1.FeatureFrame\x1a\x19.slimsplit.v1.StreamReply(\x01\x30\x01\x12I\n\x08\x44\x65scribe\x12\x1d.slimsplit.v1.DescribeRequest\x1a\x1e.slimsplit.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cslimsplit/v1/slimsplit.proto\x12\x0cslimsplit.v1\"\xc1\x01\n\x0c\x46\x65\x61tureFrame\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\x04\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0c\x12\x1b\n\x13\x63lient_send_unix_ns\x18\x07 \x01(\x03\x12\r\n\x05top_k\x18\x08 \x01(\r\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\t \x01(\r\"\xa5\x01\n\x0cServerTiming\x12\x10\n\x08queue_ms\x18\x01 \x01(\x02\x12\x11\n\tdecode_ms\x18\x02 \x01(\x02\x12\x0f\n\x07tail_ms\x18\x03 \x01(\x02\x12\x10\n\x08total_ms\x18\x04 \x01(\x02\x12\x15\n\rdevice_cycles\x18\x05 \x01(\x04\x12\x11\n\tdevice_ms\x18\x06 \x01(\x02\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x12\n\nbatch_size\x18\x08 \x01(\r\"\xaf\x01\n\nPrediction\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\r\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12*\n\x06timing\x18\x05 \x01(\x0b\x32\x1a.slimsplit.v1.ServerTiming\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x0c\n\x04mode\x18\x08 \x01(\t\"z\n\nFrameError\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x13\n\x0b\x65rror_class\x18\x05 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r\"r\n\x0bStreamReply\x12.\n\nprediction\x18\x01 \x01(\x0b\x32\x18.slimsplit.v1.PredictionH\x00\x12)\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x18.slimsplit.v1.FrameErrorH\x00\x42\x08\n\x06result\" \n\x0f\x44\x65scribeRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x90\x01\n\x08ModeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0c\n\x04\x62its\x18\x03 \x01(\r\x12\x10\n\x08\x61\x63\x63uracy\x18\x04 \x01(\x02\x12\x1a\n\x12payload_bytes_mean\x18\x05 \x01(\x02\x12\x16\n\x0e\x65ncoder_ms_p50\x18\x06 \x01(\x02\x12\x13\n\x0btail_ms_p50\x18\x07 \x01(\x02\"\x90\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12%\n\x05modes\x18\x04 \x03(\x0b\x32\x16.slimsplit.v1.ModeInfo\x12\x15\n\rfeature_shape\x18\x05 \x03(\r\x12\x15\n\rmanifest_json\x18\x06 \x01(\t\"~\n\x10\x44\x65scribeResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\'\n\x06models\x18\x04 \x03(\x0b\x32\x17.slimsplit.v1.ModelInfo2\xe4\x01\n\x0eSplitInference\x12=\n\x05Infer\x12\x1a.slimsplit.v1.FeatureFrame\x1a\x18.slimsplit.v1.Prediction\x12H\n\x0bInferStream\x12\x1a.slimsplit.v1.FeatureFrame\x1a\x19.slimsplit.v1.StreamReply(\x01\x30\x01\x12I\n\x08\x44\x65scribe\x12\x1d.slimsplit.v1.DescribeRequest\x1a\x1e.slimsplit.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,23 +32,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slimsplit.v1.slimsplit_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FEATUREFRAME']._serialized_start=47
-  _globals['_FEATUREFRAME']._serialized_end=219
-  _globals['_SERVERTIMING']._serialized_start=222
-  _globals['_SERVERTIMING']._serialized_end=387
-  _globals['_PREDICTION']._serialized_start=390
-  _globals['_PREDICTION']._serialized_end=565
-  _globals['_FRAMEERROR']._serialized_start=567
-  _globals['_FRAMEERROR']._serialized_end=689
-  _globals['_STREAMREPLY']._serialized_start=691
-  _globals['_STREAMREPLY']._serialized_end=805
-  _globals['_DESCRIBEREQUEST']._serialized_start=807
-  _globals['_DESCRIBEREQUEST']._serialized_end=839
-  _globals['_MODEINFO']._serialized_start=842
-  _globals['_MODEINFO']._serialized_end=986
-  _globals['_MODELINFO']._serialized_start=989
-  _globals['_MODELINFO']._serialized_end=1133
-  _globals['_DESCRIBERESPONSE']._serialized_start=1135
-  _globals['_DESCRIBERESPONSE']._serialized_end=1261
-  _globals['_SPLITINFERENCE']._serialized_start=1264
-  _globals['_SPLITINFERENCE']._serialized_end=1492
+  _globals['_FEATUREFRAME']._serialized_end=240
+  _globals['_SERVERTIMING']._serialized_start=243
+  _globals['_SERVERTIMING']._serialized_end=408
+  _globals['_PREDICTION']._serialized_start=411
+  _globals['_PREDICTION']._serialized_end=586
+  _globals['_FRAMEERROR']._serialized_start=588
+  _globals['_FRAMEERROR']._serialized_end=710
+  _globals['_STREAMREPLY']._serialized_start=712
+  _globals['_STREAMREPLY']._serialized_end=826
+  _globals['_DESCRIBEREQUEST']._serialized_start=828
+  _globals['_DESCRIBEREQUEST']._serialized_end=860
+  _globals['_MODEINFO']._serialized_start=863
+  _globals['_MODEINFO']._serialized_end=1007
+  _globals['_MODELINFO']._serialized_start=1010
+  _globals['_MODELINFO']._serialized_end=1154
+  _globals['_DESCRIBERESPONSE']._serialized_start=1156
+  _globals['_DESCRIBERESPONSE']._serialized_end=1282
+  _globals['_SPLITINFERENCE']._serialized_start=1285
+  _globals['_SPLITINFERENCE']._serialized_end=1513
 # @@protoc_insertion_point(module_scope)

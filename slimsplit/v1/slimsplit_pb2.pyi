@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FeatureFrame(_message.Message):
-    __slots__ = ("protocol_version", "frame_id", "model", "model_version", "mode", "features", "client_send_unix_ns", "top_k")
+    __slots__ = ("protocol_version", "frame_id", "model", "model_version", "mode", "features", "client_send_unix_ns", "top_k", "deadline_ms")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class FeatureFrame(_message.Message):
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     CLIENT_SEND_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     frame_id: int
     model: str
@@ -24,7 +25,8 @@ class FeatureFrame(_message.Message):
     features: bytes
     client_send_unix_ns: int
     top_k: int
-    def __init__(self, protocol_version: _Optional[int] = ..., frame_id: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., mode: _Optional[str] = ..., features: _Optional[bytes] = ..., client_send_unix_ns: _Optional[int] = ..., top_k: _Optional[int] = ...) -> None: ...
+    deadline_ms: int
+    def __init__(self, protocol_version: _Optional[int] = ..., frame_id: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., mode: _Optional[str] = ..., features: _Optional[bytes] = ..., client_send_unix_ns: _Optional[int] = ..., top_k: _Optional[int] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
 
 class ServerTiming(_message.Message):
     __slots__ = ("queue_ms", "decode_ms", "tail_ms", "total_ms", "device_cycles", "device_ms", "backend", "batch_size")

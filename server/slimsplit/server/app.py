@@ -45,11 +45,11 @@ from slimsplit.protocol import SERVICE_NAME
 from slimsplit.server.backends.base import Backend
 from slimsplit.server.config import GrpcConfig, ServerConfig, TlsConfig
 from slimsplit.server.core import InferenceCore
-from slimsplit.server.grpc_service import SplitInferenceService
+from slimsplit.server.grpc_service import SplitInferenceService, add_to_server
+from slimsplit.server.logs import LogRateLimit
 from slimsplit.server.metrics import ServerMetrics
 from slimsplit.server.security.guard import Guard
 from slimsplit.server.security.interceptor import AuthInterceptor
-from slimsplit.v1 import slimsplit_pb2_grpc as pb_grpc
 
 log = logging.getLogger("slimsplit.server")
 
@@ -58,8 +58,10 @@ T = TypeVar("T")
 
 def grpc_server_options(cfg: GrpcConfig) -> list[tuple[str, int]]:
     """Channel arguments of the server: message limits, keepalive, stream limits."""
-    return [
-        ("grpc.max_receive_message_length", cfg.max_receive_message_bytes),
+    options = [
+        # The service checks the configured limit itself (a clear RESOURCE_EXHAUSTED, and a stream's earlier frames
+        # answered first); gRPC refuses, and ends a stream at once, only beyond twice that.
+        ("grpc.max_receive_message_length", 2 * cfg.max_receive_message_bytes),
         ("grpc.max_send_message_length", cfg.max_send_message_bytes),
         ("grpc.keepalive_time_ms", int(cfg.keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
@@ -70,7 +72,22 @@ def grpc_server_options(cfg: GrpcConfig) -> list[tuple[str, int]]:
         ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
         # Never share a port with another process (a second server on the same port must fail to bind).
         ("grpc.so_reuseport", 0),
+        # A fixed stream window: with bandwidth-delay probing, gRPC grows it to megabytes per stream, which a client
+        # that writes and never reads makes the server hold (measured: +250 MB for 50 such streams).
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", cfg.stream_window_bytes),
+        ("grpc.max_allowed_incoming_connections", cfg.max_connections),
+        ("grpc.server_handshake_timeout_ms", int(cfg.handshake_timeout_s * 1000)),
     ]
+    for key, seconds in (
+        ("grpc.max_connection_idle_ms", cfg.max_connection_idle_s),
+        ("grpc.max_connection_age_ms", cfg.max_connection_age_s),
+    ):
+        if seconds > 0:
+            options.append((key, int(seconds * 1000)))
+    if cfg.max_connection_age_s > 0:
+        options.append(("grpc.max_connection_age_grace_ms", int(cfg.max_connection_age_grace_s * 1000)))
+    return options
 
 
 def _read_pem(path: Path, key: str) -> bytes:
@@ -171,6 +188,7 @@ class RunningServer:
     health: Any  # grpc_health.v1.health.aio.HealthServicer
     metrics: ServerMetrics
     metrics_port: int | None = None
+    log_limit: LogRateLimit | None = None
     guard: Guard | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
@@ -221,6 +239,8 @@ class RunningServer:
         if self.health_server is not None:
             await self.health_server.stop(None)
         await self.core.aclose()
+        if self.log_limit is not None:
+            self.log_limit.detach()
         if self._metrics_http is not None:
             await _stop_metrics_http(self._metrics_http)
         log.info("stopped")
@@ -254,7 +274,9 @@ async def start_server(
         guard = Guard(config.auth, mtls=mtls, metrics=metrics)
         guard.load()
     interceptors = [AuthInterceptor(guard)] if guard is not None else None
-    server = grpc.aio.server(options=grpc_server_options(cfg), interceptors=interceptors)
+    server = grpc.aio.server(
+        options=grpc_server_options(cfg), interceptors=interceptors, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs
+    )
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     httpd: Any = None
@@ -277,8 +299,14 @@ async def start_server(
             core = await asyncio.to_thread(InferenceCore.from_config, config, backend=backend, metrics=metrics)
         elif core.metrics is None:
             core.metrics = metrics
-        service = SplitInferenceService(core, stream_max_in_flight=cfg.stream_max_in_flight)
-        pb_grpc.add_SplitInferenceServicer_to_server(service, server)
+        service = SplitInferenceService(
+            core,
+            stream_max_in_flight=cfg.stream_max_in_flight,
+            max_message_bytes=cfg.max_receive_message_bytes,
+            stream_idle_timeout_s=cfg.stream_idle_timeout_s,
+            client_max_in_flight=cfg.client_max_in_flight,
+        )
+        add_to_server(service, server)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         if cfg.reflection:
@@ -305,6 +333,7 @@ async def start_server(
         if core is not None:
             await core.aclose()
         raise
+    log_limit = LogRateLimit(config.log_lines_per_s, config.log_burst, metrics.log_dropped.inc)
     running = RunningServer(
         config=config,
         server=server,
@@ -316,7 +345,9 @@ async def start_server(
         guard=guard,
         health_server=health_server,
         health_port=health_port,
+        log_limit=log_limit,
     )
+    log_limit.attach()
     if httpd is not None:
         running.metrics_port = int(httpd.server_port)
         running._metrics_http = httpd

@@ -77,9 +77,29 @@ class GrpcConfig:
     keepalive_timeout_s: float = 10.0
     # Clients may ping at most this often (more often counts as a strike and ends the connection).
     min_client_ping_interval_s: float = 10.0
+    # Streams at once on one connection (HTTP/2 SETTINGS), and calls (unary and streams) at once on the whole
+    # server: beyond it a new call is refused with RESOURCE_EXHAUSTED by gRPC itself, before any handler runs.
     max_concurrent_streams: int = 256
+    max_concurrent_rpcs: int = 1024
+    # TCP connections at once (beyond it new ones are closed at accept), and how long one may take to finish its
+    # TLS/HTTP2 handshake (a connection that never sends the HTTP/2 preface is closed after it).
+    max_connections: int = 1024
+    handshake_timeout_s: float = 10.0
+    # A connection with no call for this long is closed (GOAWAY); one older than max_connection_age_s is asked to
+    # reconnect, its calls given max_connection_age_grace_s to finish. 0 = no limit.
+    max_connection_idle_s: float = 300.0
+    max_connection_age_s: float = 4 * 3600.0
+    max_connection_age_grace_s: float = 30.0
+    # A stream that sends no frame for this long (and has none being served) ends with UNAVAILABLE. 0 = never.
+    stream_idle_timeout_s: float = 300.0
+    # Bytes a client may send on one stream before the server reads them (the HTTP/2 stream window, fixed: no
+    # bandwidth-delay probing), which bounds what a stream that is not read can make the server hold.
+    stream_window_bytes: int = 65536
     # Frames of one InferStream being served at once; reading from the stream pauses beyond it (flow control).
     stream_max_in_flight: int = 32
+    # Frames of one client (a device, else a connection) being served at once, over all its calls: its streams pause
+    # beyond it, its unary calls are refused with RESOURCE_EXHAUSTED; one client's flood never fills the server.
+    client_max_in_flight: int = 64
     # On SIGTERM/SIGINT: seconds to finish in-flight frames before open calls are cancelled.
     grace_s: float = 5.0
     reflection: bool = True
@@ -99,7 +119,21 @@ class GrpcConfig:
             _check(math.isfinite(value) and value > 0, f"grpc.{key}", f"must be a positive number, got {value}")
         _check(math.isfinite(self.grace_s) and self.grace_s >= 0, "grpc.grace_s", "must be >= 0")
         _check(self.max_concurrent_streams >= 1, "grpc.max_concurrent_streams", "must be >= 1")
+        _check(self.max_concurrent_rpcs >= 1, "grpc.max_concurrent_rpcs", "must be >= 1")
+        _check(self.max_connections >= 1, "grpc.max_connections", "must be >= 1")
+        for key in (
+            "handshake_timeout_s",
+            "max_connection_idle_s",
+            "max_connection_age_s",
+            "max_connection_age_grace_s",
+            "stream_idle_timeout_s",
+        ):
+            value = getattr(self, key)
+            _check(math.isfinite(value) and value >= 0, f"grpc.{key}", f"must be a number >= 0, got {value}")
+        _check(self.handshake_timeout_s > 0, "grpc.handshake_timeout_s", "must be > 0")
+        _check(4096 <= self.stream_window_bytes <= 1 << 30, "grpc.stream_window_bytes", "must be in [4096, 1073741824]")
         _check(self.stream_max_in_flight >= 1, "grpc.stream_max_in_flight", "must be >= 1")
+        _check(self.client_max_in_flight >= 1, "grpc.client_max_in_flight", "must be >= 1")
         if self.health_port is not None:
             _check(0 <= self.health_port <= 65535, "grpc.health_port", f"must be in [0, 65535], got {self.health_port}")
             _check(
@@ -244,6 +278,9 @@ class ServerConfig:
     models: tuple[Path, ...] = ()
     default_top_k: int = 5
     log_level: str = "info"
+    # Warnings and errors logged per second at most (``log_burst`` at once); the rest are counted, not written.
+    log_lines_per_s: float = 10.0
+    log_burst: int = 50
     grpc: GrpcConfig = field(default_factory=GrpcConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -254,6 +291,10 @@ class ServerConfig:
     def __post_init__(self) -> None:
         _check(1 <= self.default_top_k <= 1000, "default_top_k", "must be in [1, 1000]")
         _check(self.log_level in LOG_LEVELS, "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        _check(
+            math.isfinite(self.log_lines_per_s) and self.log_lines_per_s > 0, "log_lines_per_s", "must be a number > 0"
+        )
+        _check(self.log_burst >= 1, "log_burst", "must be >= 1")
 
     def model_paths(self) -> tuple[Path, ...]:
         """The folders to load; the shipped default bundle when none are configured."""

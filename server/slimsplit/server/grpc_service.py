@@ -23,17 +23,20 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from slimsplit.bundle import Manifest
-from slimsplit.errors import SlimsplitError, Unavailable
-from slimsplit.protocol import ERROR_CLASS_KEY, PROTOCOL_VERSION, package_version
+from slimsplit.errors import InvalidFrame, MessageTooLarge, SlimsplitError, Unavailable
+from slimsplit.protocol import PROTOCOL_VERSION, SERVICE_NAME, package_version
+from slimsplit.server.admission import Shares
 from slimsplit.server.core import InferenceCore, InferRequest, InferResult
+from slimsplit.server.security.guard import DeviceState
 from slimsplit.server.security.interceptor import current_device
-from slimsplit.server.status import abort, frame_error, status_for
+from slimsplit.server.status import abort, frame_error, status_for, trailing_metadata
 from slimsplit.v1 import slimsplit_pb2 as pb
 from slimsplit.v1 import slimsplit_pb2_grpc as pb_grpc
 
@@ -115,6 +118,54 @@ class _ReadFailed:
         self.exc = exc
 
 
+class _End:
+    """End the stream with the status of ``exc`` once the frames read before are answered."""
+
+    def __init__(self, exc: SlimsplitError) -> None:
+        self.exc = exc
+
+
+M = TypeVar("M", pb.FeatureFrame, pb.DescribeRequest)
+
+
+def parse_request(raw: bytes | M, message: type[M], limit: int, what: str = "message") -> M:
+    """The request ``raw`` (the body gRPC received, not yet parsed) as a ``message``: :class:`MessageTooLarge` above
+    ``limit`` bytes, :class:`InvalidFrame` when it is not that message (a parsed message passes through)."""
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        return raw
+    if len(raw) > limit:
+        raise MessageTooLarge(
+            f"the {what} is {len(raw)} bytes, more than this server accepts ({limit}; --max-message-bytes)",
+            size=len(raw),
+            limit=limit,
+        )
+    try:
+        return message.FromString(bytes(raw))
+    except DecodeError:
+        raise InvalidFrame(
+            f"the {what} is not a {message.DESCRIPTOR.full_name} protobuf message ({len(raw)} bytes)"
+        ) from None
+
+
+def add_to_server(service: SplitInferenceService, server: grpc.aio.Server) -> None:
+    """Register ``service`` on ``server`` with request bodies left as bytes: the service parses them itself, so an
+    undecodable or oversized one is a clear INVALID_ARGUMENT / RESOURCE_EXHAUSTED (in a stream: after the frames
+    read before it are answered) instead of gRPC's UNKNOWN."""
+    handlers = {
+        "Infer": grpc.unary_unary_rpc_method_handler(
+            service.Infer, response_serializer=pb.Prediction.SerializeToString
+        ),
+        "InferStream": grpc.stream_stream_rpc_method_handler(
+            service.InferStream, response_serializer=pb.StreamReply.SerializeToString
+        ),
+        "Describe": grpc.unary_unary_rpc_method_handler(
+            service.Describe, response_serializer=pb.DescribeResponse.SerializeToString
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]  # not in grpc-stubs
+
+
 # ---------------------------------------------------------------------------------------------- servicer
 
 
@@ -122,9 +173,20 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
     """The servicer. ``begin_shutdown`` makes streams finish their in-flight frames and end with
     UNAVAILABLE."""
 
-    def __init__(self, core: InferenceCore, *, stream_max_in_flight: int = 32) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        *,
+        stream_max_in_flight: int = 32,
+        max_message_bytes: int = 1 << 20,
+        stream_idle_timeout_s: float = 0.0,
+        client_max_in_flight: int = 64,
+    ) -> None:
         self.core = core
+        self.shares = Shares(client_max_in_flight)
         self.stream_max_in_flight = stream_max_in_flight
+        self.max_message_bytes = max_message_bytes
+        self.stream_idle_timeout_s = stream_idle_timeout_s
         self._shutting_down = False
         self._streams: set[asyncio.Queue[object]] = set()
 
@@ -145,43 +207,55 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
     def _unavailable(self) -> Unavailable:
         return Unavailable("the server is shutting down; retry later or on another server")
 
-    async def Infer(self, request: pb.FeatureFrame, context: Context) -> pb.Prediction:
+    async def Infer(self, raw: bytes | pb.FeatureFrame, context: Context) -> pb.Prediction:
         received = time.perf_counter()
         if self._shutting_down:
             await abort(context, self._unavailable())
         device = current_device.get()
+        share = self.shares.open(_client_key(context, device))
         try:
+            request = parse_request(raw, pb.FeatureFrame, self.max_message_bytes, "request")
             if device is not None:
                 device.admit(request.model, len(request.features))
-            result = await self.core.infer(
-                frame_to_request(request), timeout=context.time_remaining(), received=received
-            )
+            if not share.try_take():
+                raise share.refuse()
+            try:
+                result = await self.core.infer(
+                    frame_to_request(request), timeout=_timeout(context, request), received=received
+                )
+            finally:
+                share.give()
         except Exception as exc:
             if device is not None:
                 device.count(exc.grpc_status if isinstance(exc, SlimsplitError) else "INTERNAL")
             await abort(context, exc)
+        finally:
+            self.shares.close(share)
         if device is not None:
             device.count("OK")
         return result_to_prediction(result, _since_ms(received))
 
-    async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.DescribeResponse:
+    async def Describe(self, raw: bytes | pb.DescribeRequest, context: Context) -> pb.DescribeResponse:
         try:
+            request = parse_request(raw, pb.DescribeRequest, self.max_message_bytes, "request")
             return describe_response(self.core, request.model)
         except Exception as exc:
             await abort(context, exc)
 
     async def InferStream(
-        self, request_iterator: AsyncIterator[pb.FeatureFrame], context: Context
+        self, request_iterator: AsyncIterator[bytes | pb.FeatureFrame], context: Context
     ) -> AsyncIterator[pb.StreamReply]:
         if self._shutting_down:
             await abort(context, self._unavailable())
         device = current_device.get()
+        share = self.shares.open(_client_key(context, device))
         replies: asyncio.Queue[object] = asyncio.Queue()
         slots = asyncio.Semaphore(self.stream_max_in_flight)
         tasks: set[asyncio.Future[InferResult]] = set()  # frames waiting in the batcher
         core = self.core
 
         def reply(frame_id: int, received: float, fut: asyncio.Future[InferResult]) -> pb.StreamReply:
+            share.give()
             if fut.cancelled():
                 return failed(frame_id, self._unavailable())
             exc = fut.exception()
@@ -201,10 +275,24 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
             tasks.discard(fut)
             replies.put_nowait(reply(frame_id, received, fut))
 
+        limit = self.max_message_bytes
+        idle_s = self.stream_idle_timeout_s
+        loop = asyncio.get_running_loop()
+        last_frame = [loop.time()]
+
         async def read() -> None:
+            ending: SlimsplitError | None = None
+            count = 0
             try:
-                async for frame in request_iterator:
+                async for raw in request_iterator:
                     received = time.perf_counter()
+                    count += 1
+                    try:
+                        frame = parse_request(raw, pb.FeatureFrame, limit, f"message {count} of the stream")
+                    except SlimsplitError as exc:
+                        ending = exc  # stop reading; answer what was read, then end the stream with this status
+                        break
+                    last_frame[0] = loop.time()
                     await slots.acquire()  # released once the reply is written: a slow reader slows the stream
                     if device is not None:
                         try:
@@ -212,8 +300,9 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
                         except SlimsplitError as exc:
                             replies.put_nowait(failed(frame.frame_id, exc))
                             continue
+                    await share.take()  # this client's fair share of the server (waits while it is used up)
                     # Eager: a cheap frame is fully served inside start() and answered without a task.
-                    fut = core.start(frame_to_request(frame), timeout=context.time_remaining(), received=received)
+                    fut = core.start(frame_to_request(frame), timeout=_timeout(context, frame), received=received)
                     if fut.done():
                         replies.put_nowait(reply(frame.frame_id, received, fut))
                     else:
@@ -224,10 +313,24 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
                 return
             while tasks:  # the client finished sending: answer what is in flight, then end the stream
                 await asyncio.wait(set(tasks))
-            replies.put_nowait(_EOF)
+            replies.put_nowait(_EOF if ending is None else _End(ending))
+
+        idle_timer: asyncio.TimerHandle | None = None
+
+        def check_idle() -> None:
+            """End a stream that sent no frame for ``idle_s`` and has none being served (checked every idle_s / 4)."""
+            nonlocal idle_timer
+            if not tasks and loop.time() - last_frame[0] >= idle_s:
+                reader.cancel()
+                replies.put_nowait(
+                    _End(Unavailable(f"the stream sent no frame for {idle_s:g} s and was closed: open a new one"))
+                )
+                return
+            idle_timer = loop.call_later(idle_s / 4, check_idle)
 
         self._streams.add(replies)
         reader = asyncio.create_task(read())
+        idle_timer = loop.call_later(idle_s / 4, check_idle) if idle_s > 0 else None
         try:
             while True:
                 item = await replies.get()
@@ -246,15 +349,18 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
                         late = replies.get_nowait()
                         if isinstance(late, pb.StreamReply):
                             yield late
-                    info = status_for(self._unavailable())
-                    context.set_code(info.code)
-                    context.set_details(info.message)
-                    context.set_trailing_metadata(((ERROR_CLASS_KEY, info.error_class),))
+                    _end_with(context, self._unavailable())
+                    return
+                elif isinstance(item, _End):
+                    _end_with(context, item.exc)
                     return
                 elif isinstance(item, _ReadFailed):
                     raise item.exc
         finally:
+            if idle_timer is not None:
+                idle_timer.cancel()
             self._streams.discard(replies)
+            self.shares.close(share)
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
@@ -262,10 +368,35 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
             await asyncio.gather(*pending, return_exceptions=True)
 
 
+def _client_key(context: Context, device: DeviceState | None) -> str:
+    """Whose share a call uses: the device's when devices authenticate, else the connection's (peer address and
+    port)."""
+    return f"device:{device.device_id}" if device is not None else str(context.peer())
+
+
+def _timeout(context: Context, frame: pb.FeatureFrame) -> float | None:
+    """Seconds the frame may take: the sooner of the call's deadline and the frame's own ``deadline_ms``."""
+    remaining: float | None = context.time_remaining()
+    if frame.deadline_ms:
+        own = frame.deadline_ms / 1000.0
+        return own if remaining is None else min(remaining, own)
+    return remaining
+
+
+def _end_with(context: Context, exc: SlimsplitError) -> None:
+    """Set the status a stream ends with (its replies are all written already)."""
+    info = status_for(exc)
+    context.set_code(info.code)
+    context.set_details(info.message)
+    context.set_trailing_metadata(trailing_metadata(info))
+
+
 __all__ = [
     "SplitInferenceService",
+    "add_to_server",
     "describe_response",
     "frame_to_request",
     "manifest_to_model_info",
+    "parse_request",
     "result_to_prediction",
 ]

@@ -15,6 +15,7 @@ Names (all prefixed ``slimsplit_``):
   token, and their number is bounded by ``auth.max_device_labels``)
 * ``auth_failures_total{reason}``: calls refused by authentication or authorization
 * ``devices_reloads_total{result}``: reloads of the devices file (``ok``, ``error``)
+* ``log_lines_dropped_total``: warnings and errors not logged because of the log rate limit
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ class ServerMetrics:
             "slimsplit_auth_failures", "Calls refused by authentication or authorization", ("reason",), registry=r
         )
         self.reloads = Counter("slimsplit_devices_reloads", "Reloads of the devices file", ("result",), registry=r)
+        self.log_dropped = Counter(
+            "slimsplit_log_lines_dropped", "Warnings and errors dropped by the log rate limit", registry=r
+        )
         self._devices: dict[str, DeviceMetrics] = {}
         self._children: dict[tuple[str, str], _ModeMetrics] = {}
         self._lock = threading.Lock()
