@@ -286,3 +286,10 @@ def _eventually(cond: Any, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def test_a_server_whose_describe_answer_would_not_fit_refuses_to_start(bundle: Bundle) -> None:
+    from slimsplit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_send_message_bytes"):
+        ServerThread(config(bundle, max_send_message_bytes=2048), backend=NullBackend()).start()

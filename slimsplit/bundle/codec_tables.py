@@ -5,19 +5,28 @@ array ``[width, 256]`` of code lengths per mode, named by the mode (``w4b2``). A
 learned code (the export leaves out modes where the code does not pay for its decode time); its frames use the
 table-free coders. Unlike the rest of
 ``slimsplit.bundle`` this module needs numpy (the edge has it anyway).
+
+Loading reads nothing it has not bounded first: each member's name must be ``max_len`` or a mode's, its ``.npy``
+header (read with :mod:`numpy.lib.format`, at most :data:`~slimsplit.bundle.limits.MAX_NPY_HEADER_BYTES`) must
+give exactly that member's dtype and shape, and its uncompressed size in the zip must be that header plus those
+bytes; only then is the array read. So a small file that unpacks to a huge array is refused before it is unpacked.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from slimsplit.bundle import limits
 from slimsplit.bundle.bundle import Bundle
 from slimsplit.codec.huffman import ALPHABET, HuffmanTables
 from slimsplit.errors import BundleError, CodecError
@@ -34,10 +43,15 @@ def load_codec_tables(bundle: Bundle) -> Mapping[str, HuffmanTables]:
     if rel is None:
         return NO_TABLES
     path = bundle.path(rel)
+    expected: dict[str, _Member] = {m.name: ((m.width, ALPHABET), _UINT8) for m in bundle.manifest.modes}
+    expected[MAX_LEN_KEY] = ((), _INT_DTYPES)
+    cap = limits.codec_tables_max_bytes(m.width for m in bundle.manifest.modes)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        if (size := path.stat().st_size) > cap:
+            raise BundleError(f"{path}: the codec tables are {size} bytes, more than the {cap} its modes take")
+        arrays = _read_members(path, expected)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as exc:
+        # NotImplementedError: an unknown compression method; RuntimeError: an encrypted member
         raise BundleError(f"{path}: cannot read the codec tables: {exc}", path=str(path)) from None
     if MAX_LEN_KEY not in arrays or arrays[MAX_LEN_KEY].shape != ():
         raise BundleError(f"{path}: no scalar '{MAX_LEN_KEY}' in the codec tables", path=str(path))
@@ -67,6 +81,67 @@ def load_codec_tables(bundle: Bundle) -> Mapping[str, HuffmanTables]:
             path=str(path),
         )
     return MappingProxyType(tables)
+
+
+_UINT8: frozenset[np.dtype[Any]] = frozenset({np.dtype(np.uint8)})
+_INT_DTYPES: frozenset[np.dtype[Any]] = frozenset(
+    np.dtype(f"{order}{kind}{size}") for order in "<>" for kind in "iu" for size in (1, 2, 4, 8)
+)
+
+
+def _cut(name: str) -> str:
+    return name if len(name) <= 40 else f"{name[:37]}..."
+
+
+_Member = tuple[tuple[int, ...], frozenset[np.dtype[Any]]]  # shape, the dtypes allowed
+
+
+def _read_members(path: Path, expected: Mapping[str, _Member]) -> dict[str, npt.NDArray[Any]]:
+    """Every member of the ``.npz`` at ``path``, each read only after its name, ``.npy`` header (dtype, shape) and
+    uncompressed size agree with ``expected`` (member name without ``.npy`` -> shape, allowed dtypes)."""
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        names = [info.filename.removesuffix(".npy") for info in members]
+        unknown = [info.filename for info in members if info.filename.removesuffix(".npy") not in expected]
+        unknown += [info.filename for info in members if not info.filename.endswith(".npy")]
+        if unknown:
+            shown = sorted({_cut(n) for n in unknown})[:8]
+            raise BundleError(
+                f"{path}: tables for unknown modes {shown} (members are '{MAX_LEN_KEY}.npy' and '<mode>.npy')",
+                path=str(path),
+            )
+        if len(set(names)) != len(names):
+            raise BundleError(f"{path}: a member appears twice", path=str(path))
+        for key, info in zip(names, members, strict=True):
+            shape, dtypes = expected[key]
+            with archive.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    header = np.lib.format.read_array_header_1_0(f, max_header_size=limits.MAX_NPY_HEADER_BYTES)
+                elif version == (2, 0):
+                    header = np.lib.format.read_array_header_2_0(f, max_header_size=limits.MAX_NPY_HEADER_BYTES)
+                else:
+                    raise BundleError(f"{path}: member {info.filename}: unsupported .npy version {version}")
+                got_shape, _fortran, dtype = header
+                if tuple(got_shape) != shape or dtype not in dtypes:
+                    want = "an integer" if len(dtypes) > 1 else str(next(iter(dtypes)))
+                    raise BundleError(
+                        f"{path}: member {info.filename} holds {dtype} {tuple(got_shape)}, expected {want} {shape}"
+                        " (refused before reading it)",
+                        path=str(path),
+                        mode=key,
+                    )
+                size = f.tell() + dtype.itemsize * math.prod(shape)
+                if info.file_size != size:
+                    raise BundleError(
+                        f"{path}: member {info.filename} unpacks to {info.file_size} bytes, but its header says "
+                        f"{size} (refused before reading it)",
+                        path=str(path),
+                    )
+            with archive.open(info) as f:
+                arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+    return arrays
 
 
 def tables_fingerprint(tables: Mapping[str, HuffmanTables]) -> str:

@@ -45,7 +45,7 @@ from slimsplit.protocol import SERVICE_NAME
 from slimsplit.server.backends.base import Backend
 from slimsplit.server.config import GrpcConfig, ServerConfig, TlsConfig
 from slimsplit.server.core import InferenceCore
-from slimsplit.server.grpc_service import SplitInferenceService, add_to_server
+from slimsplit.server.grpc_service import SplitInferenceService, add_to_server, describe_response
 from slimsplit.server.logs import LogRateLimit
 from slimsplit.server.metrics import ServerMetrics
 from slimsplit.server.security.guard import Guard
@@ -299,6 +299,7 @@ async def start_server(
             core = await asyncio.to_thread(InferenceCore.from_config, config, backend=backend, metrics=metrics)
         elif core.metrics is None:
             core.metrics = metrics
+        _check_describe_fits(core, cfg)
         service = SplitInferenceService(
             core,
             stream_max_in_flight=cfg.stream_max_in_flight,
@@ -364,6 +365,18 @@ async def start_server(
     log.info("serving %s on %s (%s) with backend %s", models, running.address, security, core.backend_name)
     running.watch_devices()
     return running
+
+
+def _check_describe_fits(core: InferenceCore, cfg: GrpcConfig) -> None:
+    """Refuse to start when the Describe answer (every manifest) would not fit the send limit: a server that says
+    SERVING and then fails every Describe helps nobody."""
+    size = describe_response(core).ByteSize()
+    if size > cfg.max_send_message_bytes:
+        raise ConfigError(
+            f"the Describe answer of the models served is {size} bytes, more than grpc.max_send_message_bytes "
+            f"({cfg.max_send_message_bytes}): raise it or serve fewer models",
+            key="grpc.max_send_message_bytes",
+        )
 
 
 def _health_only_server(health: Any, host: str, port: int) -> tuple[grpc.aio.Server, int]:

@@ -8,7 +8,8 @@ A path given to the server may be
 
 A bundle is served under the name and version in its manifest; in a repository the folder names must agree
 with them (a mismatch is a :class:`~slimsplit.errors.BundleError` naming both), so what a client asks for is
-what the manifest says.
+what the manifest says. Every bundle one server serves together fits one ``Describe`` answer: their manifests (each
+sent whole) stay under :data:`slimsplit.bundle.limits.MAX_SERVED_MANIFESTS_BYTES` in all.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from slimsplit.bundle import MANIFEST_NAME, Bundle
+from slimsplit.bundle import MANIFEST_NAME, Bundle, limits
 from slimsplit.errors import BundleError
 
 
@@ -72,9 +73,11 @@ def discover(path: Path | str) -> list[Bundle]:
 
 
 def discover_all(paths: Iterable[Path | str]) -> list[Bundle]:
-    """Bundles under every path; two bundles with the same name and version are an error."""
+    """Bundles under every path; two bundles with the same name and version are an error, and so are bundles
+    whose manifests together are too large for one ``Describe`` answer."""
     seen: dict[tuple[str, str], Path] = {}
     out: list[Bundle] = []
+    served = 0
     for path in paths:
         for bundle in discover(path):
             key = (bundle.manifest.name, bundle.manifest.version)
@@ -85,6 +88,15 @@ def discover_all(paths: Iterable[Path | str]) -> list[Bundle]:
                 )
             seen[key] = bundle.root
             out.append(bundle)
+            served += len(bundle.manifest.to_json().encode("utf-8"))
+            if served > limits.MAX_SERVED_MANIFESTS_BYTES:
+                raise BundleError(
+                    f"{bundle.root}: with this bundle the manifests served together are {served} bytes, more than "
+                    f"the {limits.MAX_SERVED_MANIFESTS_BYTES} that one Describe answer carries; serve fewer models "
+                    "per server",
+                    path=str(bundle.root),
+                    limit=limits.MAX_SERVED_MANIFESTS_BYTES,
+                )
     return out
 
 

@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from slimsplit.edge.cli_common import add_credential_arguments
 from slimsplit.edge.config import AuthSettings, ClientConfig, TlsSettings
 from slimsplit.errors import ConfigError
 
@@ -122,10 +123,7 @@ def add_security_arguments(p: argparse.ArgumentParser) -> None:
     sec.add_argument(
         "--no-tls", action="store_true", help="--start-server: plaintext on loopback, no certificates, no tokens"
     )
-    sec.add_argument("--tls-ca", type=Path, metavar="PEM", help="--server: the CA of the server's certificate (TLS)")
-    sec.add_argument("--tls-cert", type=Path, metavar="PEM", help="--server: every client's certificate (mTLS)")
-    sec.add_argument("--tls-key", type=Path, metavar="PEM", help="--server: the key of --tls-cert")
-    sec.add_argument("--token-file", type=Path, metavar="FILE", help="--server: every client's bearer token (a file)")
+    add_credential_arguments(sec)  # --server: every client the same identity (or one each with --credentials)
     sec.add_argument(
         "--credentials",
         type=Path,
