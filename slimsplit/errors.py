@@ -49,6 +49,15 @@ class DatasetError(SlimsplitError):
     grpc_status = "FAILED_PRECONDITION"
 
 
+class SourceError(SlimsplitError):
+    """A live frame source (camera, video file, network stream) cannot be opened, or during a run stalled (no
+    frame for ``stall_s``) or disappeared (the camera unplugged, the stream dropped, and reconnecting failed);
+    ``context``: ``source`` (as given), ``kind`` (``"unavailable"``, ``"stalled"``, ``"disappeared"``). Not a
+    :class:`DatasetError` child: the edge's reverse status table ranks a status's classes by their children."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
 class TraceError(SlimsplitError):
     """A bandwidth trace file cannot be parsed (the message names the file and line)."""
 
@@ -161,6 +170,7 @@ __all__ = [
     "RateLimited",
     "ResourceLimitError",
     "SlimsplitError",
+    "SourceError",
     "TraceError",
     "Unauthenticated",
     "Unavailable",

@@ -27,6 +27,9 @@ from slimsplit.v1 import slimsplit_pb2 as pb
 OK: Final = "OK"
 SKIPPED: Final = "SKIPPED"
 DEADLINE_EXCEEDED: Final = "DEADLINE_EXCEEDED"
+STALE: Final = "stale"
+"""The reason kind (:func:`reason_kind`) of a live source's frame that a newer one replaced before the edge could
+take it: recorded ``SKIPPED`` with a reason ``"stale: ..."``."""
 
 # ---------------------------------------------------------------------------------------------- the deadline rule
 
@@ -196,6 +199,11 @@ class FrameRecord:
         for key, value in list(d.items()):
             if isinstance(value, float) and not math.isfinite(value):
                 d[key] = None
+        # nested figures too (JSON has no NaN): a record must always be writable, whatever it holds
+        if not all(math.isfinite(v) for v in self.scores):
+            d["scores"] = tuple(v if math.isfinite(v) else None for v in self.scores)
+        if d["server"] is not None:
+            d["server"] = _finite(d["server"])
         return d
 
 
@@ -341,6 +349,7 @@ __all__ = [
     "DEADLINE_TOLERANCE_MS",
     "OK",
     "SKIPPED",
+    "STALE",
     "FrameRecord",
     "LatencyStats",
     "RunSummary",

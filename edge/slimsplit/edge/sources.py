@@ -1,25 +1,31 @@
-"""Where frames come from: a folder of images, an ``.npz`` of frames, or the shipped sample.
+"""Where frames come from: a folder of images, an ``.npz`` of frames, or the shipped sample; and, through
+:func:`open_frames`, the live sources of :mod:`slimsplit.edge.capture` (a camera, a video file, a stream).
 
 Every source yields :class:`SourceFrame` objects holding a uint8 RGB image ``[H, W, C]`` that already matches
-the bundle's input shape (``manifest.input``): grayscale is replicated to RGB, other sizes are resized
-(bilinear, pure numpy), anything that cannot be made to fit raises :class:`~slimsplit.errors.DatasetError`
-naming the file and the problem. Folders need Pillow (``pip install slimsplit[edge-images]``); ``.npz`` files
-and the sample need nothing.
+the bundle's input shape (``manifest.input``): grayscale is replicated to RGB, other sizes are cut to the input's
+aspect ratio around the centre and then resized (:mod:`slimsplit.imaging`: the policy training used, pure
+numpy), anything that cannot be made to fit raises :class:`~slimsplit.errors.DatasetError` naming the file and
+the problem. Folders need Pillow (``pip install slimsplit[edge-images]``); ``.npz`` files and the sample need
+nothing; live sources need OpenCV (``pip install slimsplit[camera]``).
 """
 
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from slimsplit.bundle import InputSpec, default_samples_path
+from slimsplit.imaging import fit_size, resize_bilinear
 from slimsplit.errors import DatasetError
+
+if TYPE_CHECKING:
+    from slimsplit.edge.capture import LiveOptions, LiveSource
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SAMPLE = "sample"
@@ -28,13 +34,27 @@ Image = npt.NDArray[np.uint8]
 
 
 @dataclass(frozen=True)
+class StaleFrame:
+    """A live source's frame the edge could not take (a newer one replaced it): its place in the source, the
+    ``time.perf_counter`` instant it arrived, its name."""
+
+    index: int
+    captured_at: float
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class SourceFrame:
-    """One frame: its position in the source, the image (uint8 [H, W, C]), the label if known, a name."""
+    """One frame: its position in the source, the image (uint8 [H, W, C]), the label if known, a name. A live
+    source also gives ``captured_at`` (the ``time.perf_counter`` instant the frame arrived; ``None``: a data set's
+    frame is captured when it is taken) and ``stale`` (the frames it replaced, see :mod:`slimsplit.edge.capture`)."""
 
     index: int
     image: Image
     label: int | None = None
     name: str = ""
+    captured_at: float | None = None
+    stale: tuple[StaleFrame, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,31 +97,10 @@ class FrameSource:
 # ------------------------------------------------------------------------------------------ image fitting
 
 
-def resize_bilinear(image: Image, height: int, width: int) -> Image:
-    """Resize a uint8 [H, W, C] image bilinearly (half-pixel centres, like most libraries)."""
-    h, w = image.shape[:2]
-    if (h, w) == (height, width):
-        return image
-    ys = (np.arange(height, dtype=np.float32) + 0.5) * (h / height) - 0.5
-    xs = (np.arange(width, dtype=np.float32) + 0.5) * (w / width) - 0.5
-    ys = np.clip(ys, 0, h - 1)
-    xs = np.clip(xs, 0, w - 1)
-    y0 = np.floor(ys).astype(np.intp)
-    x0 = np.floor(xs).astype(np.intp)
-    y1 = np.minimum(y0 + 1, h - 1)
-    x1 = np.minimum(x0 + 1, w - 1)
-    wy = (ys - y0)[:, None, None]
-    wx = (xs - x0)[None, :, None]
-    src = image.astype(np.float32)
-    top = src[y0][:, x0] * (1 - wx) + src[y0][:, x1] * wx
-    bottom = src[y1][:, x0] * (1 - wx) + src[y1][:, x1] * wx
-    out = top * (1 - wy) + bottom * wy
-    resized: Image = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return resized
-
-
 def fit_image(image: npt.NDArray[Any], spec: InputSpec, where: str) -> Image:
-    """One image as uint8 [spec.height, spec.width, spec.channels]; DatasetError naming ``where`` if not."""
+    """One image as uint8 [spec.height, spec.width, spec.channels] (channels converted, then
+    :func:`~slimsplit.imaging.fit_size`: centre crop to the aspect ratio, resize); DatasetError naming ``where``
+    if it cannot be."""
     arr = np.asarray(image)
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise DatasetError(f"{where}: pixels must be numbers, got dtype {arr.dtype}", where=where)
@@ -134,8 +133,7 @@ def fit_image(image: npt.NDArray[Any], spec: InputSpec, where: str) -> Image:
         )
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise DatasetError(f"{where}: empty image of shape {tuple(arr.shape)}", where=where)
-    arr = np.ascontiguousarray(arr.astype(np.uint8, copy=False))
-    return resize_bilinear(arr, spec.height, spec.width)
+    return fit_size(arr.astype(np.uint8, copy=False), spec.height, spec.width)
 
 
 # ------------------------------------------------------------------------------------------------- npz
@@ -309,7 +307,15 @@ def load_folder(path: Path, spec: InputSpec, class_names: Sequence[str] = ()) ->
 
 
 def open_source(spec_text: str, input_spec: InputSpec, class_names: Sequence[str] = ()) -> FrameSource:
-    """Open ``sample``, a ``.npz`` file or an image folder (what ``--source`` accepts)."""
+    """Open ``sample``, a ``.npz`` file or an image folder (the data sets ``--source`` accepts; live sources:
+    :func:`open_frames`)."""
+    from slimsplit.edge.capture import live_kind
+
+    if live_kind(spec_text) is not None:
+        raise DatasetError(
+            f"--source {spec_text}: a camera, video file or stream is a live source, not a data set here",
+            path=spec_text,
+        )
     if spec_text == SAMPLE:
         source = load_sample(input_spec)
     else:
@@ -323,6 +329,32 @@ def open_source(spec_text: str, input_spec: InputSpec, class_names: Sequence[str
         else:
             raise DatasetError(f"--source {spec_text}: no such file or folder (or use 'sample')", path=str(path))
     return _align_classes(source, tuple(class_names))
+
+
+def open_frames(
+    spec_text: str,
+    input_spec: InputSpec,
+    class_names: Sequence[str] = (),
+    options: LiveOptions | None = None,
+) -> FrameSource | LiveSource:
+    """Everything ``--source`` accepts: a data set (:func:`open_source`) or a live source (``camera:N``, a video
+    file, ``rtsp://``/``http://`` streams: :func:`slimsplit.edge.capture.open_live`, read with ``options``)."""
+    from slimsplit.edge.capture import live_kind, open_live  # threads and OpenCV only for live sources
+
+    if live_kind(spec_text) is not None:
+        return open_live(spec_text, input_spec, options, tuple(class_names))
+    return open_source(spec_text, input_spec, class_names)
+
+
+async def aiter_frames(frames: Iterable[SourceFrame] | AsyncIterable[SourceFrame]) -> AsyncIterator[SourceFrame]:
+    """``frames`` as an async iterator: a live source's frames are awaited (their waits run off the event loop),
+    a data set's are iterated as they are."""
+    if isinstance(frames, AsyncIterable):
+        async for frame in frames:
+            yield frame
+    else:
+        for frame in frames:
+            yield frame
 
 
 def _align_classes(source: FrameSource, class_names: tuple[str, ...]) -> FrameSource:
@@ -351,11 +383,14 @@ __all__ = [
     "SAMPLE",
     "FrameSource",
     "SourceFrame",
+    "StaleFrame",
+    "aiter_frames",
     "fit_image",
     "from_arrays",
     "load_folder",
     "load_npz",
     "load_sample",
+    "open_frames",
     "open_source",
     "resize_bilinear",
 ]

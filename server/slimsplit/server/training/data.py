@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from slimsplit.errors import DatasetError
+from slimsplit.imaging import fit_size
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
@@ -224,7 +225,8 @@ def _class_dirs(root: Path) -> list[Path]:
 
 
 def load_image_folder(root: Path, size: int = IMAGE_SIZE, classes: Sequence[str] | None = None) -> ImageSet:
-    """Read ``root/<class_name>/*.png|jpg`` into RGB uint8 images resized to ``size``x``size``."""
+    """Read ``root/<class_name>/*.png|jpg`` into RGB uint8 images fitted to ``size``x``size`` the way the edge fits
+    every frame (:func:`slimsplit.imaging.fit_size`: centre crop to the aspect ratio, then resize)."""
     from PIL import Image, UnidentifiedImageError
 
     root = Path(root)
@@ -245,8 +247,8 @@ def load_image_folder(root: Path, size: int = IMAGE_SIZE, classes: Sequence[str]
         for f in files:
             try:
                 with Image.open(f) as im:
-                    rgb = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-                    images.append(np.asarray(rgb, dtype=np.uint8))
+                    rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+                images.append(fit_size(rgb, size, size))  # the edge's policy: centre crop, then resize
             except (UnidentifiedImageError, OSError, SyntaxError) as exc:
                 raise DatasetError(f"corrupt or unreadable image {f}: {exc}", path=str(f)) from exc
             labels.append(index[d.name])
