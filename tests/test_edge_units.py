@@ -123,10 +123,17 @@ def test_channel_options_carry_limits_keepalive_and_retry_policy() -> None:
     assert opts["grpc.keepalive_time_ms"] == 7000
     assert opts["grpc.enable_retries"] == 1
     sc = json.loads(service_config(cfg))
-    (method,) = sc["methodConfig"]
-    assert {"service": "slimsplit.v1.SplitInference", "method": "Infer"} in method["name"]
-    assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
-    assert method["retryPolicy"]["maxAttempts"] >= 2
+    by_method = {n["method"]: m for m in sc["methodConfig"] for n in m["name"]}
+    assert all(n["service"] == "slimsplit.v1.SplitInference" for m in sc["methodConfig"] for n in m["name"])
+    assert sorted(by_method) == ["Describe", "Infer", "InferStream"]  # each method in one entry (gRPC's rule)
+    for name in ("Infer", "Describe"):
+        assert by_method[name]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+        assert by_method[name]["retryPolicy"]["maxAttempts"] >= 2
+    assert "retryPolicy" not in by_method["InferStream"]
+    # a frame's reply is bounded far below the channel's message limit; Describe (manifests) is not
+    assert by_method["Infer"]["maxResponseMessageBytes"] == by_method["InferStream"]["maxResponseMessageBytes"]
+    assert by_method["InferStream"]["maxResponseMessageBytes"] == cfg.max_reply_bytes == 64 * 1024
+    assert "maxResponseMessageBytes" not in by_method["Describe"]
 
 
 # ------------------------------------------------------------------------------------------------ sources

@@ -24,8 +24,8 @@ from slimsplit import errors
 from slimsplit.bundle import InputSpec
 from slimsplit.edge import capture
 from slimsplit.edge.capture import LiveOptions, LiveSource, live_kind, open_live, stale_records
-from slimsplit.imaging import crop_box, fit_size, resize_bilinear
 from slimsplit.edge.sources import SourceFrame, aiter_frames, load_folder, open_frames, open_source
+from slimsplit.imaging import crop_box, fit_size, resize_bilinear
 from slimsplit.records import STALE, summarize
 
 cv2 = pytest.importorskip("cv2", reason="the camera extra (opencv-python-headless) is not installed")

@@ -23,26 +23,30 @@ def _duration(seconds: float) -> str:
 
 
 def service_config(config: ChannelConfig) -> str:
-    """The JSON service config: a retry policy for ``Infer`` and ``Describe`` (gRPC never retries streams).
+    """The JSON service config: a retry policy for ``Infer`` and ``Describe`` (gRPC never retries streams), and the
+    bound on a frame's reply (``maxResponseMessageBytes`` of ``Infer`` and ``InferStream``: ``max_reply_bytes``; a
+    larger reply fails its call with ``RESOURCE_EXHAUSTED`` before it is parsed). ``Describe`` answers, which carry
+    whole manifests, are bounded by ``max_message_bytes`` alone.
 
     ``retry.max_attempts == 1`` turns retries off (gRPC rejects a policy with fewer than 2 attempts).
     """
     retry = config.retry
-    method: dict[str, object] = {
-        "name": [
-            {"service": SERVICE_NAME, "method": "Infer"},
-            {"service": SERVICE_NAME, "method": "Describe"},
-        ]
-    }
+
+    def method(*names: str) -> dict[str, object]:
+        return {"name": [{"service": SERVICE_NAME, "method": name} for name in names]}
+
+    infer, describe, stream = method("Infer"), method("Describe"), method("InferStream")
     if retry.max_attempts >= 2:
-        method["retryPolicy"] = {
+        policy = {
             "maxAttempts": retry.max_attempts,
             "initialBackoff": _duration(retry.initial_backoff_s),
             "maxBackoff": _duration(retry.max_backoff_s),
             "backoffMultiplier": retry.multiplier,
             "retryableStatusCodes": list(retry.retryable_status_codes),
         }
-    return json.dumps({"methodConfig": [method]})
+        infer["retryPolicy"] = describe["retryPolicy"] = policy
+    infer["maxResponseMessageBytes"] = stream["maxResponseMessageBytes"] = config.max_reply_bytes
+    return json.dumps({"methodConfig": [infer, describe, stream]})
 
 
 def channel_options(config: ChannelConfig) -> list[tuple[str, str | int]]:

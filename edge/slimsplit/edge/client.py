@@ -7,6 +7,7 @@ reconnecting ``InferStream`` or one unary ``Infer`` call per frame.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -16,6 +17,7 @@ from slimsplit.edge.auth import TOKEN_KEY, read_token
 from slimsplit.edge.channel import open_channel
 from slimsplit.edge.config import ClientConfig
 from slimsplit.edge.grpc_transport import StreamTransport, UnaryTransport
+from slimsplit.edge.replies import reply_bytes_bound
 from slimsplit.edge.status import error_from_rpc, refusal, refused
 from slimsplit.edge.tls import diagnose, split_target
 from slimsplit.edge.transport import Connection, FrameTransport, Outcome
@@ -70,9 +72,11 @@ class EdgeClient(Connection):
         if self._channel is None:
             auth = self.config.auth
             token = read_token(auth.token_file, TOKEN_KEY) if auth.token_file is not None else None
+            channel = self.config.channel
+            reply_bytes = reply_bytes_bound(self.config.top_k, channel.max_reply_bytes)
             self._channel = open_channel(
                 self.target,
-                self.config.channel,
+                replace(channel, max_reply_bytes=reply_bytes),
                 self.config.tls,
                 self.server_name,
                 token=token,
@@ -153,15 +157,24 @@ class EdgeClient(Connection):
 
     def open_transport(self, *, unary: bool = False, seed: int | None = None) -> FrameTransport:
         """A reconnecting ``InferStream`` (opened lazily by the first ``submit``), or unary ``Infer`` calls."""
-        return UnaryTransport(self.stub, target=self.config.target) if unary else self.open_stream(seed=seed)
+        if unary:
+            return UnaryTransport(self.stub, target=self.config.target, top_k=self.config.top_k)
+        return self.open_stream(seed=seed)
 
     def open_stream(self, *, seed: int | None = None) -> StreamTransport:
         """A reconnecting frame stream on this channel (opened lazily by the first ``submit``)."""
-        return StreamTransport(self.stub, self.config.reconnect, seed=seed, target=self.config.target)
+        return StreamTransport(
+            self.stub,
+            self.config.reconnect,
+            seed=seed,
+            target=self.config.target,
+            channel=self._channel,
+            top_k=self.config.top_k,
+        )
 
     async def infer_outcome(self, frame: pb.FeatureFrame, deadline_s: float | None) -> Outcome:
         """One unary ``Infer``, awaited; a failure is the outcome's error (gRPC retries UNAVAILABLE)."""
-        return await UnaryTransport(self.stub).call(frame, deadline_s)
+        return await UnaryTransport(self.stub, top_k=self.config.top_k).call(frame, deadline_s)
 
     async def infer(self, frame: pb.FeatureFrame, deadline_s: float | None = None) -> pb.Prediction:
         """One unary ``Infer``; raises the :mod:`slimsplit.errors` class of the failure."""

@@ -99,17 +99,31 @@ class UnaryRetryPolicy:
 
 @dataclass(frozen=True)
 class ChannelConfig:
-    """Options of the gRPC channel (both sides set matching message limits and keepalive)."""
+    """Options of the gRPC channel (both sides set matching message limits and keepalive).
 
-    max_message_bytes: int = 16 * 1024 * 1024
+    ``max_reply_bytes``: the largest reply to a frame the edge accepts (a larger one fails the call before it is
+    parsed; :class:`~slimsplit.edge.client.EdgeClient` raises it to what ``top_k`` classes with the longest labels
+    need, :func:`~slimsplit.edge.replies.reply_bytes_bound`); ``max_message_bytes`` bounds every other message
+    and what the edge sends: 4 MiB, the server's send limit (a ``Describe`` answer carries whole manifests, at most
+    3 MiB for every model a server serves; a frame is at most 64 KiB).
+    ``max_reconnect_backoff_ms``: the longest the channel waits between two dials of a server that went away, so
+    the most an outage is stretched once the server is back (1 s: one dial a second while it is down).
+    """
+
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_reply_bytes: int = 64 * 1024
     keepalive_time_ms: int = 20_000
     keepalive_timeout_ms: int = 5_000
     keepalive_permit_without_calls: bool = False
     # how fast the channel itself re-dials a server that went away (gRPC's default starts at 1 s, caps at 120
     # s)
     initial_reconnect_backoff_ms: int = 100
-    max_reconnect_backoff_ms: int = 5_000
+    max_reconnect_backoff_ms: int = 1_000
     retry: UnaryRetryPolicy = field(default_factory=UnaryRetryPolicy)
+
+    def __post_init__(self) -> None:
+        if self.max_reply_bytes < 1024:
+            raise ConfigError(f"max_reply_bytes must be >= 1024, got {self.max_reply_bytes}")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ All of them end with :func:`format_summary` (accuracy, latency percentiles, byte
 status, the deadline accounting, skips and drops by reason, the modes chosen and how often they changed, and a
 per-mode table when several modes ran).
 
+Every string a frame's line shows that came from elsewhere (a server's error message and class names, a source's
+file name) is shown through :func:`~slimsplit.edge.replies.printable`: control characters escaped, never raw.
+
 ``capacity`` (optional, every display): a callable giving the emulated uplink's capacity now, bits/s, shown
 beside the controller's estimate.
 """
@@ -26,6 +29,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Protocol, TextIO
 
+from slimsplit.edge.replies import printable
 from slimsplit.records import SKIPPED, FrameRecord, LatencyStats, RunSummary, reason_kind, summarize
 
 #: The emulated link's current uplink capacity in bits/s (``None`` when unknown).
@@ -76,13 +80,15 @@ def format_frame(r: FrameRecord, class_names: Sequence[str] = (), color: bool = 
 
     head = f"#{r.index:<5d} {r.mode or '-':<8s}"
     est = f"  est {_rate(r.estimate_bps).strip()}" if r.estimate_bps is not None else ""
-    name_text = f"  {r.source}" if r.source else ""
+    name_text = f"  {printable(r.source, 200)}" if r.source else ""
     if not r.ok:
-        why = f"{r.status}: {r.error}" if r.error else r.status
+        status = printable(r.status, 40)
+        why = f"{status}: {printable(r.error)}" if r.error else status
         size = f"{r.payload_bytes:>6d} B  " if r.payload_bytes else ""
         code = _YELLOW if r.status in ("DEADLINE_EXCEEDED", SKIPPED) else _RED
         return f"{head} {size}{paint(why, code)}{est}{name_text}"
     name = r.top1_name or (class_names[r.top1] if r.top1 is not None and r.top1 < len(class_names) else str(r.top1))
+    name = printable(name, 40)
     score = r.scores[0] if r.scores else math.nan
     srv = r.server.total_ms if r.server is not None else math.nan
     verdict = ""

@@ -13,6 +13,9 @@ up on the server entirely (``ReconnectPolicy.max_attempts`` consecutive failures
 with ``UNAUTHENTICATED`` or ``PERMISSION_DENIED`` (a wrong token, a revoked device) the transport does not reconnect
 or send again, and the next ``submit`` raises that error, restated to say so (a CLI prints it and exits 3). A refusal
 by a per-device limit with a retry hint (``RateLimited``, ``retry_after_s``) delays the next reconnection that long.
+
+Replies are untrusted input: a prediction that breaks the wire's rules
+(:func:`~slimsplit.edge.replies.check_prediction`) is its frame's failure (``INVALID_REPLY``), never an answer.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import grpc
 import grpc.aio
 
 from slimsplit.edge.config import ReconnectPolicy
+from slimsplit.edge.replies import check_prediction, invalid_reply, printable
 from slimsplit.edge.status import (
     error_from_frame_error,
     error_from_rpc,
@@ -59,12 +63,32 @@ class StreamTransport(FrameTransport):
     deadline (``DeadlineExceeded``, its late reply is then dropped), or when the stream breaks while the frame is in
     flight (the call's error, e.g. ``Unavailable``). After a break the next ``submit`` re-opens the stream once the
     backoff delay has passed; frames submitted before that fail at once with ``Unavailable`` (a live source cannot
-    wait), so a dead server costs microseconds per frame, not a hang. A refusal of this device ends it for good
-    (see the module docstring); ``target``: the server's address, for that error's message.
+    wait), so a dead server costs microseconds per frame, not a hang; :attr:`ready` says so beforehand, and
+    :meth:`wait_ready` waits for it, so that a caller need not encode a frame only to see it fail. A refusal of this
+    device ends it for good (see the module docstring); ``target``: the server's address, for that error's message.
+
+    With ``channel`` (the stub's channel) the transport watches its connectivity after a break: once the channel is
+    ``READY`` again after being down, the backoff ends at once and the next ``submit`` reopens the stream, so a
+    server that comes back is used as soon as the channel has reconnected (the channel re-dials by its own
+    backoff, :class:`~slimsplit.edge.config.ChannelConfig`), not after the rest of the stream's backoff delay.
+    ``top_k``: the classes a frame asks for, the most a reply may carry.
     """
 
-    def __init__(self, stub: Any, policy: ReconnectPolicy, *, seed: int | None = None, target: str = "") -> None:
+    def __init__(
+        self,
+        stub: Any,
+        policy: ReconnectPolicy,
+        *,
+        seed: int | None = None,
+        target: str = "",
+        channel: grpc.aio.Channel | None = None,
+        top_k: int = 0,
+    ) -> None:
         self._stub = stub
+        self._channel = channel
+        self._top_k = top_k
+        self._watcher: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
         self._target = target or "?"
         self._refused: SlimsplitError | None = None
         self._policy = policy
@@ -90,8 +114,36 @@ class StreamTransport(FrameTransport):
         return self._frames.late_replies
 
     @property
+    def stray_replies(self) -> int:
+        return self._frames.stray_replies
+
+    @property
     def reconnects(self) -> int:
         return self._reconnects
+
+    @property
+    def ready(self) -> bool:
+        """False while the stream is broken and its backoff delay has not passed (a ``submit`` now would fail the
+        frame at once); True otherwise, also when the transport is closed or refused (``submit`` raises then)."""
+        if self._call is not None or not self._failures or self._closed or self._refused is not None:
+            return True
+        return _perf() >= self._retry_at
+
+    async def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Wait until :attr:`ready`: the backoff delay has passed, or the channel is connected again (at most
+        ``timeout_s``); whether it is ready."""
+        end = None if timeout_s is None else _perf() + timeout_s
+        while not self.ready:
+            now = _perf()
+            step = self._retry_at - now
+            if end is not None:
+                if now >= end:
+                    return False
+                step = min(step, end - now)
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), max(step, 0.0))
+        return True
 
     @property
     def attempt(self) -> int:
@@ -166,7 +218,8 @@ class StreamTransport(FrameTransport):
                     code = await call.code()
                     details = await call.details()
                     if code is grpc.StatusCode.OK:
-                        error = Unavailable(f"server ended the stream ({code.name}{': ' + details if details else ''})")
+                        said = f": {printable(details)}" if details else ""
+                        error = Unavailable(f"server ended the stream ({code.name}{said})")
                     else:
                         error = error_from_status(code, details or "")
                     break
@@ -175,7 +228,14 @@ class StreamTransport(FrameTransport):
                     self._failures = 0
                 if reply.HasField("prediction"):
                     prediction = reply.prediction
-                    frames.answer(prediction.frame_id, received, prediction, None)
+                    sent_at = frames.sent_at(prediction.frame_id)
+                    rtt_ms = None if sent_at is None else (received - sent_at) * 1e3
+                    try:
+                        check_prediction(prediction, self._top_k, rtt_ms)
+                    except SlimsplitError as exc:
+                        frames.answer(prediction.frame_id, received, None, exc)
+                    else:
+                        frames.answer(prediction.frame_id, received, prediction, None)
                 else:
                     err = reply.error
                     frame_error = error_from_frame_error(err, frame_id=err.frame_id)
@@ -209,7 +269,39 @@ class StreamTransport(FrameTransport):
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
         self._reader = None
+        self._watch()
         self._frames.fail_all(restated(error, f"stream broke with the frame in flight: {error}"))
+
+    # ----------------------------------------------------------------------------------------------- connectivity
+    def _watch(self) -> None:
+        """Follow the channel's connectivity from the first break on (one watcher for the transport's life, none
+        without a channel; :meth:`aclose` ends it)."""
+        if self._channel is None or self._closed or (self._watcher is not None and not self._watcher.done()):
+            return
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_channel(self._channel))
+
+    async def _watch_channel(self, channel: grpc.aio.Channel) -> None:
+        """Follow ``channel``'s connectivity (asking it to connect when idle); when it is ``READY`` after having
+        been down, end the backoff of a broken stream and wake :meth:`wait_ready`. A channel that stays ``READY``
+        (the server ended the stream, the connection is fine) leaves the backoff as it is."""
+        ready = grpc.ChannelConnectivity.READY
+        seen_down = False
+        try:
+            state = channel.get_state(try_to_connect=True)
+            while state is not grpc.ChannelConnectivity.SHUTDOWN:
+                if state is not ready:
+                    seen_down = True
+                elif seen_down:
+                    seen_down = False
+                    if self._call is None:
+                        self._retry_at = min(self._retry_at, _perf())
+                    self._changed.set()
+                await channel.wait_for_state_change(state)
+                state = channel.get_state(try_to_connect=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a closed channel: nothing left to watch
+            return
 
     # ----------------------------------------------------------------------------------------------- closing
     async def drain(self, timeout_s: float | None = None) -> bool:
@@ -222,6 +314,12 @@ class StreamTransport(FrameTransport):
         if self._closed:
             return
         self._closed = True
+        self._changed.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         call, reader = self._call, self._reader
         if call is not None:
             try:
@@ -249,8 +347,9 @@ class UnaryTransport(FrameTransport):
     not run a frame its client gave up on. A call the server refuses (``UNAUTHENTICATED``, ``PERMISSION_DENIED``)
     is that frame's outcome, and every later ``submit`` raises it (restated; ``target``: the server's address)."""
 
-    def __init__(self, stub: Any, *, target: str = "") -> None:
+    def __init__(self, stub: Any, *, target: str = "", top_k: int = 0) -> None:
         self._stub = stub
+        self._top_k = top_k
         self._target = target or "?"
         self._refused: SlimsplitError | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -270,7 +369,17 @@ class UnaryTransport(FrameTransport):
             prediction: pb.Prediction = await self._stub.Infer(frame, timeout=deadline_s)
         except grpc.aio.AioRpcError as exc:
             return Outcome(frame.frame_id, None, error_from_rpc(exc, frame_id=frame.frame_id), sent, _perf(), 0)
-        return Outcome(frame.frame_id, prediction, None, sent, _perf(), 0)
+        received = _perf()
+        try:
+            check_prediction(prediction, frame.top_k or self._top_k, (received - sent) * 1e3)
+            if prediction.frame_id != frame.frame_id:
+                raise invalid_reply(
+                    f"the server's reply is for frame {prediction.frame_id}, the call sent frame {frame.frame_id}",
+                    frame_id=frame.frame_id,
+                )
+        except SlimsplitError as exc:
+            return Outcome(frame.frame_id, None, exc, sent, received, 0)
+        return Outcome(frame.frame_id, prediction, None, sent, received, 0)
 
     async def submit(self, frame: pb.FeatureFrame, deadline_s: float | None, done: Done) -> None:
         if self._closed:

@@ -10,11 +10,18 @@ when the prediction or error arrives), which keeps the in-flight accounting and 
 * Unpaced sources (``fps == 0``, a data set): the next frame waits for a free slot instead, and a frame the
   controller would skip while frames are in flight waits for the next completion and is decided again (a data
   set has no capture instant to miss).
+* While the transport is down and waiting to reconnect (:attr:`~slimsplit.edge.transport.FrameTransport.ready` is
+  False: a frame sent now would fail at once), no frame is encoded for nothing: a paced source skips the frame of
+  each tick (``SKIPPED``, reason ``not connected``) and its controller is not asked; an unpaced one waits before
+  taking its next frame until the transport is ready again (the connection is back, or the reconnection backoff
+  says to try again; a frame it then sends counts from when it was taken, so waiting costs none of its deadline).
 
 An admitted frame is encoded in a one-thread executor (so replies keep being read and time-stamped meanwhile) and
 submitted over the connection's :class:`~slimsplit.edge.transport.FrameTransport` (gRPC stream, unary calls, or an
 in-process core: the loop is the same). Every frame produces exactly one result, delivered to ``on_result`` as soon
-as it is known.
+as it is known. A prediction that disagrees with the frame it answers (its mode or model, a class id outside the
+bundle's classes, a label that is not the bundle's name; :func:`~slimsplit.edge.replies.check_for_run`) fails
+that frame (``INVALID_REPLY``) and is not observed by the controller.
 """
 
 from __future__ import annotations
@@ -36,15 +43,18 @@ from slimsplit.control.base import Controller, Decision, ModeOption
 from slimsplit.control.config import RunConfig
 from slimsplit.control.loop import ControlLoop
 from slimsplit.edge.client import wire_bytes
+from slimsplit.edge.replies import check_for_run
 from slimsplit.edge.sources import SourceFrame
 from slimsplit.edge.transport import Connection, Outcome
-from slimsplit.errors import ConfigError, InvalidFrame
+from slimsplit.errors import ConfigError, SlimsplitError
 from slimsplit.records import OK, SKIPPED, FrameRecord, ServerTiming
 
 _perf = time.perf_counter
 _TICK_GRACE_S = 0.005  # how long a paced capture waits for a slot that is about to free (timer wake-ups
 # on a loaded machine come several ms late; 2 ms made one-frame-at-a-time runs skip frames now and then)
 _MIN_WAIT_S = 0.001  # a frame encoded past its give-up time still gets this long (then it is reported late)
+NOT_CONNECTED = "not connected (the transport is waiting to reconnect)"
+"""The reason a paced frame is skipped while the transport is down (:attr:`FrameTransport.ready` False)."""
 
 
 class EncodedLike(Protocol):
@@ -72,7 +82,8 @@ class PipelineConfig:
     """``fps`` = capture rate (0 = as fast as the slots allow; a late frame is sent at once, without catch-up
     bursts). ``unary`` = ask the connection for one call per frame instead of a stream. ``encode_in_thread`` = run the
     encoder in a worker thread so replies are time-stamped while the next frame encodes (off: encode on the
-    loop)."""
+    loop). ``class_names``: the bundle's classes (a reply's class ids and labels are checked against them; empty:
+    not checked)."""
 
     model: str
     model_version: str = ""
@@ -80,6 +91,7 @@ class PipelineConfig:
     unary: bool = False
     encode_in_thread: bool = True
     origin: float | None = None  # time.perf_counter() instant that results' ``t_s`` count from (None: run start)
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.fps >= 0 or not math.isfinite(self.fps):
@@ -96,6 +108,7 @@ class RunReport:
     wall_s: float = 0.0
     reconnects: int = 0
     late_replies: int = 0
+    stray_replies: int = 0  # replies for no frame in flight that were not late ones (never sent, duplicates)
     rtt_ms: float | None = None  # round trip measured before the run (set by the caller that measured it)
 
 
@@ -169,6 +182,11 @@ class Pipeline:
                 else:
                     while control.in_flight_frames >= limit:
                         await self._next_completion()
+                if not transport.ready:
+                    if period:
+                        self._emit(self._not_connected(source, _perf()))
+                        continue
+                    await transport.wait_ready()
                 captured = _perf()
                 fid = self.client.next_frame_id()
                 decision = control.decide(fid, captured)
@@ -235,6 +253,21 @@ class Pipeline:
             wall_s=wall,
             reconnects=transport.reconnects,
             late_replies=transport.late_replies,
+            stray_replies=transport.stray_replies,
+        )
+
+    def _not_connected(self, source: SourceFrame, captured: float) -> FrameRecord:
+        return FrameRecord(
+            self.client.next_frame_id(),
+            source.index,
+            "",
+            SKIPPED,
+            NOT_CONNECTED,
+            source.label,
+            reason=NOT_CONNECTED,
+            deadline_ms=self._deadline_ms,
+            t_s=captured - self._origin,
+            source=source.name,
         )
 
     async def _next_completion(self) -> None:
@@ -254,10 +287,13 @@ class Pipeline:
         prediction = outcome.prediction
         server: ServerTiming | None = None
         if prediction is not None:
-            try:
+            try:  # the reply is not to be trusted: one that breaks a rule fails the frame
                 server = ServerTiming.from_pb(prediction.timing)
-            except InvalidFrame as exc:  # the reply is not to be trusted: the frame failed
-                outcome, prediction = replace(outcome, prediction=None, error=exc), None
+                check_for_run(
+                    prediction, mode=encoded.mode, model=self.config.model, class_names=self.config.class_names
+                )
+            except SlimsplitError as exc:
+                outcome, prediction, server = replace(outcome, prediction=None, error=exc), None, None
         self.control.completed(
             item.frame_id, outcome.received_at, server.total_ms if server is not None else 0.0, outcome.ok
         )
@@ -326,4 +362,4 @@ async def run_frames(
     return await Pipeline(client, encoder, controller, modes, config, on_result).run(frames)
 
 
-__all__ = ["EncodedLike", "Encoder", "Pipeline", "PipelineConfig", "RunReport", "run_frames"]
+__all__ = ["NOT_CONNECTED", "EncodedLike", "Encoder", "Pipeline", "PipelineConfig", "RunReport", "run_frames"]

@@ -44,6 +44,7 @@ from slimsplit.edge.config import ClientConfig, ExitRule
 from slimsplit.edge.display import Display
 from slimsplit.edge.link import STARTUP_TIMEOUT_S, LinkTooSlow
 from slimsplit.edge.pipeline import Encoder, PipelineConfig, RunReport, run_frames
+from slimsplit.edge.replies import printable
 from slimsplit.edge.sources import SourceFrame
 from slimsplit.edge.transport import Connection
 from slimsplit.errors import (
@@ -192,21 +193,23 @@ def modes_by_payload(manifest: Manifest) -> tuple[str, ...]:
 
 
 def check_server(response: pb.DescribeResponse, manifest: Manifest, modes: Iterable[str], target: str) -> str:
-    """Check the server serves this bundle and these modes; return the model version to put in frames."""
+    """Check the server serves this bundle and these modes; return the model version to put in frames. The answer
+    is untrusted input: what it names in an error is shown escaped and bounded
+    (:func:`~slimsplit.edge.replies.printable`)."""
     if response.protocol_version and response.protocol_version != PROTOCOL_VERSION:
         raise UnsupportedVersion(
             f"the server at {target} speaks protocol {response.protocol_version}, this client speaks {PROTOCOL_VERSION}"
         )
     served = [m for m in response.models if m.name == manifest.name]
     if not served:
-        names = ", ".join(sorted({m.name for m in response.models})) or "nothing"
+        names = printable(", ".join(sorted({m.name for m in response.models})) or "nothing")
         raise UnknownModel(
             f"the server at {target} does not serve model {manifest.name!r} (it serves: {names})",
             model=manifest.name,
         )
     same = [m for m in served if m.version == manifest.version]
     if not same:
-        versions = ", ".join(m.version for m in served)
+        versions = printable(", ".join(m.version for m in served))
         raise UnknownModel(
             f"the server at {target} serves model {manifest.name!r} in version(s) {versions}, but the edge "
             f"bundle is version {manifest.version!r}; use the same bundle on both sides",
@@ -217,14 +220,15 @@ def check_server(response: pb.DescribeResponse, manifest: Manifest, modes: Itera
     if list(info.feature_shape) and list(info.feature_shape) != expected:
         raise BundleError(
             f"the server's {manifest.name!r} {manifest.version} has feature shape "
-            f"{list(info.feature_shape)}, the edge bundle {expected}; the two bundles differ"
+            f"{printable(str(list(info.feature_shape)), 80)}, the edge bundle {expected}; the two bundles differ"
         )
     if info.manifest_json:
         theirs = _codec_tables_fingerprint(info.manifest_json)
         if theirs != manifest.codec_tables_fingerprint:
             raise BundleError(
                 f"the server's {manifest.name!r} {manifest.version} decodes features with codec tables "
-                f"{theirs or 'none'}, the edge bundle encodes with {manifest.codec_tables_fingerprint or 'none'}; "
+                f"{printable(theirs or 'none', 80)}, the edge bundle encodes with "
+                f"{manifest.codec_tables_fingerprint or 'none'}; "
                 "the two bundles differ (use the same bundle on both sides)"
             )
     known = {m.name for m in info.modes}
@@ -232,7 +236,7 @@ def check_server(response: pb.DescribeResponse, manifest: Manifest, modes: Itera
         if mode not in known:
             raise UnknownMode(
                 f"the server at {target} does not serve mode {mode!r} of {manifest.name!r} "
-                f"(it serves: {', '.join(sorted(known))})",
+                f"(it serves: {printable(', '.join(sorted(known)))})",
                 mode=mode,
             )
     return info.version
@@ -320,7 +324,12 @@ async def _run(run: EdgeRun, dial: str, display: Display, header: str, origin: f
         version, rtt_ms = await _start(run, client, dial)
         controller = run.controller if isinstance(run.controller, Controller) else run.controller(rtt_ms or 0.0)
         pipeline = PipelineConfig(
-            model=manifest.name, model_version=version, fps=run.fps, unary=run.unary, origin=origin
+            model=manifest.name,
+            model_version=version,
+            fps=run.fps,
+            unary=run.unary,
+            origin=origin,
+            class_names=tuple(manifest.classes),
         )
         head = header or f"slimsplit edge -> {run.target}  model {manifest.name} {version}"
         display.start(head + (f"  (round trip {rtt_ms:.1f} ms)" if rtt_ms is not None else ""))
@@ -411,6 +420,7 @@ def write_json(
         "summary": summary.to_dict(),
         "reconnects": report.reconnects,
         "late_replies": report.late_replies,
+        "stray_replies": report.stray_replies,
         "rtt_ms": report.rtt_ms,
         "frames": [r.to_dict() for r in report.results],
     }

@@ -21,8 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from slimsplit.bundle import InputSpec, default_samples_path
-from slimsplit.imaging import fit_size, resize_bilinear
 from slimsplit.errors import DatasetError
+from slimsplit.imaging import fit_size, resize_bilinear
 
 if TYPE_CHECKING:
     from slimsplit.edge.capture import LiveOptions, LiveSource

@@ -25,8 +25,9 @@ from collections.abc import Iterable, Mapping
 import grpc
 
 from slimsplit import errors
+from slimsplit.edge.replies import invalid_reply, printable
 from slimsplit.errors import SlimsplitError
-from slimsplit.protocol import ERROR_CLASS_KEY, RETRY_AFTER_KEY, bound_message
+from slimsplit.protocol import ERROR_CLASS_KEY, RETRY_AFTER_KEY
 from slimsplit.v1 import slimsplit_pb2 as pb
 
 
@@ -96,14 +97,18 @@ def error_from_status(
 ) -> SlimsplitError:
     """Build the exception for a status received from the server (``context`` gets ``status`` added, and
     ``retry_after_s`` for a positive ``retry_after_ms``; a message longer than
-    :data:`~slimsplit.protocol.MAX_ERROR_MESSAGE_CHARS` is cut: replies are untrusted input too)."""
+    :data:`~slimsplit.protocol.MAX_ERROR_MESSAGE_CHARS` is cut and its control characters are shown escaped:
+    replies are untrusted input too). An error with status ``OK`` is no error but an invalid reply
+    (:func:`~slimsplit.edge.replies.invalid_reply`): it must never count as an answer."""
     name = status_name(code)
+    if name == "OK":
+        return invalid_reply(f"the server sent an error with status OK: {message}", **context)
     cls = error_class(name, class_name)
     if retry_after_ms is not None and retry_after_ms > 0:
         context["retry_after_s"] = retry_after_ms / 1e3
         if cls is REVERSE_TABLE.get(name) and issubclass(errors.RateLimited, cls) and not class_name:
             cls = errors.RateLimited
-    return cls(bound_message(message or name), status=name, **context)
+    return cls(printable(message or name), status=name, **context)
 
 
 def error_from_frame_error(error: pb.FrameError, **context: object) -> SlimsplitError:

@@ -81,13 +81,20 @@ class _Pending:
 class InFlight:
     """Frames submitted and not yet answered: each one's callback, send time, attempt and deadline timer. Use it on
     one event loop. A frame's callback is called once: by :meth:`answer`, at its deadline (``DeadlineExceeded``;
-    a reply after that is counted in ``late_replies``), or by :meth:`fail_all`."""
+    the first reply after that is counted in ``late_replies``), or by :meth:`fail_all`. A reply for no frame in
+    flight that is not such a late one (a frame id never sent, a second reply to a frame) is counted in
+    ``stray_replies`` and otherwise ignored: replies are untrusted input. The last :data:`GIVEN_UP_MEMORY` frames
+    given up at their deadline are remembered to tell the two apart (a reply later than that counts as stray)."""
+
+    GIVEN_UP_MEMORY = 4096
 
     def __init__(self) -> None:
         self._pending: dict[int, _Pending] = {}
+        self._given_up: dict[int, None] = {}  # frame ids given up at their deadline, oldest first
         self._idle = asyncio.Event()
         self._idle.set()
         self.late_replies = 0
+        self.stray_replies = 0
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -101,6 +108,11 @@ class InFlight:
             pending.timer = asyncio.get_running_loop().call_later(deadline_s, self._expire, frame_id, deadline_s)
         self._pending[frame_id] = pending
         self._idle.clear()
+
+    def sent_at(self, frame_id: int) -> float | None:
+        """When the frame ``frame_id`` in flight was handed over (``time.perf_counter()``); ``None`` if it is not."""
+        p = self._pending.get(frame_id)
+        return None if p is None else p.sent_at
 
     def _pop(self, frame_id: int) -> _Pending | None:
         p = self._pending.pop(frame_id, None)
@@ -117,7 +129,11 @@ class InFlight:
         """The reply to ``frame_id`` came at ``received``: report it (or count it late when it is not in flight)."""
         p = self._pop(frame_id)
         if p is None:
-            self.late_replies += 1
+            if frame_id in self._given_up:
+                del self._given_up[frame_id]
+                self.late_replies += 1
+            else:
+                self.stray_replies += 1
             return
         p.done(Outcome(frame_id, prediction, error, p.sent_at, received, p.attempt))
 
@@ -125,6 +141,10 @@ class InFlight:
         p = self._pop(frame_id)
         if p is None:
             return
+        given_up = self._given_up
+        given_up[frame_id] = None
+        if len(given_up) > self.GIVEN_UP_MEMORY:
+            del given_up[next(iter(given_up))]
         error = DeadlineExceeded(f"no reply within {deadline_s * 1e3:.0f} ms", frame_id=frame_id)
         p.done(Outcome(frame_id, None, error, p.sent_at, _perf(), p.attempt))
 
@@ -160,6 +180,21 @@ class FrameTransport(ABC):
     def late_replies(self) -> int:
         """Replies that came after their frame's deadline (the frame was reported missed already)."""
         return 0
+
+    @property
+    def stray_replies(self) -> int:
+        """Replies for no frame in flight that were not late ones: a frame id never sent, a second reply."""
+        return 0
+
+    @property
+    def ready(self) -> bool:
+        """Whether a frame submitted now would be sent: False while the transport is known to be down and waiting
+        to reconnect (a frame then fails at once, so a caller that has not encoded it yet should not)."""
+        return True
+
+    async def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Wait until :attr:`ready` (at most ``timeout_s``); whether it is."""
+        return self.ready
 
     @property
     @abstractmethod
