@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from slimsplit.apps.demo import SweepController, demo_modes
@@ -175,3 +176,21 @@ def test_sweep_controller_and_demo_modes() -> None:
     assert sizes == sorted(sizes)
     c = SweepController(["a", "b"], 2)
     assert [c.choose(0.0, 0, 0).mode for _ in range(6)] == ["a", "a", "b", "b", "a", "a"]
+
+
+def test_a_video_file_is_a_source_of_the_cli(tmp_path: Path, server: ServerThread) -> None:
+    """``--source VIDEO`` end to end: played as fast as it decodes with --fps 0, every frame answered."""
+    cv2 = pytest.importorskip("cv2")
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (96, 72))
+    for i in range(12):
+        frame = np.full((72, 96, 3), (i * 20) % 256, dtype=np.uint8)
+        writer.write(frame)
+    writer.release()
+    out_json = tmp_path / "run.json"
+    code, _out, err = run_cli(
+        "--server", server.address, "--source", str(video), "--fps", "0", "--json-out", str(out_json)
+    )
+    assert code == 0, err
+    frames = json.loads(out_json.read_text())["frames"]
+    assert len(frames) == 12 and all(f["status"] == "OK" for f in frames)

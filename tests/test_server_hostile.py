@@ -102,9 +102,9 @@ def test_a_bad_message_in_a_stream_ends_it_after_every_frame_read_before_is_answ
     assert "message 201 of the stream" in (info.value.details() or "")
 
 
-def test_a_message_beyond_twice_the_limit_is_refused_by_grpc_itself(server: ServerThread) -> None:
+def test_a_message_beyond_the_core_limit_is_refused_by_grpc_itself(server: ServerThread) -> None:
     with grpc.insecure_channel(server.address) as ch, pytest.raises(grpc.RpcError) as info:
-        raw_unary(ch, "Infer")(b"\x0a" + b"x" * (3 * LIMIT), timeout=10)
+        raw_unary(ch, "Infer")(b"\x0a" + b"x" * (300 << 10), timeout=10)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -293,3 +293,68 @@ def test_a_server_whose_describe_answer_would_not_fit_refuses_to_start(bundle: B
 
     with pytest.raises(ConfigError, match="max_send_message_bytes"):
         ServerThread(config(bundle, max_send_message_bytes=2048), backend=NullBackend()).start()
+
+
+def test_a_freed_slot_goes_to_the_waiting_client_with_the_fewest_frames_served() -> None:
+    import asyncio
+
+    from slimsplit.server.admission import Shares
+
+    async def go() -> list[str]:
+        shares = Shares(client_limit=8, total_limit=3)
+        flood, camera = shares.open("flood"), shares.open("camera")
+        order: list[str] = []
+        for _ in range(3):
+            assert shares.try_take(flood)  # the flood holds every slot
+
+        async def frame(share_name: str) -> None:
+            share = flood if share_name == "flood" else camera
+            await shares.take(share)
+            order.append(share_name)
+
+        waiting = [asyncio.ensure_future(frame("flood")) for _ in range(4)]
+        await asyncio.sleep(0)
+        waiting.append(asyncio.ensure_future(frame("camera")))  # begins to wait last
+        await asyncio.sleep(0)
+        assert shares.at_limit(camera) is False and not order
+        shares.give(flood)  # one slot frees: the camera (0 being served) before the flood (2)
+        await asyncio.sleep(0)
+        assert order == ["camera"]
+        for _ in range(4):
+            shares.give(flood)
+            await asyncio.sleep(0)
+        await asyncio.gather(*waiting)
+        assert order == ["camera", "flood", "flood", "flood", "flood"]
+        assert shares.in_flight == 3 and camera.in_flight == 1
+        return order
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ],
+)
+def test_undecodable_requests_to_health_and_reflection_are_invalid_argument(
+    server: ServerThread, method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    with grpc.insecure_channel(server.address) as ch:
+        if "Reflection" in method:
+            call: Any = ch.stream_stream(method, None, None)(iter([GARBAGE[0]]), timeout=10)
+        elif method.endswith("Watch"):
+            call = ch.unary_stream(method, None, None)(GARBAGE[0], timeout=10)
+        else:
+            call = None
+        with pytest.raises(grpc.RpcError) as info:
+            if call is None:
+                ch.unary_unary(method, None, None)(GARBAGE[0], timeout=10)
+            else:
+                list(call)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
+    assert "not a valid message" in (info.value.details() or "")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

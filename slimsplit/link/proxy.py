@@ -6,9 +6,15 @@ share the two directions (one link, as on a real device). Bytes are untouched (g
 unchanged); only their timing changes:
 
 * a reader task reads at most as many bytes as the bottleneck queue has room for (back-pressure into the sender's
-  TCP stack when it is full) and computes, with the shared shaping model, the instant each piece (``segment_bytes``,
-  default one 1500-byte packet) leaves the bottleneck and reaches the far end after the propagation delay;
-* a writer task releases the pieces at those instants, in order.
+  TCP stack when it is full) and computes, with the shared shaping model, the instant each byte leaves the
+  bottleneck (the trace instant that carries it) and reaches the far end after the propagation delay;
+* a writer task releases the bytes at those instants, in order: what one instant carries is written at once.
+
+The emulation is only as good as the host's timing. When the event loop is held up (a stall) while the queue is
+full and the sender has more bytes, the queue runs dry and the trace's opportunities in between are lost, as they
+would be on a link whose sender stalled. The proxy counts such stalls and the capacity they cost in
+:class:`ProxyStats` (``stalls``, ``stall_lost_up`` / ``stall_lost_down``) and logs a warning line (at most one a
+second); a stall shorter than the time the queue takes to drain costs nothing.
 
 Link time is ``loop.time() - epoch`` (the epoch is taken at :meth:`ShapingProxy.start`, or passed in); a trace is
 read from ``LinkConfig.start_offset_s`` on. Use it as an async context manager, with :meth:`start` / :meth:`stop`,
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import threading
 from collections import deque
@@ -32,6 +39,13 @@ from slimsplit.link.shaping import LinkConfig, LinkDirection
 # asyncio timers fire up to one millisecond late (the selector rounds timeouts up to whole ms): releasing pieces
 # up to half a tick early centres the timing error on zero instead of biasing every release late.
 _HALF_TICK = 0.0005
+# a wake-up later than this after the queue made room is a stall of the host, not timer rounding
+_STALL_TOLERANCE_S = 0.002
+# a read that returns within this time found the sender's bytes already waiting
+_READY_READ_S = 0.002
+_WARN_EVERY_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,7 @@ class ProxyConfig:
     listen: tuple[str, int] = ("127.0.0.1", 0)
     max_connections: int = 64
     read_bytes: int = 64 * 1024  # largest single read from a socket
-    segment_bytes: int = 1500  # release granularity (bytes released at one instant are coalesced)
+    segment_bytes: int = 1500  # while the queue is full, wait for this much room before reading (when it is safe)
     connect_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -60,6 +74,22 @@ class ProxyStats:
     bytes_down: int = 0
     offered_up: int = 0  # read from the sender into the link (delivered or still on the way), each direction
     offered_down: int = 0
+    stalls: int = 0  # host stalls that let a full queue run dry while the sender had bytes waiting
+    stall_lost_up: int = 0  # link capacity those stalls lost, bytes, each direction
+    stall_lost_down: int = 0
+
+    def summary(self) -> str:
+        """One line: connections, bytes each way, and the capacity host stalls lost."""
+        text = (
+            f"{self.connections} connections ({self.refused} refused); uplink {self.bytes_up} of {self.offered_up} B "
+            f"delivered, downlink {self.bytes_down} of {self.offered_down} B"
+        )
+        if self.stalls:
+            text += (
+                f"; {self.stalls} host stalls lost {self.stall_lost_up} B of uplink and {self.stall_lost_down} B of "
+                "downlink capacity"
+            )
+        return text
 
 
 class ShapingProxy:
@@ -77,6 +107,7 @@ class ShapingProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.stats = ProxyStats()
         self.address: tuple[str, int] | None = None
+        self._warned_at = -math.inf
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -99,6 +130,8 @@ class ShapingProxy:
         self._server = await asyncio.start_server(self._accept, host, port)
         sock = self._server.sockets[0].getsockname()
         self.address = (str(sock[0]), int(sock[1]))
+        for line in self.config.link.queue_warnings():
+            log.warning("shaping proxy: %s", line)
         return self.address
 
     async def stop(self) -> None:
@@ -176,23 +209,33 @@ class ShapingProxy:
         writer = asyncio.ensure_future(self._release(queue, ready, dst, upstream))
         self._track(writer)
         cfg = self.config
-        min_room = min(cfg.segment_bytes, link.queue_bytes)
+        min_room = _refill_bytes(link, cfg.segment_bytes)
+        stall: tuple[float, float] | None = None  # (capacity lost, how late) after a late wake-up, until a read
         try:
             while True:
                 t = self.link_time()
-                room = link.space(t)
+                room = int(link.space(t))
                 if room < min_room:  # full: wait until the bottleneck has drained enough (back-pressure)
                     wake = link.drain_time(t, link.queue_bytes - min_room)
                     await asyncio.sleep(max(wake - t, 0.0005))
+                    late = self.link_time() - max(wake, t)
+                    if late > _STALL_TOLERANCE_S:
+                        lost = link.idle_capacity(max(wake, t), self.link_time())
+                        stall = (lost, late) if lost >= 1.0 else None
                     continue
-                data = await src.read(min(cfg.read_bytes, int(room)))
+                asked = self.link_time()
+                data = await src.read(min(cfg.read_bytes, room))
                 if not data:
                     break
+                now = self.link_time()
+                if stall is not None and now - asked <= _READY_READ_S:  # the sender's bytes were waiting
+                    self._stalled(upstream, *stall)
+                stall = None
                 if upstream:
                     self.stats.offered_up += len(data)
                 else:
                     self.stats.offered_down += len(data)
-                ends, times = link.enqueue_segments(self.link_time(), len(data), cfg.segment_bytes)
+                ends, times = link.enqueue_segments(now, len(data))
                 start = 0
                 for end, at in zip(ends, times, strict=True):
                     queue.append((at, data[start:end]))
@@ -204,6 +247,28 @@ class ShapingProxy:
             queue.append((-math.inf, None))  # end of stream, after everything already queued
             ready.set()
         await writer
+
+    def _stalled(self, upstream: bool, lost: float, late: float) -> None:
+        """Count a host stall that let the queue run dry while the sender had bytes waiting; warn about it."""
+        st = self.stats
+        st.stalls += 1
+        if upstream:
+            st.stall_lost_up += int(lost)
+        else:
+            st.stall_lost_down += int(lost)
+        now = self.link_time()
+        if now - self._warned_at >= _WARN_EVERY_S:
+            self._warned_at = now
+            log.warning(
+                "shaping proxy: the host stalled %.0f ms with the %s queue full, longer than the queue takes to drain: "
+                "%d B of link capacity lost (%d stalls so far, %d B uplink and %d B downlink in all)",
+                late * 1000.0,
+                "uplink" if upstream else "downlink",
+                int(lost),
+                st.stalls,
+                st.stall_lost_up,
+                st.stall_lost_down,
+            )
 
     async def _release(
         self,
@@ -243,6 +308,16 @@ class ShapingProxy:
                 await dst.drain()
         except (ConnectionError, OSError):
             return
+
+
+def _refill_bytes(link: LinkDirection, segment_bytes: int) -> int:
+    """The least room worth a read while the queue is full. Waiting for ``segment_bytes`` of room saves reads, but
+    only while what is left in the queue covers the next instants (a timer fires up to a tick late): with a queue
+    smaller than that, read as soon as any instant makes room, as the model's sender refills."""
+    largest = link.trace.max_instant_bytes if link.trace is not None else 0.0
+    if link.queue_bytes - segment_bytes >= 2.0 * largest:
+        return max(1, segment_bytes)
+    return 1
 
 
 async def serve_forever(config: ProxyConfig) -> None:

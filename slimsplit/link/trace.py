@@ -14,8 +14,9 @@ that finds the queue empty is lost. The cumulative array turns both directions o
 
 Formats:
 
-* Mahimahi: one integer millisecond timestamp per line, one line per 1500-byte opportunity, repeated timestamps for
-  several packets in one millisecond, non-decreasing, last timestamp > 0 (:func:`load_mahimahi`);
+* Mahimahi: one integer millisecond timestamp per line (decimal digits only, as Mahimahi's ``strtol`` reads them:
+  no sign, no ``1_0``), one line per 1500-byte opportunity, repeated timestamps for several packets in one
+  millisecond, non-decreasing, last timestamp > 0 and below :data:`MAX_TRACE_MS` (:func:`load_mahimahi`);
 * constant rate: a fluid schedule with one opportunity per millisecond (:meth:`Trace.constant`);
 * synthetic: see :mod:`slimsplit.link.synth`.
 """
@@ -27,6 +28,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +36,11 @@ import numpy.typing as npt
 from slimsplit.errors import TraceError
 
 MAHIMAHI_PACKET_BYTES = 1500
+#: Every instant of a trace, and its period, lies below this many milliseconds (10^9 ms: about 11.6 days; recorded
+#: cellular traces last minutes). It keeps a trace's 1-s summary (``stats``) to at most a million bins and every
+#: timestamp far inside 64 bits.
+MAX_TRACE_MS = 10**9
+_DIGITS_RE = re.compile(r"[0-9]+")
 # query times are snapped to the nanosecond so that float sums such as 0.2 + 0.01 land on the millisecond
 # opportunity they mean (0.21000000000000002 s must not count the 210-ms opportunity as already past)
 _NS_DIGITS = 6
@@ -56,10 +63,10 @@ class Trace:
         t, c = self.times_ms, self.cum_bytes
         if t.ndim != 1 or c.ndim != 1 or t.shape != c.shape or t.size == 0:
             raise TraceError(f"trace {self.name!r}: times and cumulative bytes must be equal-length 1-D arrays")
-        if not self.period_ms > 0 or t[-1] > self.period_ms:
+        if not self.period_ms > 0 or t[-1] > self.period_ms or not self.period_ms < MAX_TRACE_MS:
             raise TraceError(
-                f"trace {self.name!r}: the period must be positive and not before the last instant "
-                f"(period {self.period_ms} ms, last instant {t[-1]} ms)"
+                f"trace {self.name!r}: the period must be positive, not before the last instant and below "
+                f"{MAX_TRACE_MS} ms (period {self.period_ms} ms, last instant {t[-1]} ms)"
             )
         if t[0] < 0 or (t.size > 1 and bool(np.any(np.diff(t) <= 0))):
             raise TraceError(f"trace {self.name!r}: instants must be non-negative and strictly increasing")
@@ -74,9 +81,14 @@ class Trace:
         cls, timestamps_ms: Sequence[int] | npt.NDArray[np.int64], name: str = "trace", packet_bytes: int = 1500
     ) -> Trace:
         """A packet trace: one opportunity of ``packet_bytes`` per timestamp (repeats = several packets)."""
-        ts = np.asarray(timestamps_ms, dtype=np.int64)
+        try:
+            ts = np.asarray(timestamps_ms, dtype=np.int64)
+        except OverflowError:
+            raise TraceError(f"trace {name!r}: a timestamp does not fit in 64 bits") from None
         if ts.ndim != 1 or ts.size == 0:
             raise TraceError(f"trace {name!r}: no timestamps")
+        if ts[-1] >= MAX_TRACE_MS:
+            raise TraceError(f"trace {name!r}: timestamps must be below {MAX_TRACE_MS} ms, got {int(ts[-1])}")
         if bool(np.any(np.diff(ts) < 0)) or ts[0] < 0:
             raise TraceError(f"trace {name!r}: timestamps must be non-negative and non-decreasing")
         if ts[-1] <= 0:
@@ -121,6 +133,26 @@ class Trace:
     def mean_bps(self) -> float:
         return self.total_bytes * 8.0 / self.period_s
 
+    def _instant_sizes(self) -> FloatArray:
+        """Capacity of each distinct instant of a period, bytes. An instant at 0 and one at the period's end are the
+        same instant once the trace repeats (Mahimahi's 0 and last timestamps): they count as one, at the end."""
+        sizes: FloatArray = np.diff(self.cum_bytes, prepend=0.0)
+        if sizes.size > 1 and self.times_ms[0] == 0.0 and self.times_ms[-1] == self.period_ms:
+            sizes = sizes.copy()
+            sizes[-1] += sizes[0]
+            sizes = sizes[1:]
+        return sizes
+
+    @property
+    def max_instant_bytes(self) -> float:
+        """Capacity of the trace's largest instant, bytes (a queue smaller than this cannot use all of it)."""
+        return float(np.max(self._instant_sizes()))
+
+    def usable_fraction(self, queue_bytes: float) -> float:
+        """The share of the capacity a sender that always has bytes can use through a queue of ``queue_bytes``:
+        an instant carries only what is queued before it (Mahimahi), at most ``queue_bytes`` of its capacity."""
+        return float(np.minimum(self._instant_sizes(), queue_bytes).sum() / self.total_bytes)
+
     # ------------------------------------------------------------------ queries (trace time, seconds)
     def bytes_through(self, t_s: float) -> float:
         """Capacity of every opportunity at an instant ``<= t_s`` (from trace time 0)."""
@@ -155,6 +187,33 @@ class Trace:
         out: FloatArray = np.where(t > 0, k * self.total_bytes + inner, 0.0)
         return out
 
+    def next_end(self, pos: float) -> tuple[float, float]:
+        """The first instant whose last byte position is beyond ``pos``: that position and the instant's trace
+        time (s). After the service of the instant that ends at ``pos``, this is the next instant that serves."""
+        total = self.total_bytes
+        k = math.floor(pos / total)
+        i = int(np.searchsorted(self.cum_bytes, pos - k * total, side="right"))
+        if i == self.cum_bytes.size:
+            k, i = k + 1, 0
+        return k * total + float(self.cum_bytes[i]), (k * self.period_ms + float(self.times_ms[i])) / 1000.0
+
+    def instant_ends(self, lo: float, hi: float) -> tuple[FloatArray, FloatArray]:
+        """The instants whose last byte position lies strictly inside ``(lo, hi)``: their last positions and their
+        trace times (s), in order. A run of bytes at positions ``(lo, hi]`` is carried by these instants and, for
+        the bytes after the last of them, by the instant of ``time_of_byte(hi)``."""
+        total, m = self.total_bytes, self.cum_bytes.size
+
+        def count(x: float, side: Literal["left", "right"]) -> int:  # last position <= x ("right"), < x ("left")
+            k = math.floor(x / total)
+            i = int(np.searchsorted(self.cum_bytes, x - k * total, side=side))
+            return k * m + i
+
+        g = np.arange(count(lo, "right"), count(hi, "left"), dtype=np.int64)
+        k, i = np.divmod(g, m)
+        ends: FloatArray = k * total + self.cum_bytes[i]
+        times: FloatArray = (k * self.period_ms + self.times_ms[i]) / 1000.0
+        return ends, times
+
     def time_of_byte(self, pos: float) -> float:
         """Trace time (s) of the opportunity that carries cumulative byte position ``pos`` (> 0)."""
         total = self.total_bytes
@@ -176,8 +235,8 @@ class Trace:
         """Capacity in bits/s of consecutive bins of ``bin_s`` seconds (default: one period)."""
         duration = self.period_s if duration_s is None else duration_s
         n = max(1, math.ceil(duration / bin_s - 1e-9))
-        edges = [self.bytes_before(i * bin_s) for i in range(n + 1)]
-        out: FloatArray = np.diff(np.asarray(edges, dtype=np.float64)) * 8.0 / bin_s
+        edges = self.bytes_before_array(np.arange(n + 1, dtype=np.float64) * bin_s)
+        out: FloatArray = np.diff(edges) * 8.0 / bin_s
         return out
 
     def segment(self, start_s: float, duration_s: float, name: str | None = None) -> Trace:
@@ -235,8 +294,8 @@ class Trace:
 
 
 def parse_mahimahi(text: str, source: str = "<trace>", packet_bytes: int = MAHIMAHI_PACKET_BYTES) -> Trace:
-    """Parse Mahimahi text. Blank lines are ignored; anything else must be a non-negative integer, non-decreasing.
-    Errors raise :class:`TraceError` naming ``source:line``."""
+    """Parse Mahimahi text. Blank lines are ignored; anything else must be a decimal integer (digits only) below
+    :data:`MAX_TRACE_MS`, non-decreasing. Errors raise :class:`TraceError` naming ``source:line``."""
     stamps: list[int] = []
     prev = -1
     last_line = 0
@@ -244,16 +303,20 @@ def parse_mahimahi(text: str, source: str = "<trace>", packet_bytes: int = MAHIM
         s = raw.strip()
         if not s:
             continue
-        try:
-            v = int(s)
-        except ValueError:
+        if s.startswith("-") and _DIGITS_RE.fullmatch(s[1:]):
+            raise TraceError(f"{source}:{lineno}: negative timestamp {s[:40]}", file=source, line=lineno)
+        if not _DIGITS_RE.fullmatch(s):  # int() would also take "1_0", "+5" and non-ASCII digits: Mahimahi does not
             raise TraceError(
-                f"{source}:{lineno}: expected an integer millisecond timestamp, got {s[:40]!r}",
+                f"{source}:{lineno}: expected an integer millisecond timestamp (decimal digits only), got {s[:40]!r}",
                 file=source,
                 line=lineno,
-            ) from None
-        if v < 0:
-            raise TraceError(f"{source}:{lineno}: negative timestamp {v}", file=source, line=lineno)
+            )
+        if len(s) > 18 or (v := int(s)) >= MAX_TRACE_MS:  # 18 digits: int() stays cheap, far inside 64 bits
+            raise TraceError(
+                f"{source}:{lineno}: timestamp {s[:40]} ms is too large (timestamps must be below {MAX_TRACE_MS} ms)",
+                file=source,
+                line=lineno,
+            )
         if v < prev:
             raise TraceError(
                 f"{source}:{lineno}: timestamp {v} is smaller than the previous one ({prev}); "
@@ -286,9 +349,13 @@ def load_mahimahi(path: str | Path, packet_bytes: int = MAHIMAHI_PACKET_BYTES) -
         text = p.read_text(encoding="ascii")
     except FileNotFoundError:
         raise TraceError(f"{p}: trace file not found", file=str(p)) from None
+    except IsADirectoryError:
+        raise TraceError(f"{p}: is a directory, not a trace file", file=str(p)) from None
     except UnicodeDecodeError as exc:
         line = p.read_bytes()[: exc.start].count(b"\n") + 1
         raise TraceError(f"{p}:{line}: not an ASCII text file", file=str(p), line=line) from None
+    except OSError as exc:
+        raise TraceError(f"{p}: cannot read the trace file ({exc.strerror or exc})", file=str(p)) from None
     return parse_mahimahi(text, source=str(p), packet_bytes=packet_bytes)
 
 
@@ -353,6 +420,7 @@ def load_trace_spec(spec: str) -> Trace | None:
 
 __all__ = [
     "MAHIMAHI_PACKET_BYTES",
+    "MAX_TRACE_MS",
     "SHIPPED_PREFIX",
     "Trace",
     "format_rate",

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 from slimsplit.edge import cli_common
 from slimsplit.edge.auth import TOKEN_KEY, read_token
+from slimsplit.edge.capture import LiveOptions, LiveSource
 from slimsplit.edge.channel import credentials
 from slimsplit.edge.cli_common import EXIT_BROKEN_PIPE as EXIT_BROKEN_PIPE
 from slimsplit.edge.cli_common import EXIT_INTERRUPTED as EXIT_INTERRUPTED
@@ -42,7 +43,7 @@ from slimsplit.edge.run import (
     modes_by_payload,
     run_edge,
 )
-from slimsplit.edge.sources import open_source
+from slimsplit.edge.sources import open_frames
 from slimsplit.errors import ConfigError
 from slimsplit.protocol import DEFAULT_PORT
 from slimsplit.settings import renamed, to_toml
@@ -128,7 +129,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="frames to send (default: the whole source once; more repeats the source)",
+        help="frames to send (default: the whole source once; more repeats a stored source)",
+    )
+    src.add_argument(
+        "--stall-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="a live source (camera, video, stream) with no new frame for S seconds ends the run (default 5)",
     )
 
     cli_common.add_link_arguments(p)
@@ -167,6 +175,7 @@ CONFIG_KEYS: dict[str, tuple[str, str]] = {
     "max_in_flight": ("control", "max_in_flight"),
     "source": ("frames", "source"),
     "frames": ("frames", "count"),
+    "stall_s": ("frames", "stall_s"),
     "link": ("link", "uplink"),
     "downlink": ("link", "downlink"),
     "link_delay_ms": ("link", "delay_ms"),
@@ -268,7 +277,16 @@ def _prepare(args: argparse.Namespace, console: cli_common.Console, given: dict[
     manifest = bundle.manifest
     with cli_common.naming_flags(cli_common.CONTROL_FLAGS):
         plan = cli_common.control_plan(control.controller, manifest, control.run, control.options(), top_k=client.top_k)
-    source = open_source(config.frames.source, manifest.input, manifest.classes)
+    source = open_frames(
+        config.frames.source, manifest.input, manifest.classes, LiveOptions(stall_s=config.frames.stall_s)
+    )
+    if isinstance(source, LiveSource):
+        # a live source paces itself: --fps N takes the newest frame N times a second; unset (0 and not given), a
+        # camera gives each new frame and a file plays at its own rate; --fps 0 given: a file as fast as it decodes
+        rate = control.fps if control.fps > 0 or "fps" in given else None
+        frames: Any = source.take(config.frames.count, fps=rate)
+    else:
+        frames = source.take(config.frames.count, cycle=True)
     from slimsplit.edge.runtime import EncoderConfig, EncoderRuntime  # onnxruntime: import only when needed
 
     encoder = EncoderRuntime(bundle, EncoderConfig(intra_op_threads=config.model.threads))
@@ -277,7 +295,7 @@ def _prepare(args: argparse.Namespace, console: cli_common.Console, given: dict[
         encoder=encoder,
         controller=plan.factory,
         mode_table=plan.table,
-        frames=source.take(config.frames.count, cycle=True),
+        frames=frames,
         target=client.target,
         client=client,
         fps=control.fps,

@@ -288,8 +288,9 @@ def add_source_argument(group: argparse._ArgumentGroup) -> None:
         "--source",
         default=SAMPLE,
         metavar="SOURCE",
-        help="'sample' (the shipped images), a folder of images, or an .npz with 'images' [+ 'labels']; repeated "
-        "as needed (default: %(default)s)",
+        help="'sample' (the shipped images), a folder of images, an .npz with 'images' [+ 'labels'] (repeated as "
+        "needed), or live: camera:N (V4L2/USB, the Pi Camera Module through Picamera2), a video file, rtsp:// or "
+        "http:// (MJPEG) streams: needs the camera extra, the newest frame is always taken (default: %(default)s)",
     )
 
 

@@ -346,15 +346,22 @@ class ControlSettings:
 
 @dataclass(frozen=True)
 class FramesSettings:
-    """``[frames]``: ``source`` = ``sample`` (the shipped images), a folder of images or an ``.npz``; ``count`` =
-    frames to send (unset: the source once; more repeats it)."""
+    """``[frames]``: ``source`` = ``sample`` (the shipped images), a folder of images, an ``.npz``, a camera
+    (``camera:N``), a video file or a stream (``rtsp://``, ``http://``); ``count`` = frames to send (unset: the source
+    once; more repeats a stored one); ``stall_s``: a live source with no new frame for this long ends the run."""
 
     source: str = SAMPLE
     count: int | None = None
+    stall_s: float = 5.0
 
     def __post_init__(self) -> None:
-        check(bool(self.source), "source", "expected 'sample', a folder or an .npz file")
+        check(bool(self.source), "source", "expected 'sample', a folder, an .npz file, camera:N, a video or a URL")
         check(self.count is None or self.count >= 1, "count", f"expected an integer >= 1, got {self.count!r}")
+        check(
+            isinstance(self.stall_s, int | float) and math.isfinite(self.stall_s) and self.stall_s > 0,
+            "stall_s",
+            f"expected a number > 0, got {self.stall_s!r}",
+        )
 
 
 @dataclass(frozen=True)

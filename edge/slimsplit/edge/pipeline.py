@@ -31,7 +31,7 @@ import contextlib
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -42,9 +42,10 @@ import numpy.typing as npt
 from slimsplit.control.base import Controller, Decision, ModeOption
 from slimsplit.control.config import RunConfig
 from slimsplit.control.loop import ControlLoop
+from slimsplit.edge.capture import stale_records
 from slimsplit.edge.client import wire_bytes
 from slimsplit.edge.replies import check_for_run
-from slimsplit.edge.sources import SourceFrame
+from slimsplit.edge.sources import SourceFrame, aiter_frames
 from slimsplit.edge.transport import Connection, Outcome
 from slimsplit.errors import ConfigError, SlimsplitError
 from slimsplit.records import OK, SKIPPED, FrameRecord, ServerTiming
@@ -154,7 +155,7 @@ class Pipeline:
         self._idle.set()
         self._progress = asyncio.Event()  # set by every completion
 
-    async def run(self, frames: Iterable[SourceFrame]) -> RunReport:
+    async def run(self, frames: Iterable[SourceFrame] | AsyncIterable[SourceFrame]) -> RunReport:
         cfg = self.config
         period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0
         executor = ThreadPoolExecutor(1, thread_name_prefix="slimsplit-encode") if cfg.encode_in_thread else None
@@ -166,7 +167,9 @@ class Pipeline:
         limit = control.max_in_flight
         next_at = start
         try:
-            for source in frames:
+            async for source in aiter_frames(frames):  # a live source's waits run off the event loop
+                for stale in stale_records(source, deadline_ms=self._deadline_ms, origin=self._origin):
+                    self._emit(stale)
                 tick = 0.0
                 if period:
                     tick = next_at
@@ -187,7 +190,8 @@ class Pipeline:
                         self._emit(self._not_connected(source, _perf()))
                         continue
                     await transport.wait_ready()
-                captured = _perf()
+                # a live frame counts from its arrival (it may have waited for the edge), a stored one from now
+                captured = source.captured_at if source.captured_at is not None else _perf()
                 fid = self.client.next_frame_id()
                 decision = control.decide(fid, captured)
                 while decision.mode is None and not period and control.in_flight_frames:
@@ -229,12 +233,13 @@ class Pipeline:
                 )
                 self._idle.clear()
                 sent_at = _perf()
-                control.sent(fid, wire_bytes(msg), sent_at)  # what crosses the link: payload + framing
                 # give up give_up_s after the capture (the deadline counts from there), however long encoding took;
                 # a paced frame counts from its tick when it was captured just after it, so that with period =
                 # deadline its slot frees at the next tick and small wake-up delays do not add up frame after frame
                 origin = max(tick, captured - _TICK_GRACE_S) if period else captured
                 give_up_s = max(self._give_up_s - (sent_at - origin), _MIN_WAIT_S)
+                msg.deadline_ms = max(1, math.ceil(give_up_s * 1000))  # the server never starts it after that
+                control.sent(fid, wire_bytes(msg), sent_at)  # what crosses the link: payload + framing
                 await transport.submit(msg, give_up_s, functools.partial(self._complete, item))
                 if self._callback_error is not None:
                     break
@@ -354,7 +359,7 @@ async def run_frames(
     encoder: Encoder,
     controller: Controller,
     modes: Sequence[ModeOption],
-    frames: Iterable[SourceFrame],
+    frames: Iterable[SourceFrame] | AsyncIterable[SourceFrame],
     config: PipelineConfig,
     on_result: Callable[[FrameRecord], None] | None = None,
 ) -> RunReport:

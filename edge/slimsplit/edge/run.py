@@ -27,7 +27,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -45,7 +45,7 @@ from slimsplit.edge.display import Display
 from slimsplit.edge.link import STARTUP_TIMEOUT_S, LinkTooSlow
 from slimsplit.edge.pipeline import Encoder, PipelineConfig, RunReport, run_frames
 from slimsplit.edge.replies import printable
-from slimsplit.edge.sources import SourceFrame
+from slimsplit.edge.sources import SourceFrame, aiter_frames
 from slimsplit.edge.transport import Connection
 from slimsplit.errors import (
     BundleError,
@@ -261,7 +261,7 @@ class EdgeRun:
     encoder: Encoder
     controller: Controller | ControllerFactory
     mode_table: tuple[ModeOption, ...]
-    frames: Iterable[SourceFrame]
+    frames: Iterable[SourceFrame] | AsyncIterable[SourceFrame]
     target: str
     client: ClientConfig
     fps: float = 0.0
@@ -352,8 +352,8 @@ async def _stoppable(
     taken: list[SourceFrame] = []
     records: list[FrameRecord] = []
 
-    def frames() -> Iterator[SourceFrame]:
-        for frame in run.frames:
+    async def frames() -> AsyncIterator[SourceFrame]:
+        async for frame in aiter_frames(run.frames):  # a live source's waits run off the event loop
             if stop.requested:
                 return
             taken.append(frame)

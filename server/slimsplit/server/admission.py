@@ -1,11 +1,17 @@
-"""Fair shares of the server between clients: at most ``limit`` frames of one client are being served at once.
+"""Admission and fair shares: how many frames the server serves at once, and whose come first when it is full.
 
-A client is a device when devices authenticate (its id), else a connection (gRPC's peer string, address and port:
-clients behind one carrier NAT share an address, so an address is no client). A stream whose client is at its limit
-stops reading until one of that client's frames is answered (HTTP/2 flow control then holds the client back); a unary
-call over the limit is refused at once with ``Overloaded`` (RESOURCE_EXHAUSTED) and a retry hint. Either way a client
-that floods the server queues only ``limit`` frames of work, and every other client still finds the server's queues
-and tails free for its own frames.
+Two bounds hold for frames being served (decoded, queued for a tail, in a tail):
+
+* at most ``client_limit`` of one client, over all its calls. A client is a device when devices authenticate (its
+  id), else a connection (gRPC's peer string: clients behind one carrier NAT share an address, so an address is no
+  client);
+* at most ``total_limit`` in all. Beyond it frames wait for a slot, and a freed slot goes to the waiting client
+  with the fewest frames being served (the longest waiting of those on a tie): max-min fairness, so a client that
+  asks for less than its share (a camera at 10 frames/s) is served ahead of the ones that flood.
+
+A stream waits for its slot after reading the frame and reads no further meanwhile (HTTP/2 flow control then holds
+its client back); a unary call at its client's limit is refused at once with ``Overloaded`` (RESOURCE_EXHAUSTED) and
+a retry hint, and otherwise waits for a slot like a stream, within its deadline.
 """
 
 from __future__ import annotations
@@ -21,75 +27,38 @@ RETRY_AFTER_S = 0.01
 
 
 class Share:
-    """One client's frames being served, and the streams waiting for room. Not thread-safe: the event loop's."""
+    """One client's frames being served and its frames waiting for a slot. The event loop's: not thread-safe."""
 
-    __slots__ = ("_owner", "_waiters", "in_flight", "key", "refs")
+    __slots__ = ("_waiters", "in_flight", "key", "refs")
 
-    def __init__(self, owner: Shares, key: str) -> None:
-        self._owner = owner
+    def __init__(self, key: str) -> None:
         self.key = key
         self.in_flight = 0
-        self.refs = 0  # open streams and unary calls of this client
+        self.refs = 0  # open calls of this client
         self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def try_take(self) -> bool:
-        if self.in_flight < self._owner.limit and not self._waiters:
-            self.in_flight += 1
-            return True
-        return False
-
-    async def take(self) -> None:
-        """Room for one more frame, waiting (first come, first served) while the client is at its limit."""
-        if self.try_take():
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter  # give() hands its slot over: in_flight already counts this frame
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.give()  # the slot arrived as the wait was cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):  # already taken off by give()
-                    self._waiters.remove(waiter)
-                self._owner._forget(self)
-            raise
-
-    def give(self) -> None:
-        """One of the client's frames is answered."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.in_flight -= 1
-        self._owner._forget(self)
-
-    def refuse(self) -> Overloaded:
-        return Overloaded(
-            f"this client already has {self.in_flight} frames being served, its share of the server "
-            f"(grpc.client_max_in_flight = {self._owner.limit}): retry later",
-            retry_after_s=RETRY_AFTER_S,
-        )
 
 
 class Shares:
-    """The clients' shares (see the module docstring); a client's entry exists while it has a call open."""
+    """The server's slots and the clients' shares of them (see the module docstring)."""
 
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"a share needs limit >= 1, got {limit}")
-        self.limit = limit
+    def __init__(self, client_limit: int, total_limit: int | None = None) -> None:
+        if client_limit < 1 or (total_limit is not None and total_limit < 1):
+            raise ValueError(f"limits must be >= 1, got {client_limit} and {total_limit}")
+        self.limit = client_limit
+        self.total_limit = total_limit if total_limit is not None else 1 << 30
+        self.in_flight = 0
         self._shares: dict[str, Share] = {}
+        self._waiting: dict[Share, None] = {}  # clients with a frame waiting, in the order they began to wait
 
     def __len__(self) -> int:
         return len(self._shares)
 
+    # ------------------------------------------------------------------------------------------ calls
     def open(self, key: str) -> Share:
         """The share of client ``key`` for a call; :meth:`close` it when the call ends."""
         share = self._shares.get(key)
         if share is None:
-            share = self._shares[key] = Share(self, key)
+            share = self._shares[key] = Share(key)
         share.refs += 1
         return share
 
@@ -100,6 +69,78 @@ class Shares:
     def _forget(self, share: Share) -> None:
         if share.refs <= 0 and share.in_flight <= 0 and not share._waiters:
             self._shares.pop(share.key, None)
+
+    # ------------------------------------------------------------------------------------------ slots
+    def _free_for(self, share: Share) -> bool:
+        return share.in_flight < self.limit and self.in_flight < self.total_limit and not self._waiting
+
+    def _grant(self, share: Share) -> None:
+        share.in_flight += 1
+        self.in_flight += 1
+
+    def at_limit(self, share: Share) -> bool:
+        """Whether the client already has its whole share being served (or waiting)."""
+        return share.in_flight + len(share._waiters) >= self.limit
+
+    def refuse(self, share: Share) -> Overloaded:
+        return Overloaded(
+            f"this client already has {share.in_flight} frames being served, its share of the server "
+            f"(grpc.client_max_in_flight = {self.limit}): retry later",
+            retry_after_s=RETRY_AFTER_S,
+        )
+
+    def try_take(self, share: Share) -> bool:
+        """A slot for one frame of ``share``'s client if one is free now (nobody waiting for it)."""
+        if self._free_for(share):
+            self._grant(share)
+            return True
+        return False
+
+    async def take(self, share: Share) -> None:
+        """A slot for one frame of ``share``'s client, waiting (see the module docstring) while there is none."""
+        if self._free_for(share):
+            self._grant(share)
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        share._waiters.append(waiter)
+        self._waiting.setdefault(share, None)
+        self._dispatch()  # a slot may be free for this client although others wait (they are at their limit)
+        try:
+            await waiter  # _dispatch() granted the slot: the counts include this frame already
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give(share)  # the slot came as the wait was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    share._waiters.remove(waiter)
+                if not share._waiters:
+                    self._waiting.pop(share, None)
+                self._forget(share)
+            raise
+
+    def give(self, share: Share) -> None:
+        """One of ``share``'s frames is answered: its slot goes to the next frame (see the module docstring)."""
+        share.in_flight -= 1
+        self.in_flight -= 1
+        self._dispatch()
+        self._forget(share)
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiting frames: the client with the fewest being served first."""
+        while self.in_flight < self.total_limit and self._waiting:
+            best: Share | None = None
+            for share in self._waiting:
+                if share.in_flight < self.limit and (best is None or share.in_flight < best.in_flight):
+                    best = share
+            if best is None:
+                return  # every waiting client is at its own limit
+            waiter = best._waiters.popleft()
+            if not best._waiters:
+                del self._waiting[best]
+            if waiter.done():  # cancelled meanwhile
+                continue
+            self._grant(best)
+            waiter.set_result(None)
 
 
 __all__ = ["RETRY_AFTER_S", "Share", "Shares"]

@@ -48,6 +48,7 @@ from slimsplit.server.core import InferenceCore
 from slimsplit.server.grpc_service import SplitInferenceService, add_to_server, describe_response
 from slimsplit.server.logs import LogRateLimit
 from slimsplit.server.metrics import ServerMetrics
+from slimsplit.server.parsing import UndecodableRequests
 from slimsplit.server.security.guard import Guard
 from slimsplit.server.security.interceptor import AuthInterceptor
 
@@ -56,12 +57,18 @@ log = logging.getLogger("slimsplit.server")
 T = TypeVar("T")
 
 
+def core_receive_limit(cfg: GrpcConfig) -> int:
+    """The message size beyond which gRPC itself refuses a message (and ends its stream at once)."""
+    return max(2 * cfg.max_receive_message_bytes, 256 << 10)
+
+
 def grpc_server_options(cfg: GrpcConfig) -> list[tuple[str, int]]:
     """Channel arguments of the server: message limits, keepalive, stream limits."""
     options = [
         # The service checks the configured limit itself (a clear RESOURCE_EXHAUSTED, and a stream's earlier frames
-        # answered first); gRPC refuses, and ends a stream at once, only beyond twice that.
-        ("grpc.max_receive_message_length", 2 * cfg.max_receive_message_bytes),
+        # answered first); gRPC refuses, and ends a stream at once, only beyond twice that or 256 KiB: what one call
+        # can make the server buffer (with grpc.max_concurrent_rpcs calls: 256 MiB at most by default).
+        ("grpc.max_receive_message_length", core_receive_limit(cfg)),
         ("grpc.max_send_message_length", cfg.max_send_message_bytes),
         ("grpc.keepalive_time_ms", int(cfg.keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
@@ -273,7 +280,9 @@ async def start_server(
     if config.auth.enabled or mtls:
         guard = Guard(config.auth, mtls=mtls, metrics=metrics)
         guard.load()
-    interceptors = [AuthInterceptor(guard)] if guard is not None else None
+    interceptors: list[Any] = [UndecodableRequests()]
+    if guard is not None:
+        interceptors.append(AuthInterceptor(guard))
     server = grpc.aio.server(
         options=grpc_server_options(cfg), interceptors=interceptors, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs
     )
@@ -306,6 +315,7 @@ async def start_server(
             max_message_bytes=cfg.max_receive_message_bytes,
             stream_idle_timeout_s=cfg.stream_idle_timeout_s,
             client_max_in_flight=cfg.client_max_in_flight,
+            max_frames_in_flight=cfg.max_frames_in_flight,
         )
         add_to_server(service, server)
         health = health_aio.HealthServicer()

@@ -100,6 +100,9 @@ class GrpcConfig:
     # Frames of one client (a device, else a connection) being served at once, over all its calls: its streams pause
     # beyond it, its unary calls are refused with RESOURCE_EXHAUSTED; one client's flood never fills the server.
     client_max_in_flight: int = 64
+    # Frames being served at once in all; beyond it frames wait, and a freed slot goes to the client with the fewest
+    # being served (max-min fairness: a camera asking for less than its share is served ahead of a flood).
+    max_frames_in_flight: int = 128
     # On SIGTERM/SIGINT: seconds to finish in-flight frames before open calls are cancelled.
     grace_s: float = 5.0
     reflection: bool = True
@@ -134,6 +137,7 @@ class GrpcConfig:
         _check(4096 <= self.stream_window_bytes <= 1 << 30, "grpc.stream_window_bytes", "must be in [4096, 1073741824]")
         _check(self.stream_max_in_flight >= 1, "grpc.stream_max_in_flight", "must be >= 1")
         _check(self.client_max_in_flight >= 1, "grpc.client_max_in_flight", "must be >= 1")
+        _check(self.max_frames_in_flight >= 1, "grpc.max_frames_in_flight", "must be >= 1")
         if self.health_port is not None:
             _check(0 <= self.health_port <= 65535, "grpc.health_port", f"must be in [0, 65535], got {self.health_port}")
             _check(

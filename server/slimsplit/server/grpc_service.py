@@ -30,9 +30,9 @@ import grpc.aio
 from google.protobuf.message import DecodeError
 
 from slimsplit.bundle import Manifest
-from slimsplit.errors import InvalidFrame, MessageTooLarge, SlimsplitError, Unavailable
+from slimsplit.errors import DeadlineExceeded, InvalidFrame, MessageTooLarge, SlimsplitError, Unavailable
 from slimsplit.protocol import PROTOCOL_VERSION, SERVICE_NAME, package_version
-from slimsplit.server.admission import Shares
+from slimsplit.server.admission import Share, Shares
 from slimsplit.server.core import InferenceCore, InferRequest, InferResult
 from slimsplit.server.security.guard import DeviceState
 from slimsplit.server.security.interceptor import current_device
@@ -181,9 +181,10 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
         max_message_bytes: int = 1 << 20,
         stream_idle_timeout_s: float = 0.0,
         client_max_in_flight: int = 64,
+        max_frames_in_flight: int | None = None,
     ) -> None:
         self.core = core
-        self.shares = Shares(client_max_in_flight)
+        self.shares = Shares(client_max_in_flight, max_frames_in_flight)
         self.stream_max_in_flight = stream_max_in_flight
         self.max_message_bytes = max_message_bytes
         self.stream_idle_timeout_s = stream_idle_timeout_s
@@ -204,6 +205,19 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
         for replies in self._streams:
             replies.put_nowait(_SHUTDOWN)
 
+    async def _slot(self, share: Share, timeout: float | None) -> None:
+        """A slot for a unary call's frame: refused at once when its client is at its share, else waited for
+        within the call's time (DeadlineExceeded when none frees)."""
+        shares = self.shares
+        if shares.try_take(share):
+            return
+        if shares.at_limit(share):
+            raise shares.refuse(share)
+        try:
+            await asyncio.wait_for(shares.take(share), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded("the server was full until the frame's deadline") from None
+
     def _unavailable(self) -> Unavailable:
         return Unavailable("the server is shutting down; retry later or on another server")
 
@@ -217,14 +231,13 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
             request = parse_request(raw, pb.FeatureFrame, self.max_message_bytes, "request")
             if device is not None:
                 device.admit(request.model, len(request.features))
-            if not share.try_take():
-                raise share.refuse()
+            await self._slot(share, _timeout(context, request))
             try:
                 result = await self.core.infer(
                     frame_to_request(request), timeout=_timeout(context, request), received=received
                 )
             finally:
-                share.give()
+                self.shares.give(share)
         except Exception as exc:
             if device is not None:
                 device.count(exc.grpc_status if isinstance(exc, SlimsplitError) else "INTERNAL")
@@ -248,14 +261,15 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
         if self._shutting_down:
             await abort(context, self._unavailable())
         device = current_device.get()
-        share = self.shares.open(_client_key(context, device))
+        shares = self.shares
+        share = shares.open(_client_key(context, device))
         replies: asyncio.Queue[object] = asyncio.Queue()
         slots = asyncio.Semaphore(self.stream_max_in_flight)
         tasks: set[asyncio.Future[InferResult]] = set()  # frames waiting in the batcher
         core = self.core
 
         def reply(frame_id: int, received: float, fut: asyncio.Future[InferResult]) -> pb.StreamReply:
-            share.give()
+            shares.give(share)
             if fut.cancelled():
                 return failed(frame_id, self._unavailable())
             exc = fut.exception()
@@ -300,7 +314,8 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
                         except SlimsplitError as exc:
                             replies.put_nowait(failed(frame.frame_id, exc))
                             continue
-                    await share.take()  # this client's fair share of the server (waits while it is used up)
+                    if not shares.try_take(share):
+                        await shares.take(share)  # a slot of the server, fairly shared (waits while there is none)
                     # Eager: a cheap frame is fully served inside start() and answered without a task.
                     fut = core.start(frame_to_request(frame), timeout=_timeout(context, frame), received=received)
                     if fut.done():
