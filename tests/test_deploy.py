@@ -993,7 +993,11 @@ def test_install_dry_run_prints_the_steps_and_changes_nothing(tmp_path: Path) ->
     assert re.search(r"^\+ useradd --system .* slimsplit-test-nobody$", joined, re.M)
     assert f"-m venv {prefix}/venv" in joined
     (pip_line,) = [ln for ln in lines if "pip install --upgrade" in ln and "[edge]" in ln.replace("\\", "")]
-    assert str(ROOT) in pip_line and "server" not in pip_line and "torch" not in pip_line
+    assert "server" not in pip_line and "torch" not in pip_line
+    # from a checkout: a copy of the core and edge/ only is built (no server or apps code on the device)
+    (stage_line,) = [ln for ln in lines if ln.startswith(f"+ tar -C {ROOT} ")]
+    assert stage_line.endswith(" pyproject.toml setup.py README.md slimsplit edge"), stage_line
+    assert any("--force-reinstall --no-deps" in ln for ln in lines)
     assert f"{PI}/edge.toml {config_dir}/edge.toml" in joined
     assert 'address = "edge-gw.example.org:50051"' in joined.replace("\\", "")
     assert f"--config {config_dir}/edge.toml --print-config" in joined, "the installed file is checked"

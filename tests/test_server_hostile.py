@@ -358,3 +358,16 @@ def test_undecodable_requests_to_health_and_reflection_are_invalid_argument(
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
     assert "not a valid message" in (info.value.details() or "")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_the_adaptive_limit_shrinks_while_the_loop_runs_late_and_grows_back() -> None:
+    from slimsplit.server.admission import AdaptiveLimit
+
+    limit = AdaptiveLimit(128, min_limit=4, target_lag_s=0.005)
+    assert not any(limit.observe(0.001) for _ in range(10))  # on time: at its maximum already
+    for _ in range(40):
+        limit.observe(0.030)  # 30 ms late
+    assert limit.limit == 4
+    for _ in range(10):
+        limit.observe(0.001)
+    assert limit.limit == 14

@@ -189,8 +189,30 @@ install_package() {
         run "$python" -m venv "$venv"
     fi
     run "$venv/bin/python" -m pip install --quiet --upgrade pip
+    local source="$from" stage=""
+    if [ -d "$from" ]; then
+        # a checkout: only the core and the edge role go to the device (no server or apps code: their folders are
+        # left out of the copy pip builds from, as deploy/docker/Dockerfile.edge does)
+        if [ "$dry_run" = 1 ]; then
+            stage="${TMPDIR:-/tmp}/slimsplit-edge-stage"
+        else
+            stage="$(mktemp -d)"
+        fi
+        log "staging the core and edge/ of $from for the build (no server, no apps)"
+        run tar -C "$from" --exclude=__pycache__ --exclude='*.pyc' -cf "$stage/src.tar" pyproject.toml setup.py \
+            README.md slimsplit edge
+        run mkdir -p "$stage/src"
+        run tar -C "$stage/src" -xf "$stage/src.tar"
+        source="$stage/src"
+    fi
     log "installing slimsplit[edge] from $from"
-    run "$venv/bin/python" -m pip install --upgrade "${from}[edge]"
+    # --force-reinstall --no-deps first: pip keeps an installed slimsplit of the same version (0.1.0) otherwise,
+    # and a wheel or checkout with new code would not replace the old one
+    run "$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps "$source"
+    run "$venv/bin/python" -m pip install --upgrade "${source}[edge]"
+    if [ -n "$stage" ]; then
+        run rm -rf "$stage"
+    fi
     if [ "$dry_run" = 1 ]; then
         printf '+ check: torch is not installed in %s; %s --help runs\n' "$venv" "$venv/bin/slimsplit-edge"
     else

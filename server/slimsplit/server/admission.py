@@ -9,6 +9,13 @@ Two bounds hold for frames being served (decoded, queued for a tail, in a tail):
   with the fewest frames being served (the longest waiting of those on a tie): max-min fairness, so a client that
   asks for less than its share (a camera at 10 frames/s) is served ahead of the ones that flood.
 
+The total limit adapts (:class:`AdaptiveLimit`, the idea of adaptive concurrency limiters): while the event loop
+runs late (a timer fires more than ``target_lag_s`` after it is due: the loop is what every frame waits for, reading,
+answering, writing), the limit shrinks by a tenth per sample, down to ``min_limit``; while it is on time it grows by
+one (only while more than one client has calls open: a client alone may load the loop as it likes). Under a flood
+the server so sheds the flood's frames instead of its own latency, and with max-min fairness the
+slots it keeps go to the clients that ask for least: a flood cannot take the event loop from a camera.
+
 A stream waits for its slot after reading the frame and reads no further meanwhile (HTTP/2 flow control then holds
 its client back); a unary call at its client's limit is refused at once with ``Overloaded`` (RESOURCE_EXHAUSTED) and
 a retry hint, and otherwise waits for a slot like a stream, within its deadline.
@@ -38,20 +45,66 @@ class Share:
         self._waiters: deque[asyncio.Future[None]] = deque()
 
 
+class AdaptiveLimit:
+    """The total limit between ``min_limit`` and ``max_limit``, adjusted from the event loop's lag (how late a timer
+    of ``interval_s`` fires): above ``target_lag_s`` it shrinks by a tenth, below it grows by one, once per sample.
+    The lag is what every frame waits for before and after the server's own timing sees it (reading the message,
+    running its callbacks, writing the reply), so it is the measure of an overloaded loop."""
+
+    def __init__(
+        self, max_limit: int, *, min_limit: int = 4, target_lag_s: float = 0.005, interval_s: float = 0.02
+    ) -> None:
+        self.max_limit = max_limit
+        self.min_limit = min(min_limit, max_limit)
+        self.target_lag_s = target_lag_s
+        self.interval_s = interval_s
+        self.limit = max_limit
+        self.lag_s = 0.0
+
+    def observe(self, lag_s: float) -> bool:
+        """One lag sample; True when the limit changed."""
+        self.lag_s = lag_s
+        old = self.limit
+        if lag_s > self.target_lag_s:
+            self.limit = max(self.min_limit, int(self.limit * 0.9))
+        else:
+            self.limit = min(self.max_limit, self.limit + 1)
+        return self.limit != old
+
+    async def watch(self, shares: Shares) -> None:
+        """Sample the running loop's lag forever (cancel to stop), feeding ``shares``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.interval_s
+            await asyncio.sleep(self.interval_s)
+            lag = max(0.0, loop.time() - due)
+            # one client alone has nobody to be protected from: it may load the loop as it likes
+            if self.observe(lag if len(shares) > 1 else 0.0):
+                shares._dispatch()
+
+
 class Shares:
     """The server's slots and the clients' shares of them (see the module docstring)."""
 
-    def __init__(self, client_limit: int, total_limit: int | None = None) -> None:
+    def __init__(
+        self, client_limit: int, total_limit: int | None = None, *, adaptive: AdaptiveLimit | None = None
+    ) -> None:
         if client_limit < 1 or (total_limit is not None and total_limit < 1):
             raise ValueError(f"limits must be >= 1, got {client_limit} and {total_limit}")
         self.limit = client_limit
-        self.total_limit = total_limit if total_limit is not None else 1 << 30
+        self.adaptive = adaptive
+        self._fixed_total = total_limit if total_limit is not None else 1 << 30
         self.in_flight = 0
         self._shares: dict[str, Share] = {}
         self._waiting: dict[Share, None] = {}  # clients with a frame waiting, in the order they began to wait
 
     def __len__(self) -> int:
         return len(self._shares)
+
+    @property
+    def total_limit(self) -> int:
+        """Frames being served at once in all, now."""
+        return self.adaptive.limit if self.adaptive is not None else self._fixed_total
 
     # ------------------------------------------------------------------------------------------ calls
     def open(self, key: str) -> Share:

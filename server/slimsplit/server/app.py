@@ -316,6 +316,7 @@ async def start_server(
             stream_idle_timeout_s=cfg.stream_idle_timeout_s,
             client_max_in_flight=cfg.client_max_in_flight,
             max_frames_in_flight=cfg.max_frames_in_flight,
+            target_loop_lag_ms=cfg.target_loop_lag_ms,
         )
         add_to_server(service, server)
         health = health_aio.HealthServicer()
@@ -327,6 +328,7 @@ async def start_server(
             health_server, health_port = _health_only_server(health, cfg.host, cfg.health_port)
             await health_server.start()
         await server.start()
+        service.start()
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     except BaseException:

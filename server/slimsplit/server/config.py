@@ -103,6 +103,9 @@ class GrpcConfig:
     # Frames being served at once in all; beyond it frames wait, and a freed slot goes to the client with the fewest
     # being served (max-min fairness: a camera asking for less than its share is served ahead of a flood).
     max_frames_in_flight: int = 128
+    # ... adapted to keep the event loop's lag (how late a timer fires: what every frame waits for) under this: a
+    # flood then gets fewer slots instead of the loop. 0 = a fixed limit.
+    target_loop_lag_ms: float = 5.0
     # On SIGTERM/SIGINT: seconds to finish in-flight frames before open calls are cancelled.
     grace_s: float = 5.0
     reflection: bool = True
@@ -138,6 +141,11 @@ class GrpcConfig:
         _check(self.stream_max_in_flight >= 1, "grpc.stream_max_in_flight", "must be >= 1")
         _check(self.client_max_in_flight >= 1, "grpc.client_max_in_flight", "must be >= 1")
         _check(self.max_frames_in_flight >= 1, "grpc.max_frames_in_flight", "must be >= 1")
+        _check(
+            math.isfinite(self.target_loop_lag_ms) and self.target_loop_lag_ms >= 0,
+            "grpc.target_loop_lag_ms",
+            "must be a number >= 0",
+        )
         if self.health_port is not None:
             _check(0 <= self.health_port <= 65535, "grpc.health_port", f"must be in [0, 65535], got {self.health_port}")
             _check(

@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError
 from slimsplit.bundle import Manifest
 from slimsplit.errors import DeadlineExceeded, InvalidFrame, MessageTooLarge, SlimsplitError, Unavailable
 from slimsplit.protocol import PROTOCOL_VERSION, SERVICE_NAME, package_version
-from slimsplit.server.admission import Share, Shares
+from slimsplit.server.admission import AdaptiveLimit, Share, Shares
 from slimsplit.server.core import InferenceCore, InferRequest, InferResult
 from slimsplit.server.security.guard import DeviceState
 from slimsplit.server.security.interceptor import current_device
@@ -182,14 +182,25 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
         stream_idle_timeout_s: float = 0.0,
         client_max_in_flight: int = 64,
         max_frames_in_flight: int | None = None,
+        target_loop_lag_ms: float = 0.0,
     ) -> None:
         self.core = core
-        self.shares = Shares(client_max_in_flight, max_frames_in_flight)
+        adaptive = None
+        if target_loop_lag_ms > 0 and max_frames_in_flight is not None:
+            adaptive = AdaptiveLimit(max_frames_in_flight, target_lag_s=target_loop_lag_ms / 1000.0)
+        self.shares = Shares(client_max_in_flight, max_frames_in_flight, adaptive=adaptive)
+        self._watch: asyncio.Task[None] | None = None
         self.stream_max_in_flight = stream_max_in_flight
         self.max_message_bytes = max_message_bytes
         self.stream_idle_timeout_s = stream_idle_timeout_s
         self._shutting_down = False
         self._streams: set[asyncio.Queue[object]] = set()
+
+    def start(self) -> None:
+        """Start watching the event loop's lag (the adaptive limit); on the server's loop."""
+        adaptive = self.shares.adaptive
+        if adaptive is not None and self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(adaptive.watch(self.shares), name="slimsplit-lag")
 
     @property
     def shutting_down(self) -> bool:
@@ -202,6 +213,9 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
     def begin_shutdown(self) -> None:
         """Refuse new calls with UNAVAILABLE and tell open streams to wind down."""
         self._shutting_down = True
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         for replies in self._streams:
             replies.put_nowait(_SHUTDOWN)
 
