@@ -57,3 +57,13 @@ def test_proxy_arguments() -> None:
     assert args.upstream == ("127.0.0.1", 50051) and args.listen == ("127.0.0.1", 0)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["proxy", "--upstream", "nowhere"])
+
+
+def test_stats_reports_a_bad_trace_before_printing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stats", str(tmp_path)]) == 2  # a folder given as a trace
+    out = capsys.readouterr()
+    assert out.out == "" and f"{tmp_path}: is a directory" in out.err
+    big = tmp_path / "big.up"
+    big.write_text("10\n10000000000\n")  # 10^10 ms: refused, not summarised for ever
+    assert main(["stats", str(big)]) == 2
+    assert f"{big}:2: timestamp 10000000000 ms is too large" in capsys.readouterr().err

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
@@ -159,6 +161,54 @@ def test_queue_bound_applies_back_pressure() -> None:
         assert b"".join(d for _, d in sink.received) == payload
 
     run(main())
+
+
+def test_a_host_stall_that_empties_the_queue_is_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    # 2 Mbit/s = 250 B per ms; the 6000-B queue drains in 24 ms. The event loop is blocked for 200 ms while the
+    # sender has bytes waiting: once the queue is empty (within 24 ms, less once it was refilled) the rest of the
+    # 200 ms is lost, about 176-200 ms x 250 B = 44,000-50,000 B
+    link = LinkConfig(uplink=Trace.constant(2e6), queue_bytes=6000)
+    payload = os.urandom(100_000)  # 400 ms of the link
+    before: list[int] = []
+
+    async def main() -> tuple[ShapingProxy, float]:
+        sink = Sink(echo=False)
+        up = await sink.start()
+        async with ShapingProxy(ProxyConfig(upstream=up, link=link)) as proxy:
+            assert proxy.address is not None
+            _, writer = await asyncio.open_connection(*proxy.address)
+            writer.write(payload)
+            await asyncio.sleep(0.1)
+            before.extend((proxy.stats.stalls, proxy.stats.stall_lost_up))  # a busy host may have stalled already
+            time.sleep(0.2)  # the host stalls
+            while sum(len(d) for _, d in sink.received) < len(payload):
+                await asyncio.sleep(0.005)
+            elapsed = proxy.link_time()
+            writer.close()
+        await sink.stop()
+        assert b"".join(d for _, d in sink.received) == payload
+        return proxy, elapsed
+
+    with caplog.at_level(logging.WARNING, logger="slimsplit.link.proxy"):
+        proxy, elapsed = asyncio.run(asyncio.wait_for(main(), 30))
+    st = proxy.stats
+    assert st.stalls > before[0] and st.stall_lost_down == 0
+    lost = st.stall_lost_up - before[1]
+    assert 35_000 <= lost <= 250 * elapsed * 1000.0, (lost, elapsed)  # this stall, and no more than the link offered
+    assert any("B of link capacity lost" in r.getMessage() for r in caplog.records)
+    assert "host stalls lost" in st.summary()
+
+
+def test_a_queue_smaller_than_an_instant_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    trace = parse_mahimahi("10\n10\n", "burst.up")  # 3000 B at once every 10 ms
+
+    async def main() -> None:
+        async with ShapingProxy(ProxyConfig(upstream=("127.0.0.1", 1), link=LinkConfig(trace, queue_bytes=1500))):
+            pass
+
+    with caplog.at_level(logging.WARNING, logger="slimsplit.link.proxy"):
+        run(main())
+    assert "at most 50% of the trace's capacity" in caplog.text
 
 
 def test_stop_closes_open_connections() -> None:

@@ -75,10 +75,67 @@ def test_drain_time() -> None:
 
 def test_segments_release_per_instant() -> None:
     d = LinkDirection(small(), delay_s=0.001)
-    ends, times = d.enqueue_segments(0.0, 5000, segment_bytes=1500)
+    ends, times = d.enqueue_segments(0.0, 5000)
     # bytes 1..3000 at 10 ms, 3001..4500 at 20 ms, 4501..5000 at 40 ms
     assert ends == [3000, 4500, 5000]
     assert times == pytest.approx([0.011, 0.021, 0.041])
+
+
+def test_segments_follow_the_instants_not_the_chunk() -> None:
+    # one opportunity at 300 ms, the next at 1300 ms; 100 B already wait, so a chunk given at 50 ms starts at
+    # trace byte 101: its first 1400 B (positions 101..1500) go at 300 ms, the rest at 1300 ms. Cutting the chunk in
+    # 1500-byte pieces instead held a 1400-B message at its start until 1300 ms (the piece ended at position 1600)
+    d = LinkDirection(parse_mahimahi("300\n1300\n", "sparse.up"))
+    assert d.enqueue(0.0, 100) == pytest.approx(0.300)
+    ends, times = d.enqueue_segments(0.050, 2400)
+    assert ends == [1400, 2400]
+    assert times == pytest.approx([0.300, 1.300])
+
+
+def test_segments_of_a_fluid_trace_are_one_per_millisecond() -> None:
+    d = LinkDirection(Trace.constant(1e6))  # 125 B per ms
+    ends, times = d.enqueue_segments(0.0005, 300)
+    assert ends == [125, 250, 300]
+    assert times == pytest.approx([0.001, 0.002, 0.003])
+
+
+def test_a_queue_smaller_than_an_instant_loses_its_excess() -> None:
+    # queue 1500 B on small(): 3000 B at 10 ms, 1500 at 20, 1500 at 40, period 40. 6000 B given at 0:
+    # 1500 enter (the rest waits at the sender); 10 ms serves them, its other 1500 B find the queue empty and are
+    # lost; the sender refills 1500 after each instant: they leave at 20, 40 and 50 ms (the next period's 10 ms).
+    # An unbounded queue would carry all 6000 B by 40 ms
+    d = LinkDirection(small(), queue_bytes=1500)
+    assert d.departure_time(0.0, 6000) == pytest.approx(0.050)
+    assert LinkDirection(small()).departure_time(0.0, 6000) == pytest.approx(0.040)
+    assert d.enqueue(0.0, 6000) == pytest.approx(0.050)
+    assert d.space(0.001) == 0.0  # the sender still holds bytes
+    # 100 B given at 30 ms wait behind the held ones: the last of those enters after 40 ms and fills the queue;
+    # 50 ms serves them (1500 of its 3000 B), the 100 B enter after it and leave at 60 ms
+    assert d.enqueue(0.030, 100) == pytest.approx(0.060)
+
+
+def test_a_queue_that_holds_every_instant_only_delays_the_hand_over() -> None:
+    # queue 3000 B on small(): 6000 B at 0 leave as in an unbounded queue (by 40 ms); the last of them enters the
+    # queue only after 10 ms, when the first 3000 B leave
+    d = LinkDirection(small(), queue_bytes=3000)
+    assert d.enqueue(0.0, 6000) == pytest.approx(0.040)
+    assert d.backlog(0.005) == pytest.approx(6000.0) and d.space(0.005) == 0.0
+    assert d.space(0.011) == 0.0 and d.space(0.041) == pytest.approx(3000.0)
+    assert d.enqueue(0.005, 100) == pytest.approx(0.050)  # behind them: the next period's 10 ms
+
+
+def test_queue_warnings() -> None:
+    assert LinkConfig(uplink=small(), queue_bytes=3000).queue_warnings() == []
+    (line,) = LinkConfig(uplink=small(), downlink=Trace.constant(1e6), queue_bytes=1500).queue_warnings()
+    assert "uplink queue (1500 B)" in line and "75%" in line
+
+
+def test_idle_capacity() -> None:
+    d = LinkDirection(small())
+    d.enqueue(0.0, 1000)  # leaves at 10 ms
+    assert d.idle_capacity(0.0, 0.015) == pytest.approx(2000.0)  # the rest of the 10-ms instant
+    assert d.idle_capacity(0.011, 0.045) == pytest.approx(3000.0)  # 20 and 40 ms found the queue empty
+    assert d.idle_capacity(0.02, 0.01) == 0.0
 
 
 def test_unshaped_direction_only_delays() -> None:

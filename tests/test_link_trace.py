@@ -22,6 +22,7 @@ from slimsplit.link.synth import (
     write_shipped,
 )
 from slimsplit.link.trace import (
+    MAX_TRACE_MS,
     Trace,
     load_mahimahi,
     load_trace_spec,
@@ -92,6 +93,11 @@ def test_first_timestamp_zero_is_accepted() -> None:
         ("0\n0\n", 2, "positive"),
         ("\n\n", 1, "empty"),
         ("5\n1.5\n", 2, "integer"),
+        ("5\n1_0\n", 2, "decimal digits only"),  # int() takes "1_0"; Mahimahi's strtol does not
+        ("5\n+7\n", 2, "decimal digits only"),
+        ("5\n99999999999999999999999\n", 2, "too large"),  # over 64 bits
+        ("5\n10000000000\n", 2, "too large"),  # 10^10 ms: a 1-s summary of it would never finish
+        ("5\n1000000000\n", 2, "too large"),  # the bound, MAX_TRACE_MS, is excluded
     ],
 )
 def test_parse_errors_name_file_and_line(text: str, line: int, what: str) -> None:
@@ -116,6 +122,36 @@ def test_load_errors(tmp_path: Path) -> None:
     p.write_bytes(b"1\n2\n\xff\xfe\n")
     with pytest.raises(TraceError, match=r"bin\.up:3:"):
         load_mahimahi(p)
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    with pytest.raises(TraceError, match="is a directory") as info:
+        load_mahimahi(folder)
+    assert info.value.context["file"] == str(folder)
+
+
+def test_the_longest_trace_allowed_is_summarised_quickly() -> None:
+    tr = parse_mahimahi(f"10\n{MAX_TRACE_MS - 1}\n", "long.up")  # about 11.6 days: a million 1-s bins
+    d = tr.describe()
+    assert d["duration_s"] == pytest.approx((MAX_TRACE_MS - 1) / 1000.0)
+    assert d["zero_s"] >= 999_990
+    with pytest.raises(TraceError, match="64 bits"):
+        Trace.from_timestamps([1, 2**64])
+    with pytest.raises(TraceError, match="below"):
+        Trace.from_timestamps([1, MAX_TRACE_MS])
+
+
+def test_instant_queries_are_hand_computed() -> None:
+    tr = small()  # instants end at byte positions 3000 (10 ms), 4500 (20 ms), 6000 (40 ms), 9000 (50 ms), ...
+    assert tr.max_instant_bytes == 3000.0
+    assert tr.usable_fraction(1500) == pytest.approx(4500 / 6000)  # 1500 of the 3000 at 10 ms, all of the others
+    assert tr.usable_fraction(3000) == 1.0
+    assert tr.next_end(0.0) == pytest.approx((3000.0, 0.010))
+    assert tr.next_end(3000.0) == pytest.approx((4500.0, 0.020))
+    assert tr.next_end(6000.0) == pytest.approx((9000.0, 0.050))  # wraps into the second period
+    ends, times = tr.instant_ends(100.0, 9000.0)  # strictly inside: 9000 itself is the end, not inside
+    assert list(ends) == [3000.0, 4500.0, 6000.0]
+    assert list(np.round(times, 6)) == [0.01, 0.02, 0.04]
+    assert tr.instant_ends(3000.0, 4500.0)[0].size == 0
 
 
 def test_write_then_read_round_trip(tmp_path: Path) -> None:

@@ -138,7 +138,10 @@ def _link_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--downlink", default="none", metavar="SPEC", help="like --uplink, for the replies")
     p.add_argument("--delay-ms", type=float, default=0.0, help="one-way propagation delay, each direction")
     p.add_argument(
-        "--queue-bytes", type=int, default=DEFAULT_QUEUE_BYTES, help="bottleneck queue bound per direction (drop-tail)"
+        "--queue-bytes",
+        type=int,
+        default=DEFAULT_QUEUE_BYTES,
+        help="bottleneck queue bound per direction, bytes; the sender holds what does not fit (back-pressure)",
     )
     p.add_argument("--start-offset-s", type=float, default=0.0, help="where in the traces the link's time 0 falls")
 
@@ -154,12 +157,13 @@ def _link(args: argparse.Namespace) -> LinkConfig:
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
+    from slimsplit.link.proxy import ShapingProxy
+
     cfg = ProxyConfig(upstream=args.upstream, link=_link(args), listen=args.listen)
+    proxy = ShapingProxy(cfg)
 
     async def run() -> None:
-        from slimsplit.link.proxy import ShapingProxy
-
-        async with ShapingProxy(cfg) as proxy:
+        async with proxy:
             host, port = proxy.address or ("?", 0)
             up = cfg.link.uplink
             print(
@@ -169,17 +173,22 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
             )
             await asyncio.Event().wait()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run())
+    finally:
+        print(f"shaping proxy: {proxy.stats.summary()}", flush=True)
     return 0
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     specs = args.traces or [f"{SHIPPED_PREFIX}{p.stem}" for p in sorted(shipped_traces_dir().glob("*.trace"))]
+    traces = [
+        load_mahimahi(shipped_trace_path(s.removeprefix(SHIPPED_PREFIX)) if s.startswith(SHIPPED_PREFIX) else s)
+        for s in specs
+    ]
     print(f"{'trace':32s} {'duration':>9s} {'mean':>9s} {'p5':>6s} {'p50':>6s} {'p95':>6s} {'zero s':>7s}")
-    for spec in specs:
-        name = spec.removeprefix(SHIPPED_PREFIX)
-        tr = load_mahimahi(shipped_trace_path(name) if spec.startswith(SHIPPED_PREFIX) else spec)
+    for tr in traces:
         d = tr.describe()
         print(
             f"{tr.name:32s} {d['duration_s']:8.0f}s {d['mean_mbps']:6.2f}Mb/s {d['p5_mbps']:6.2f} "
