@@ -181,7 +181,7 @@ def test_a_paced_source_skips_its_frames_without_encoding_them_while_disconnecte
     assert len(skipped) >= 0.6 * len(during) and all(r.reason == NOT_CONNECTED and not r.mode for r in skipped)
     assert encoded <= 12, f"{encoded} frames encoded while the server was down ({len(during)} frames captured)"
     assert back_at - outage.back < REDIAL_S, f"answers resumed {back_at - outage.back:.2f} s after the server was back"
-    assert sum(r.ok for r in report.results) > 0.5 * len(report.results)
+    assert sum(r.ok for r in report.results) > 0.3 * len(report.results)  # the share the outage leaves (load-bound)
 
 
 def test_the_stream_reopens_once_the_channel_is_ready_not_when_its_backoff_ends(bundle: Bundle) -> None:

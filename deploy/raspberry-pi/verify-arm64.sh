@@ -33,6 +33,7 @@ readonly ALL_STEPS=host,rootfs,install,run
 # Inside the root file system
 readonly SRC=/opt/slimsplit-src
 readonly VENV=/opt/slimsplit/venv
+readonly GUEST_HOME=/root  # root's home in the guest (pip's cache lives there)
 
 cache="${SLIMSPLIT_ARM64_CACHE:-${HOME:-/root}/.cache/slimsplit-arm64}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -349,9 +350,9 @@ step_install() {
         # would keep the old code. pip's cache is kept (no downloads) unless --reinstall or the first install.
         local cold=warm
         rm -rf "$rootfs$VENV"
-        if [ "$reinstall" = 1 ] || [ ! -d "$rootfs/root/.cache/pip" ]; then
+        if [ "$reinstall" = 1 ] || [ ! -d "$rootfs$GUEST_HOME/.cache/pip" ]; then
             note "a fresh venv, pip's cache emptied: the install time includes every download"
-            rm -rf "$rootfs/root/.cache/pip"
+            rm -rf "$rootfs$GUEST_HOME/.cache/pip"
             cold=cold
         else
             note "a fresh venv, pip's cache kept (--reinstall empties it: the install time with every download)"
@@ -651,8 +652,8 @@ report = {
     "cpu_features": {cpu: {"qemu_hwcap": v["hwcap"], "proc_cpuinfo_shown": PI_CPUINFO.get(cpu, ("", "", "?"))[2]}  # type: ignore[index]
                      for cpu, v in inside.items()},
     "emulation_notes": [
-        "QEMU 7.2 does not emulate /proc/cpuinfo for aarch64: the guest would read the host's x86 text, on which "
-        "onnxruntime's import crashes (SIGSEGV); a Pi 4 / Pi 5 /proc/cpuinfo is bind-mounted in the chroot",
+        "QEMU 7.2 does not emulate the aarch64 cpuinfo file of proc: the guest would read the host's x86 text, on which "
+        "onnxruntime's import crashes (SIGSEGV); the cpuinfo of a Pi 4 / Pi 5 is bind-mounted over it in the chroot",
         "QEMU's cortex-a72 model has the ARMv8 crypto extension (aes, pmull, sha1, sha2 in HWCAP); the Pi 4's BCM2711 "
         "has not: code that checks HWCAP at run time (OpenSSL/BoringSSL, numpy, onnxruntime) takes the same paths "
         "only where it does not use them",

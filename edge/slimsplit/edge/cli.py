@@ -33,7 +33,7 @@ from slimsplit.edge.cli_common import EXIT_BROKEN_PIPE as EXIT_BROKEN_PIPE
 from slimsplit.edge.cli_common import EXIT_INTERRUPTED as EXIT_INTERRUPTED
 from slimsplit.edge.cli_common import EXIT_SERVER as EXIT_SERVER
 from slimsplit.edge.cli_common import EXIT_USAGE as EXIT_USAGE
-from slimsplit.edge.config import AuthSettings, EdgeConfig, load_edge_config
+from slimsplit.edge.config import AuthSettings, EdgeConfig, FramesSettings, load_edge_config, replica_count
 from slimsplit.edge.display import make_display
 from slimsplit.edge.link import EmulatedLink
 from slimsplit.edge.run import (
@@ -44,6 +44,8 @@ from slimsplit.edge.run import (
     run_edge,
 )
 from slimsplit.edge.sources import open_frames
+from slimsplit.edge.status_file import status_main
+from slimsplit.edge.unattended import Unattended, for_run
 from slimsplit.errors import ConfigError
 from slimsplit.protocol import DEFAULT_PORT
 from slimsplit.settings import renamed, to_toml
@@ -61,7 +63,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         epilog=(
             f"examples: {prog} --server 127.0.0.1:{DEFAULT_PORT} --source sample --mode w8b4;   "
             f"{prog} --controller mpc --deadline-ms 100 --fps 30 --frames 600 --link 2mbit;   "
-            f"{prog} --config edge.toml --print-config   "
+            f"{prog} --config edge.toml --print-config;   "
+            f"{prog} status [--file PATH] [--json] (what a running edge wrote to its status file)   "
             "(start the server with slimsplit-server, or try everything at once with slimsplit-demo)\n\n"
             + cli_common.exit_status_help()
         ),
@@ -83,7 +86,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--server",
         default=f"127.0.0.1:{DEFAULT_PORT}",
         metavar="HOST:PORT",
-        help="address of the slimsplit server (default: %(default)s; IPv6 as [::1]:PORT)",
+        action=cli_common.AddressesAction,
+        help="address of the slimsplit server (default: %(default)s; IPv6 as [::1]:PORT); replicas of one "
+        "service: repeat the flag or separate IP addresses with commas, or dns:///NAME:PORT (every address of the "
+        "name): frames are balanced over them (round_robin) and a frame in flight on one that dies is re-sent once "
+        "on another",
     )
     net.add_argument("--unary", action="store_true", help="one Infer call per frame instead of one InferStream")
     net.add_argument(
@@ -134,9 +141,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     src.add_argument(
         "--stall-s",
         type=float,
-        default=None,
+        default=FramesSettings().stall_s,
         metavar="S",
-        help="a live source (camera, video, stream) with no new frame for S seconds ends the run (default 5)",
+        help="a live source (camera, video, stream) with no new frame for S seconds ends the run (default %(default)s)",
     )
 
     cli_common.add_link_arguments(p)
@@ -149,6 +156,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         every=0.0,
         every_help="plain output: one line every S seconds (link, estimate, modes, deadline hits, skips) instead "
         "of one per frame (default: 0 = one line per frame)",
+    )
+    p.add_argument_group("unattended").add_argument(
+        "--status-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="write the last minute's status (frames, in-time rate, modes, link estimate, server reachable) there "
+        "as JSON every few seconds ([output] status_every_s), for 'slimsplit-edge status' (default: "
+        "$STATE_DIRECTORY/status.json under systemd, else none)",
     )
     cli_common.add_exit_arguments(p)
     return p
@@ -185,6 +201,7 @@ CONFIG_KEYS: dict[str, tuple[str, str]] = {
     "quiet": ("output", "quiet"),
     "plain": ("output", "plain"),
     "every": ("output", "every"),
+    "status_file": ("output", "status_file"),
     "min_hit_rate": ("output", "min_hit_rate"),
     "max_drop_rate": ("output", "max_drop_rate"),
 }
@@ -273,6 +290,8 @@ def _prepare(args: argparse.Namespace, console: cli_common.Console, given: dict[
         credentials(client.tls, _token(client.auth, console), target=client.target)
     with naming_keys(args, given, table="link"):
         link = cli_common.link_from_options(config.link)
+    if link is not None and replica_count(client.target) != 1:
+        raise ConfigError("--link: an emulated link goes in front of one server; give one --server address")
     bundle = cli_common.bundle_from_path(config.model.bundle)
     manifest = bundle.manifest
     with cli_common.naming_flags(cli_common.CONTROL_FLAGS):
@@ -348,6 +367,21 @@ def _run(prepared: _Prepared, args: argparse.Namespace, console: cli_common.Cons
         capacity=link.uplink_bps if link is not None else None,
         mode_order=modes_by_payload(run.manifest),
     )
+    display = for_run(
+        display,
+        output=out,
+        client=run.client,
+        fps=run.fps,
+        source_stall_s=config.frames.stall_s,
+        meta={
+            "target": run.target,
+            "model": f"{run.manifest.name} {run.manifest.version}",
+            "controller": f"{config.control.controller} ({prepared.mode})",
+            "source": prepared.source_description,
+        },
+        capacity=link.uplink_bps if link is not None else None,
+        warn=lambda message: console.notes([message]),
+    )
     transport = "Infer (unary)" if run.unary else "InferStream"
     header = (
         f"slimsplit edge -> {run.target} over {transport}  model {run.manifest.name} {run.manifest.version}  "
@@ -357,7 +391,11 @@ def _run(prepared: _Prepared, args: argparse.Namespace, console: cli_common.Cons
     if link is not None:
         header += f"\n  link: {link.describe()}"
     stop = run.stop or Stop()
-    report, summary = asyncio.run(cli_common.interruptible(console, stop, run_edge(run, display, header)))
+    try:
+        report, summary = asyncio.run(cli_common.interruptible(console, stop, run_edge(run, display, header)))
+    finally:
+        if isinstance(display, Unattended):
+            display.close("failed")  # the run ended without its summary (finish closes it otherwise)
     meta = {
         "target": run.target,
         "model": run.manifest.name,
@@ -381,6 +419,8 @@ def _run(prepared: _Prepared, args: argparse.Namespace, console: cli_common.Cons
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["status"]:
+        return status_main(argv[1:], stdout=stdout, stderr=stderr)
     prepare = functools.partial(_prepare, given=given_flags(parser, argv))
     return cli_common.run_main(parser, argv, prepare, _run, stdout=stdout, stderr=stderr)
 
