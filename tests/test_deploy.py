@@ -774,8 +774,51 @@ def test_unit_has_the_required_settings() -> None:
     assert "EnvironmentFile" not in s, "the edge is configured by edge.toml (--config), not by an environment file"
     for key in ("MemoryMax", "MemoryHigh", "CPUQuota", "TasksMax"):
         assert s.get(key), f"[Service] {key} (a resource limit for a Pi) is missing"
-    assert u["StartLimitIntervalSec"] == "0", "a long server outage must not stop the restarts for good"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def systemd_seconds(text: str) -> float:
+    """A systemd time span (``30s``, ``10min``, ``1h 5s``, a bare number of seconds) in seconds."""
+    units = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "ms": 1e-3}
+    parts = re.findall(r"([\d.]+)\s*([a-z]*)", text.strip())
+    assert parts and "".join(n + u for n, u in parts) == text.replace(" ", ""), f"not a time span: {text!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_unit_restart_limit_stops_a_crash_loop_but_not_a_server_outage() -> None:
+    """Restarts within a limit: a start that fails at once (every RestartSec) exceeds StartLimitBurst within
+    StartLimitIntervalSec; one that waits for an unreachable server (the shipped connect_timeout_s, then exit 3)
+    never does, so an outage of any length does not stop the device for good."""
+    from slimsplit.edge.config import load_edge_config
+
+    unit = read_unit()
+    u, s = unit["Unit"], unit["Service"]
+    interval = systemd_seconds(u["StartLimitIntervalSec"])
+    burst = int(u["StartLimitBurst"])
+    restart = systemd_seconds(s["RestartSec"])
+    assert interval > 0 and burst > 0, "restarts with a limit"
+    crash_loop_starts = interval / restart
+    assert crash_loop_starts > 1.5 * burst, "a crash loop must hit the limit"
+    connect = load_edge_config(PI / "edge.toml").server.connect_timeout_s
+    outage_starts = interval / (connect + restart) + 1
+    assert outage_starts < burst, f"a server outage ({outage_starts:.0f} starts in the interval) must not hit it"
+
+
+def test_unit_notifies_systemd_and_uses_the_watchdog() -> None:
+    """Type=notify (READY=1 from the edge's main loop: slimsplit.edge.watchdog), only the main process may notify,
+    and a watchdog longer than the edge's ping interval and its shortest stall limit."""
+    from slimsplit.edge.unattended import MIN_STALL_S, TICK_S
+
+    s = read_unit()["Service"]
+    assert s["Type"] == "notify" and s["NotifyAccess"] == "main"
+    watchdog = systemd_seconds(s["WatchdogSec"])
+    assert watchdog >= 3 * TICK_S and watchdog >= MIN_STALL_S
+    start = systemd_seconds(s["TimeoutStartSec"])
+    from slimsplit.edge.config import load_edge_config
+
+    connect = load_edge_config(PI / "edge.toml").server.connect_timeout_s
+    assert start > 2 * connect + 10, "the start-up (connect, Describe, round-trip pings) fits before READY=1"
+    assert s["Restart"] == "on-failure", "on-failure restarts after a watchdog kill too"
 
 
 def test_unit_exit_statuses_are_the_edge_clis() -> None:
@@ -836,7 +879,9 @@ def test_the_shipped_edge_toml_is_read_by_the_real_loader() -> None:
     parse_address(config.server.address)
     assert config.control.controller == "mpc" and config.frames.count is not None, "a finite run of the mpc"
     assert config.output.plain or config.output.quiet, "the journal wants plain lines, not the live terminal view"
-    for path in (config.output.json_out, config.model.bundle):
+    assert config.output.every == 1.0, "one line a second in the journal"
+    assert config.output.status_file is not None, "the status file slimsplit-edge status reads"
+    for path in (config.output.json_out, config.model.bundle, config.output.status_file):
         if path is not None:
             assert str(path).startswith(defaults["STATE_DIR"]), f"{path}: only the state directory is the service's"
     assert unit_environment()["OMP_NUM_THREADS"] == str(config.model.threads), "thread pools in step"

@@ -293,7 +293,9 @@ install_unit() {
         warn "not (re)starting $UNIT_NAME until its credentials are in place: then systemctl restart $UNIT_NAME"
     elif [ "$start" = 1 ] && have_systemd; then
         log "(re)starting $UNIT_NAME"
-        run systemctl restart "$UNIT_NAME"
+        # --no-block: the unit is Type=notify and is ready only once the server answers; the install does not
+        # wait for that (systemctl status and the journal show it)
+        run systemctl restart --no-block "$UNIT_NAME"
     fi
 }
 

@@ -3,7 +3,11 @@
 A bearer token travels as call credentials (``authorization: Bearer ...`` on every call): over TLS composed with
 the TLS credentials; in plaintext only to a server on loopback, composed with gRPC's local credentials (which accept
 a plaintext connection to a loopback address and nothing else); to any other host in plaintext it is refused
-(:func:`~slimsplit.edge.auth.check_token_route`)."""
+(:func:`~slimsplit.edge.auth.check_token_route`, for every address of the target).
+
+A target that names several replicas (``ipv4:A,B``, ``dns:///name:port``; :func:`~slimsplit.edge.config.balanced`)
+gets gRPC's ``round_robin`` policy (``loadBalancingConfig`` in the service config): a call goes to the next replica
+whose connection is ready, a replica that went away is skipped while the channel re-dials it."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import grpc
 import grpc.aio
 
 from slimsplit.edge.auth import check_token_route
-from slimsplit.edge.config import ChannelConfig, TlsSettings
+from slimsplit.edge.config import ChannelConfig, TlsSettings, balanced, target_addresses
 from slimsplit.edge.tls import channel_credentials
 from slimsplit.protocol import SERVICE_NAME
 
@@ -22,13 +26,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.3f}s"
 
 
-def service_config(config: ChannelConfig) -> str:
+def service_config(config: ChannelConfig, *, balance: bool = False) -> str:
     """The JSON service config: a retry policy for ``Infer`` and ``Describe`` (gRPC never retries streams), and the
     bound on a frame's reply (``maxResponseMessageBytes`` of ``Infer`` and ``InferStream``: ``max_reply_bytes``; a
     larger reply fails its call with ``RESOURCE_EXHAUSTED`` before it is parsed). ``Describe`` answers, which carry
     whole manifests, are bounded by ``max_message_bytes`` alone.
 
     ``retry.max_attempts == 1`` turns retries off (gRPC rejects a policy with fewer than 2 attempts).
+    ``balance``: calls are spread over the target's addresses by ``round_robin`` (else gRPC's default,
+    ``pick_first``).
     """
     retry = config.retry
 
@@ -46,11 +52,15 @@ def service_config(config: ChannelConfig) -> str:
         }
         infer["retryPolicy"] = describe["retryPolicy"] = policy
     infer["maxResponseMessageBytes"] = stream["maxResponseMessageBytes"] = config.max_reply_bytes
-    return json.dumps({"methodConfig": [infer, describe, stream]})
+    doc: dict[str, object] = {"methodConfig": [infer, describe, stream]}
+    if balance:
+        doc["loadBalancingConfig"] = [{"round_robin": {}}]
+    return json.dumps(doc)
 
 
-def channel_options(config: ChannelConfig) -> list[tuple[str, str | int]]:
-    """Channel arguments (the server must allow pings at least every ``keepalive_time_ms``)."""
+def channel_options(config: ChannelConfig, *, balance: bool = False) -> list[tuple[str, str | int]]:
+    """Channel arguments (the server must allow pings at least every ``keepalive_time_ms``); ``balance``: see
+    :func:`service_config`."""
     options: list[tuple[str, str | int]] = [
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -61,14 +71,14 @@ def channel_options(config: ChannelConfig) -> list[tuple[str, str | int]]:
         ("grpc.initial_reconnect_backoff_ms", config.initial_reconnect_backoff_ms),
         ("grpc.max_reconnect_backoff_ms", config.max_reconnect_backoff_ms),
         ("grpc.enable_retries", 1 if config.retry.max_attempts > 1 else 0),
-        ("grpc.service_config", service_config(config)),
+        ("grpc.service_config", service_config(config, balance=balance)),
     ]
     return options
 
 
 def insecure_channel(target: str, config: ChannelConfig) -> grpc.aio.Channel:
     """A plaintext ``grpc.aio`` channel to ``target``."""
-    return grpc.aio.insecure_channel(target, options=channel_options(config))
+    return grpc.aio.insecure_channel(target, options=channel_options(config, balance=balanced(target)))
 
 
 def credentials(
@@ -86,7 +96,7 @@ def credentials(
         return grpc.composite_channel_credentials(ssl_creds, grpc.access_token_call_credentials(token))
     if token is None:
         return None
-    check_token_route(*(t for t in (origin, target) if t))
+    check_token_route(*(a for t in (origin, target) if t for a in target_addresses(t)))
     local = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
     return grpc.composite_channel_credentials(local, grpc.access_token_call_credentials(token))
 
@@ -107,7 +117,7 @@ def open_channel(
     creds = credentials(tls, token, target=target, origin=origin)
     if creds is None:
         return insecure_channel(target, config)
-    options = channel_options(config)
+    options = channel_options(config, balance=balanced(target))
     name = tls.server_name or server_name
     if tls.enabled and name:
         options.append(("grpc.ssl_target_name_override", name))

@@ -5,6 +5,7 @@
   ``--max-in-flight``) and the controller they choose for a bundle, checked before anything connects;
 * :func:`add_link_arguments` and :func:`link_from_args`: the emulated link's flags (``--link``, ``--downlink``,
   ``--link-delay-ms``, ``--link-queue-bytes``, ``--link-offset-s``) and the link they describe;
+* :class:`AddressesAction`: ``--server`` given several times (replicas), joined with commas;
 * :func:`add_source_argument`, :func:`add_connect_timeout_argument`, :func:`add_output_arguments`: ``--source``,
   ``--connect-timeout``, and ``--json-out``, ``--quiet``, ``--plain``, ``--every``;
 * :func:`add_credential_arguments`, :func:`tls_from_args` and :func:`auth_from_args`: ``--tls-ca``, ``--tls-cert``,
@@ -280,6 +281,25 @@ def control_plan(name: str, manifest: Manifest, run: RunConfig, options: Any = N
 
 
 # ---------------------------------------------------------------------------------------------- frames and server
+
+
+class AddressesAction(argparse.Action):
+    """A flag that may be repeated, each value one address or several comma-separated; the values are joined with
+    commas (``--server A --server B,C`` -> ``"A,B,C"``), which :func:`~slimsplit.edge.config.parse_targets` reads.
+    The first value replaces the default."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        value = str(values).strip()
+        current = getattr(namespace, self.dest, None)
+        if isinstance(current, str) and current is not self.default and current:
+            value = f"{current},{value}"
+        setattr(namespace, self.dest, value)
 
 
 def add_source_argument(group: argparse._ArgumentGroup) -> None:
@@ -688,6 +708,7 @@ __all__ = [
     "EXIT_USAGE",
     "LINK_DESCRIPTION",
     "LINK_FLAGS",
+    "AddressesAction",
     "Console",
     "ControlPlan",
     "HelpFormatter",

@@ -15,8 +15,9 @@ import grpc.aio
 
 from slimsplit.edge.auth import TOKEN_KEY, read_token
 from slimsplit.edge.channel import open_channel
-from slimsplit.edge.config import ClientConfig
+from slimsplit.edge.config import ClientConfig, balanced, first_address
 from slimsplit.edge.grpc_transport import StreamTransport, UnaryTransport
+from slimsplit.edge.replicas import ReplicaTransport
 from slimsplit.edge.replies import reply_bytes_bound
 from slimsplit.edge.status import error_from_rpc, refusal, refused
 from slimsplit.edge.tls import diagnose, split_target
@@ -93,18 +94,20 @@ class EdgeClient(Connection):
     @property
     def server_name(self) -> str:
         """The name the server's certificate must carry: ``tls.server_name``, else the host of the configured
-        target (also when this connection dials another address, a local proxy)."""
+        target (also when this connection dials another address, a local proxy; the first one of several
+        replicas)."""
         if self.config.tls.server_name:
             return self.config.tls.server_name
+        first = first_address(self.config.target)
         try:
-            return split_target(self.config.target)[0]
+            return split_target(first)[0]
         except ValueError:
-            return self.config.target
+            return first
 
     async def handshake_problem(self) -> str | None:
         """What fails in the TLS handshake with the server (or a plaintext client's with a TLS server); ``None``
         when that is not the problem."""
-        return await asyncio.to_thread(diagnose, self.target, self.config.tls, self.server_name)
+        return await asyncio.to_thread(diagnose, first_address(self.target), self.config.tls, self.server_name)
 
     def _handshake_error(self, problem: str) -> Unavailable:
         return Unavailable(f"cannot connect to the server at {self.target}: {problem}", target=self.target)
@@ -156,9 +159,15 @@ class EdgeClient(Connection):
         return response
 
     def open_transport(self, *, unary: bool = False, seed: int | None = None) -> FrameTransport:
-        """A reconnecting ``InferStream`` (opened lazily by the first ``submit``), or unary ``Infer`` calls."""
+        """A reconnecting ``InferStream`` (opened lazily by the first ``submit``), or unary ``Infer`` calls (gRPC
+        balances them over the replicas of a target that names several). Over several replicas
+        (``config.stream_count`` > 1): that many streams, a frame whose stream broke re-sent once on another
+        (:class:`~slimsplit.edge.replicas.ReplicaTransport`)."""
         if unary:
             return UnaryTransport(self.stub, target=self.config.target, top_k=self.config.top_k)
+        count = self.config.stream_count if balanced(self.target) else 1
+        if count > 1:
+            return ReplicaTransport([self.open_stream(seed=None if seed is None else seed + i) for i in range(count)])
         return self.open_stream(seed=seed)
 
     def open_stream(self, *, seed: int | None = None) -> StreamTransport:

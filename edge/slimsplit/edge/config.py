@@ -5,7 +5,7 @@
 override the file, the file overrides the defaults (the same loader as the server's, :mod:`slimsplit.settings`)::
 
     [server]
-    address = "slimsplit-server.lan:50051"
+    address = "slimsplit-server.lan:50051"   # or replicas: "10.0.0.5:50051,10.0.0.6:50051", "dns:///name:50051"
 
     [control]
     controller = "mpc"
@@ -172,6 +172,9 @@ class ClientConfig:
     still measure the link, at the price of slots held by frames that are misses already).
     ``max_in_flight``: frames sent and not yet answered (or abandoned); at that limit a paced source skips
     frames, an unpaced one waits for a free slot.
+    ``streams``: how many frame streams a run keeps open over a target that names several replicas (gRPC's
+    ``round_robin`` places each new stream on the next ready replica; 0 = one per address, 2 for a ``dns:///``
+    name); a frame whose stream breaks is re-sent once on another while its deadline allows.
     """
 
     target: str = f"127.0.0.1:{DEFAULT_PORT}"
@@ -182,6 +185,7 @@ class ClientConfig:
     top_k: int = 5
     connect_timeout_s: float = 5.0
     give_up_ms: float | None = None
+    streams: int = 0
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     tls: TlsSettings = field(default_factory=TlsSettings)
@@ -196,6 +200,8 @@ class ClientConfig:
             raise ConfigError(f"give_up_ms must be > 0, got {self.give_up_ms}")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 <= self.streams <= MAX_ADDRESSES:
+            raise ConfigError(f"streams must be in 0..{MAX_ADDRESSES}, got {self.streams}")
         if not self.connect_timeout_s > 0:
             raise ConfigError(f"connect_timeout_s must be > 0, got {self.connect_timeout_s}")
 
@@ -203,6 +209,14 @@ class ClientConfig:
     def give_up_s(self) -> float:
         """Seconds after its capture at which a frame without a reply is abandoned."""
         return (self.give_up_ms if self.give_up_ms is not None else self.deadline_ms) / 1e3
+
+    @property
+    def stream_count(self) -> int:
+        """The frame streams a run keeps open (see ``streams``): 1 for a target of one address."""
+        if self.streams:
+            return self.streams
+        count = replica_count(self.target)
+        return 2 if count == 0 else count
 
 
 def parse_address(text: str, default_port: int = DEFAULT_PORT) -> str:
@@ -248,6 +262,88 @@ def parse_address(text: str, default_port: int = DEFAULT_PORT) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+DNS_SCHEME = "dns:///"
+"""The prefix of a target that gRPC resolves itself, every address of the name a replica (``dns:///name:port``)."""
+_MULTI_SCHEMES = ("ipv4:", "ipv6:")
+MAX_ADDRESSES = 64
+"""The most server addresses one ``--server`` may list."""
+
+
+def _is_ip(host: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).version == version
+    except ValueError:
+        return False
+
+
+def parse_targets(text: str, default_port: int = DEFAULT_PORT) -> str:
+    """Validate one server address, several (comma-separated: replicas of one service) or ``dns:///NAME:PORT``,
+    and return the gRPC target: one address as :func:`parse_address` writes it; several as gRPC's multi-address
+    target (``ipv4:127.0.0.1:5001,127.0.0.1:5002``, ``ipv6:[::1]:5001,[::1]:5002``: IP literals of one family,
+    a name cannot be listed); ``dns:///name:port`` as it is (gRPC resolves the name, every address a replica).
+
+    Raises :class:`ConfigError` naming what is wrong."""
+    raw = text.strip()
+    if raw.startswith(DNS_SCHEME):
+        rest = raw[len(DNS_SCHEME) :]
+        if "," in rest:
+            raise ConfigError(f"server address {text!r}: a dns:/// target names one host (its addresses: the replicas)")
+        return DNS_SCHEME + parse_address(rest, default_port)
+    if raw.startswith(_MULTI_SCHEMES):
+        raw = raw.partition(":")[2]
+    parts = [p.strip() for p in raw.split(",")]
+    if len(parts) == 1:
+        return parse_address(parts[0], default_port)
+    if any(not p for p in parts):
+        raise ConfigError(f"server addresses {text!r}: an empty address in the list")
+    if len(parts) > MAX_ADDRESSES:
+        raise ConfigError(f"server addresses {text!r}: {len(parts)} addresses, at most {MAX_ADDRESSES}")
+    addresses = [parse_address(p, default_port) for p in parts]
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError(f"server addresses {text!r}: an address is listed twice")
+    hosts = [split_host(a) for a in addresses]
+    for version in (4, 6):
+        if all(_is_ip(h, version) for h in hosts):
+            return f"ipv{version}:" + ",".join(addresses)
+    raise ConfigError(
+        f"server addresses {text!r}: several addresses must be IP addresses of one family (IPv4, or IPv6 in "
+        "brackets); for a host name with several addresses give dns:///NAME:PORT"
+    )
+
+
+def split_host(address: str) -> str:
+    """The host of ``HOST:PORT`` or ``[V6]:PORT`` (brackets removed)."""
+    return address.rpartition(":")[0].strip("[]")
+
+
+def target_addresses(target: str) -> tuple[str, ...]:
+    """The addresses of a gRPC target :func:`parse_targets` wrote: one ``HOST:PORT`` each (a ``dns:///`` target:
+    its one ``NAME:PORT``)."""
+    if target.startswith(DNS_SCHEME):
+        return (target[len(DNS_SCHEME) :],)
+    if target.startswith(_MULTI_SCHEMES):
+        return tuple(target.partition(":")[2].split(","))
+    return (target,)
+
+
+def first_address(target: str) -> str:
+    """The first ``HOST:PORT`` of a target (what a TLS diagnosis or a name check looks at)."""
+    return target_addresses(target)[0]
+
+
+def replica_count(target: str) -> int:
+    """How many replicas the target names: its addresses, 0 for a ``dns:///`` name (unknown until resolved)."""
+    if target.startswith(DNS_SCHEME):
+        return 0
+    return len(target_addresses(target))
+
+
+def balanced(target: str) -> bool:
+    """Whether the target may name several replicas (several addresses, or a ``dns:///`` name): the channel then
+    balances calls over them (``round_robin``)."""
+    return replica_count(target) != 1
+
+
 # ---------------------------------------------------------------------------------------------- slimsplit-edge
 
 #: Where the ``oracle`` runs (it knows the link trace in advance: an offline evaluation, not a live controller).
@@ -274,7 +370,10 @@ def check_live_controller(name: str, mode: str | None, extra: tuple[str, ...] = 
 class ServerSettings:
     """``[server]``: the slimsplit server and how frames reach it. ``give_up_ms``: a frame with no reply this long
     after its capture is dropped and its in-flight slot freed (unset: the deadline); ``rtt_pings``: the round trip
-    measured at start as the fastest of this many ``Describe`` calls (0 = not measured)."""
+    measured at start as the fastest of this many ``Describe`` calls (0 = not measured). ``address``: one
+    ``HOST:PORT``, several replicas of one service comma-separated (IP addresses), or ``dns:///NAME:PORT`` (every
+    address of the name a replica); the edge balances over replicas and routes around a dead one
+    (:func:`parse_targets`)."""
 
     address: str = f"127.0.0.1:{DEFAULT_PORT}"
     unary: bool = False
@@ -285,7 +384,7 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         try:
-            parse_address(self.address)
+            parse_targets(self.address)
         except ConfigError as exc:
             raise field_error("address", str(exc)) from exc
         check(
@@ -408,7 +507,9 @@ class ExitRule:
 class OutputSettings:
     """``[output]``: ``json_out`` = write every frame and the summary there as JSON; ``quiet`` = only the summary;
     ``plain`` = plain lines even on a terminal; ``every`` = plain output, one line every this many seconds (0 =
-    one per frame); ``min_hit_rate``/``max_drop_rate``: when the run exits 1 (:class:`ExitRule`)."""
+    one per frame); ``min_hit_rate``/``max_drop_rate``: when the run exits 1 (:class:`ExitRule`);
+    ``status_file`` = write the last minute's status there as JSON every ``status_every_s`` seconds
+    (:mod:`slimsplit.edge.status_file`; unset: ``$STATE_DIRECTORY/status.json`` under systemd, else none)."""
 
     json_out: Path | None = None
     quiet: bool = False
@@ -416,9 +517,16 @@ class OutputSettings:
     every: float = 0.0
     min_hit_rate: float = 0.0
     max_drop_rate: float = 1.0
+    status_file: Path | None = None
+    status_every_s: float = 5.0
 
     def __post_init__(self) -> None:
         check(math.isfinite(self.every) and self.every >= 0, "every", f"expected a number >= 0, got {self.every!r}")
+        check(
+            math.isfinite(self.status_every_s) and 0.5 <= self.status_every_s <= 3600,
+            "status_every_s",
+            f"expected a number of seconds from 0.5 to 3600, got {self.status_every_s!r}",
+        )
         self.exit_rule()
 
     def exit_rule(self) -> ExitRule:
@@ -443,7 +551,7 @@ class EdgeConfig:
         """The gRPC client's configuration (give up at the deadline unless ``server.give_up_ms`` says otherwise)."""
         s, c = self.server, self.control
         return ClientConfig(
-            target=parse_address(s.address),
+            target=parse_targets(s.address),
             max_in_flight=c.max_in_flight,
             deadline_ms=c.deadline_ms,
             give_up_ms=s.give_up_ms if s.give_up_ms is not None else c.deadline_ms,
@@ -461,6 +569,8 @@ def load_edge_config(path: Path | str | None = None, overrides: dict[str, Any] |
 
 
 __all__ = [
+    "DNS_SCHEME",
+    "MAX_ADDRESSES",
     "ORACLE_REFUSAL",
     "AuthSettings",
     "ChannelConfig",
@@ -475,7 +585,13 @@ __all__ = [
     "ServerSettings",
     "TlsSettings",
     "UnaryRetryPolicy",
+    "balanced",
     "check_live_controller",
+    "first_address",
     "load_edge_config",
     "parse_address",
+    "parse_targets",
+    "replica_count",
+    "split_host",
+    "target_addresses",
 ]

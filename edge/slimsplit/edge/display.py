@@ -6,6 +6,9 @@
 * :class:`LiveDisplay` - on an interactive terminal: the last frames as a table, a strip of the modes chosen
   for the last frames and a running status line (link capacity, estimate, mode, latency against the
   deadline), redrawn in place at most ``refresh_hz`` times a second (cheap for the frame loop).
+* :class:`JournalDisplay` - under systemd (stdout is the journal: ``$JOURNAL_STREAM``, :func:`under_journal`):
+  one readable line a second, also when no frame finished (the server is down, the source waits), with the
+  totals since start; never escape codes. :meth:`JournalDisplay.tick` is called by a timer on the event loop.
 * :class:`QuietDisplay` - nothing per frame.
 
 All of them end with :func:`format_summary` (accuracy, latency percentiles, bytes per frame, rate, errors by
@@ -29,6 +32,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Protocol, TextIO
 
+from slimsplit.edge.pipeline import NOT_CONNECTED
 from slimsplit.edge.replies import printable
 from slimsplit.records import SKIPPED, FrameRecord, LatencyStats, RunSummary, reason_kind, summarize
 
@@ -268,6 +272,14 @@ def format_interval(t_s: float, window: Sequence[FrameRecord], link_bps: float |
     return "  ".join(parts)
 
 
+def server_down(window: Sequence[FrameRecord]) -> bool:
+    """Whether the frames of an interval say the server could not be reached: none answered, and some failed
+    ``UNAVAILABLE`` or were skipped ``not connected`` (the transport waiting to reconnect)."""
+    return all(not r.ok for r in window) and any(
+        r.status == "UNAVAILABLE" or (r.status == SKIPPED and reason_kind(r.reason) == "not connected") for r in window
+    )
+
+
 class TickerDisplay(QuietDisplay):
     """One plain line every ``every`` seconds about the frames that finished in that interval (see
     :func:`format_interval`); readable in logs and CI at any frame rate."""
@@ -302,13 +314,103 @@ class TickerDisplay(QuietDisplay):
 
     def _flush(self, now: float) -> None:
         if self._window:
-            self.out.write(format_interval(now, self._window, self._link()) + "\n")
+            line = format_interval(now, self._window, self._link())
+            if server_down(self._window):
+                line += "  server DOWN"
+            self.out.write(line + "\n")
             self.out.flush()
         self._window = []
 
     def finish(self, summary: RunSummary, results: Sequence[FrameRecord]) -> None:
         self._flush(time.perf_counter() - self._start)
         super().finish(summary, results)
+
+
+def format_journal(t_s: float, window: Sequence[FrameRecord], totals: tuple[int, int, int]) -> str:
+    """One journal line about the frames finished in the last interval (or that none did): how many, in time,
+    the modes sent, the controller's estimate, the median latency, skips and drops, whether the server answers;
+    then the totals since start (frames, answered, in time). No column padding: a log is read, not aligned."""
+    frames, answered, in_time = totals
+    tail = f"total {frames} frames, {answered} answered, {in_time} in time ({_pct(in_time, frames).strip()})"
+    if not window:
+        return f"t {t_s:.1f} s  no frame finished  {tail}"
+    sent = [r for r in window if r.sent]
+    modes = Counter(r.mode for r in sent).most_common(3)
+    more = len({r.mode for r in sent}) - len(modes)
+    mode_text = ", ".join(f"{m} {n}" for m, n in modes) + (f" +{more}" if more > 0 else "") if modes else "-"
+    estimates = [r.estimate_bps for r in window if r.estimate_bps is not None]
+    e2e = sorted(r.latency_ms for r in window if r.ok)
+    skips = Counter(reason_kind(r.reason) for r in window if r.status == SKIPPED)
+    dropped = sum(1 for r in sent if not r.ok)
+    parts = [
+        f"t {t_s:.1f} s",
+        f"est {_rate(estimates[-1] if estimates else None).strip()}",
+        f"modes {mode_text}",
+        f"in time {sum(1 for r in window if r.hit)}/{len(window)}",
+        f"e2e p50 {_ms(e2e[len(e2e) // 2] if e2e else None).strip()} ms",
+    ]
+    if skips:
+        parts.append("skipped " + ", ".join(f"{n} ({k})" for k, n in skips.items()))
+    if dropped:
+        parts.append(f"dropped {dropped}")
+    down = not e2e and any(r.status == "UNAVAILABLE" or r.reason == NOT_CONNECTED for r in window)
+    parts.append("server DOWN" if down else ("server up" if e2e else "no answer"))
+    parts.append(tail)
+    return "  ".join(parts)
+
+
+class JournalDisplay(TickerDisplay):
+    """One line every ``every`` seconds (default 1) for the journal (:func:`format_journal`), driven by
+    :meth:`tick` (a timer) as well as by the frames, so a quiet second still gets its line."""
+
+    def __init__(
+        self,
+        out: TextIO,
+        class_names: Sequence[str] = (),
+        capacity: Capacity | None = None,
+        every: float = 1.0,
+    ) -> None:
+        super().__init__(out, class_names, capacity, every)
+        self._frames = 0
+        self._answered = 0
+        self._in_time = 0
+
+    def frame(self, result: FrameRecord) -> None:
+        self._frames += 1
+        self._answered += result.ok
+        self._in_time += bool(result.hit)
+        super().frame(result)
+
+    def tick(self) -> None:
+        """Write the line of the interval now due, if one is (called about every second)."""
+        now = time.perf_counter() - self._start
+        if now >= self._next:
+            self._flush(now, empty=True)
+            self._next += self.every * (math.floor((now - self._next) / self.every) + 1)
+
+    def _flush(self, now: float, empty: bool = False) -> None:
+        if self._window or empty:
+            line = format_journal(now, self._window, (self._frames, self._answered, self._in_time))
+            link = self._link()
+            if link is not None:
+                line += f"  link {_rate(link).strip()}"
+            self.out.write(line + "\n")
+            self.out.flush()
+        self._window = []
+
+
+def under_journal(out: TextIO, env: dict[str, str] | None = None) -> bool:
+    """``out`` is systemd's journal stream: ``$JOURNAL_STREAM`` (``DEVICE:INODE``, which systemd sets for a
+    service whose output goes to the journal) names the file ``out`` writes to."""
+    value = (env if env is not None else os.environ).get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(out.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
 
 
 _STRIP_GLYPHS = "\u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588"  # lower one eighth block .. full block
@@ -458,11 +560,18 @@ def make_display(
     every: float = 0.0,
     capacity: Capacity | None = None,
     mode_order: Sequence[str] = (),
+    journal: bool | None = None,
 ) -> Display:
-    """The right display for ``out``: quiet, live (TTY), one plain line every ``every`` seconds (``every > 0``)
-    or one plain line per frame. ``capacity`` and ``mode_order``: see :class:`LiveDisplay`."""
+    """The right display for ``out``: quiet, the journal's (``journal``; ``None``: when ``out`` is the journal,
+    :func:`under_journal`: one line every ``every`` seconds, default 1), live (TTY), one plain line every
+    ``every`` seconds (``every > 0``) or one plain line per frame. ``capacity`` and ``mode_order``: see
+    :class:`LiveDisplay`."""
     if quiet:
         return QuietDisplay(out, class_names, capacity)
+    if journal is None:
+        journal = under_journal(out)
+    if journal:
+        return JournalDisplay(out, class_names, capacity, every if every > 0 else 1.0)
     if live is None:
         live = wants_live(out)
     if live:
@@ -475,14 +584,18 @@ def make_display(
 __all__ = [
     "Capacity",
     "Display",
+    "JournalDisplay",
     "LineDisplay",
     "LiveDisplay",
     "QuietDisplay",
     "TickerDisplay",
     "format_frame",
     "format_interval",
+    "format_journal",
     "format_summary",
     "make_display",
+    "server_down",
     "silence_stdout",
+    "under_journal",
     "wants_live",
 ]

@@ -111,6 +111,7 @@ class RunReport:
     late_replies: int = 0
     stray_replies: int = 0  # replies for no frame in flight that were not late ones (never sent, duplicates)
     rtt_ms: float | None = None  # round trip measured before the run (set by the caller that measured it)
+    resent: int = 0  # frames re-sent on another replica after their stream broke (several replicas only)
 
 
 class _Frame:
@@ -259,6 +260,7 @@ class Pipeline:
             reconnects=transport.reconnects,
             late_replies=transport.late_replies,
             stray_replies=transport.stray_replies,
+            resent=transport.resent,
         )
 
     def _not_connected(self, source: SourceFrame, captured: float) -> FrameRecord:

@@ -349,18 +349,19 @@ async def _stoppable(
     run: EdgeRun, stop: Stop, client: Connection, controller: Controller, pipeline: PipelineConfig, display: Display
 ) -> RunReport:
     """The frames of ``run`` until they end or ``stop`` is requested (see the module docstring)."""
-    taken: list[SourceFrame] = []
+    taken: dict[int, SourceFrame] = {}  # by index, until answered (then let go: a long run holds no old images)
     records: list[FrameRecord] = []
 
     async def frames() -> AsyncIterator[SourceFrame]:
         async for frame in aiter_frames(run.frames):  # a live source's waits run off the event loop
             if stop.requested:
                 return
-            taken.append(frame)
+            taken[frame.index] = frame
             yield frame
 
     def on_result(record: FrameRecord) -> None:
         records.append(record)
+        taken.pop(record.index, None)
         display.frame(record)
 
     stop.streaming = True
@@ -394,7 +395,7 @@ async def _stoppable(
             deadline_ms=run.client.deadline_ms,
             source=f.name,
         )
-        for f in taken
+        for f in taken.values()
         if f.index not in answered
     ]
     return RunReport(results=sorted(records + cut, key=lambda r: r.index), wall_s=time.perf_counter() - start)
@@ -421,6 +422,7 @@ def write_json(
         "reconnects": report.reconnects,
         "late_replies": report.late_replies,
         "stray_replies": report.stray_replies,
+        "resent": report.resent,
         "rtt_ms": report.rtt_ms,
         "frames": [r.to_dict() for r in report.results],
     }

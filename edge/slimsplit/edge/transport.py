@@ -187,6 +187,11 @@ class FrameTransport(ABC):
         return 0
 
     @property
+    def resent(self) -> int:
+        """Frames sent a second time (on another replica, after the stream carrying them broke)."""
+        return 0
+
+    @property
     def ready(self) -> bool:
         """Whether a frame submitted now would be sent: False while the transport is known to be down and waiting
         to reconnect (a frame then fails at once, so a caller that has not encoded it yet should not)."""
