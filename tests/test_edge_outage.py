@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 import pytest
+from control_helpers import FixedMode
 
 from slimsplit.bundle import Bundle, default_bundle_path
 from slimsplit.codec import encode_features
-from slimsplit.control.base import Controller, Decision, FrameFeedback
 from slimsplit.edge.client import EdgeClient
 from slimsplit.edge.config import ChannelConfig, ClientConfig, ReconnectPolicy
 from slimsplit.edge.pipeline import NOT_CONNECTED, PipelineConfig, RunReport, run_frames
@@ -77,19 +77,6 @@ class CountingEncoder:
         return _Encoded(self.payload, self.mode)
 
 
-class Fixed(Controller):
-    name = "fixed-test"
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-
-    def choose(self, now: float, in_flight_bytes: int, in_flight_frames: int) -> Decision:
-        return Decision(self.mode, "fixed")
-
-    def observe(self, feedback: FrameFeedback) -> None:
-        return None
-
-
 @dataclass
 class Outage:
     """Stops ``server`` ``after_s`` into the run and starts a new one on its port ``OUTAGE_S`` later."""
@@ -140,7 +127,7 @@ def run_through_outage(
             return await run_frames(
                 client,
                 encoder,
-                Fixed(mode),
+                FixedMode(mode),
                 mode_options(bundle.manifest, strict=False),
                 frames_for(outage.after_s + OUTAGE_S + REDIAL_S + 0.8),
                 pipeline,
