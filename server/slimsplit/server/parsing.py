@@ -9,12 +9,13 @@ stream: when that message is reached).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
+
+from slimsplit.server.handlers import Behavior, behavior_of, rebuilt, replies
 
 Context = grpc.aio.ServicerContext[Any, Any]
 if TYPE_CHECKING:
@@ -60,13 +61,8 @@ class UndecodableRequests(_Interceptor):
         if handler is None or handler.request_deserializer is None:
             return handler
         method: str = details.method
-        deserialize = _safe(handler.request_deserializer)
-        serialize = handler.response_serializer
+        inner = behavior_of(handler)
         if handler.request_streaming:
-            inner: Callable[..., Any] | None = (
-                handler.stream_stream if handler.response_streaming else handler.stream_unary
-            )
-            assert inner is not None
 
             async def checked(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
                 async for request in requests:
@@ -77,51 +73,34 @@ class UndecodableRequests(_Interceptor):
             if handler.response_streaming:
 
                 async def stream_stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-                    result = inner(checked(requests, context), context)
-                    if inspect.isasyncgen(result):
-                        async for reply in result:
-                            yield reply
-                    else:
-                        await result
+                    async for reply in replies(inner(checked(requests, context), context)):
+                        yield reply
 
-                return grpc.stream_stream_rpc_method_handler(
-                    stream_stream, request_deserializer=deserialize, response_serializer=serialize
-                )
+                behavior: Behavior = stream_stream
+            else:
 
-            async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
-                return await inner(checked(requests, context), context)
+                async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
+                    return await inner(checked(requests, context), context)
 
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary, request_deserializer=deserialize, response_serializer=serialize
-            )
-        if handler.response_streaming:
-            unary_inner: Callable[..., Any] | None = handler.unary_stream
-            assert unary_inner is not None
+                behavior = stream_unary
+        elif handler.response_streaming:
 
             async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
                 if isinstance(request, Undecodable):
                     await _refuse(context, method, request)
-                result = unary_inner(request, context)
-                if inspect.isasyncgen(result):
-                    async for reply in result:
-                        yield reply
-                else:  # a handler that writes with context.write (the health service's Watch)
-                    await result
+                async for reply in replies(inner(request, context)):
+                    yield reply
 
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, request_deserializer=deserialize, response_serializer=serialize
-            )
-        unary_unary_inner: Callable[..., Any] | None = handler.unary_unary
-        assert unary_unary_inner is not None
+            behavior = unary_stream
+        else:
 
-        async def unary_unary(request: Any, context: Context) -> Any:
-            if isinstance(request, Undecodable):
-                await _refuse(context, method, request)
-            return await unary_unary_inner(request, context)
+            async def unary_unary(request: Any, context: Context) -> Any:
+                if isinstance(request, Undecodable):
+                    await _refuse(context, method, request)
+                return await inner(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, request_deserializer=deserialize, response_serializer=serialize
-        )
+            behavior = unary_unary
+        return rebuilt(handler, behavior, request_deserializer=_safe(handler.request_deserializer))
 
 
 __all__ = ["Undecodable", "UndecodableRequests"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ import grpc.aio
 
 from slimsplit.errors import SlimsplitError
 from slimsplit.protocol import AUTHORIZATION_KEY
+from slimsplit.server.handlers import Behavior, behavior_of, rebuilt, replies
 from slimsplit.server.security.guard import DeviceState, Guard
 from slimsplit.server.security.identity import IdentityCache
 from slimsplit.server.status import abort
@@ -75,29 +75,10 @@ class AuthInterceptor(_Interceptor):
         if handler is None or method.startswith(self._open):
             return handler
         token = bearer_token(details.invocation_metadata)
+        behavior = behavior_of(handler)
         if handler.response_streaming:
-            behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
-            wrapped_stream = self._streaming(behavior, token, method)
-            factory = (
-                grpc.stream_stream_rpc_method_handler
-                if handler.request_streaming
-                else grpc.unary_stream_rpc_method_handler
-            )
-            return factory(
-                wrapped_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
-        wrapped_unary = self._unary(behavior, token, method)
-        factory = (
-            grpc.stream_unary_rpc_method_handler if handler.request_streaming else grpc.unary_unary_rpc_method_handler
-        )
-        return factory(
-            wrapped_unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            return rebuilt(handler, self._streaming(behavior, token, method))
+        return rebuilt(handler, self._unary(behavior, token, method))
 
     async def _admit(self, token: str | None, method: str, context: Context) -> DeviceState:
         cert_device = self._identities.device_id(context.auth_context()) if self.guard.mtls else None
@@ -106,18 +87,14 @@ class AuthInterceptor(_Interceptor):
         except SlimsplitError as exc:
             await abort(context, exc)
 
-    def _unary(self, behavior: Callable[..., Any] | None, token: str | None, method: str) -> Callable[..., Any]:
-        assert behavior is not None
-
+    def _unary(self, behavior: Behavior, token: str | None, method: str) -> Behavior:
         async def call(request: Any, context: Context) -> Any:
             current_device.set(await self._admit(token, method, context))  # the call's own task: no reset needed
             return await behavior(request, context)
 
         return call
 
-    def _streaming(self, behavior: Callable[..., Any] | None, token: str | None, method: str) -> Callable[..., Any]:
-        assert behavior is not None
-
+    def _streaming(self, behavior: Behavior, token: str | None, method: str) -> Behavior:
         async def call(request: Any, context: Context) -> AsyncIterator[Any]:
             state = await self._admit(token, method, context)
             try:
@@ -126,12 +103,8 @@ class AuthInterceptor(_Interceptor):
                 await abort(context, exc)
             current_device.set(state)
             try:
-                result = behavior(request, context)
-                if inspect.isasyncgen(result):
-                    async for reply in result:
-                        yield reply
-                else:  # a handler that writes with context.write
-                    await result
+                async for reply in replies(behavior(request, context)):
+                    yield reply
             finally:
                 ticket.close()
 
