@@ -30,11 +30,15 @@ import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TextIO
 
 from slimsplit.edge.pipeline import NOT_CONNECTED
 from slimsplit.edge.replies import printable
 from slimsplit.records import SKIPPED, FrameRecord, LatencyStats, RunSummary, reason_kind, summarize
+
+#: The reason kind of a frame skipped while the transport waits to reconnect.
+_NOT_CONNECTED = reason_kind(NOT_CONNECTED)
 
 #: The emulated link's current uplink capacity in bits/s (``None`` when unknown).
 Capacity = Callable[[], float | None]
@@ -245,30 +249,61 @@ class LineDisplay(QuietDisplay):
         self.out.flush()
 
 
-def format_interval(t_s: float, window: Sequence[FrameRecord], link_bps: float | None = None) -> str:
-    """One ticker line: the frames that finished in an interval ending ``t_s`` seconds into the run."""
+@dataclass(frozen=True)
+class _Interval:
+    """What a ticker or journal line says about the frames that finished in one interval."""
+
+    frames: int
+    hits: int
+    modes: str
+    estimate_bps: float | None
+    e2e_p50_ms: float | None
+    skips: Counter[str]
+    dropped: int
+    answered: bool
+
+
+def _interval(window: Sequence[FrameRecord]) -> _Interval:
     sent = [r for r in window if r.sent]
     modes = Counter(r.mode for r in sent).most_common(3)
     more = len({r.mode for r in sent}) - len(modes)
     mode_text = ", ".join(f"{m} {n}" for m, n in modes) + (f" +{more}" if more > 0 else "") if modes else "-"
     estimates = [r.estimate_bps for r in window if r.estimate_bps is not None]
     e2e = sorted(r.latency_ms for r in window if r.ok)
-    hits = sum(1 for r in window if r.hit)
-    skips = Counter(reason_kind(r.reason) for r in window if r.status == SKIPPED)
-    dropped = sum(1 for r in sent if not r.ok)
+    return _Interval(
+        frames=len(window),
+        hits=sum(1 for r in window if r.hit),
+        modes=mode_text,
+        estimate_bps=estimates[-1] if estimates else None,
+        e2e_p50_ms=e2e[len(e2e) // 2] if e2e else None,
+        skips=Counter(reason_kind(r.reason) for r in window if r.status == SKIPPED),
+        dropped=sum(1 for r in sent if not r.ok),
+        answered=bool(e2e),
+    )
+
+
+def _skips_and_drops(iv: _Interval) -> list[str]:
+    parts = []
+    if iv.skips:
+        parts.append("skipped " + ", ".join(f"{n} ({k})" for k, n in iv.skips.items()))
+    if iv.dropped:
+        parts.append(f"dropped {iv.dropped}")
+    return parts
+
+
+def format_interval(t_s: float, window: Sequence[FrameRecord], link_bps: float | None = None) -> str:
+    """One ticker line: the frames that finished in an interval ending ``t_s`` seconds into the run."""
+    iv = _interval(window)
     parts = [f"t {t_s:6.1f} s"]
     if link_bps is not None:
         parts.append(f"link {_rate(link_bps)}")
     parts += [
-        f"est {_rate(estimates[-1] if estimates else None)}",
-        f"modes {mode_text:<28s}",
-        f"in time {hits:3d}/{len(window):<3d}",
-        f"e2e p50 {_ms(e2e[len(e2e) // 2] if e2e else None)} ms",
+        f"est {_rate(iv.estimate_bps)}",
+        f"modes {iv.modes:<28s}",
+        f"in time {iv.hits:3d}/{iv.frames:<3d}",
+        f"e2e p50 {_ms(iv.e2e_p50_ms)} ms",
+        *_skips_and_drops(iv),
     ]
-    if skips:
-        parts.append("skipped " + ", ".join(f"{n} ({k})" for k, n in skips.items()))
-    if dropped:
-        parts.append(f"dropped {dropped}")
     return "  ".join(parts)
 
 
@@ -276,7 +311,7 @@ def server_down(window: Sequence[FrameRecord]) -> bool:
     """Whether the frames of an interval say the server could not be reached: none answered, and some failed
     ``UNAVAILABLE`` or were skipped ``not connected`` (the transport waiting to reconnect)."""
     return all(not r.ok for r in window) and any(
-        r.status == "UNAVAILABLE" or (r.status == SKIPPED and reason_kind(r.reason) == "not connected") for r in window
+        r.status == "UNAVAILABLE" or (r.status == SKIPPED and reason_kind(r.reason) == _NOT_CONNECTED) for r in window
     )
 
 
@@ -334,27 +369,16 @@ def format_journal(t_s: float, window: Sequence[FrameRecord], totals: tuple[int,
     tail = f"total {frames} frames, {answered} answered, {in_time} in time ({_pct(in_time, frames).strip()})"
     if not window:
         return f"t {t_s:.1f} s  no frame finished  {tail}"
-    sent = [r for r in window if r.sent]
-    modes = Counter(r.mode for r in sent).most_common(3)
-    more = len({r.mode for r in sent}) - len(modes)
-    mode_text = ", ".join(f"{m} {n}" for m, n in modes) + (f" +{more}" if more > 0 else "") if modes else "-"
-    estimates = [r.estimate_bps for r in window if r.estimate_bps is not None]
-    e2e = sorted(r.latency_ms for r in window if r.ok)
-    skips = Counter(reason_kind(r.reason) for r in window if r.status == SKIPPED)
-    dropped = sum(1 for r in sent if not r.ok)
+    iv = _interval(window)
     parts = [
         f"t {t_s:.1f} s",
-        f"est {_rate(estimates[-1] if estimates else None).strip()}",
-        f"modes {mode_text}",
-        f"in time {sum(1 for r in window if r.hit)}/{len(window)}",
-        f"e2e p50 {_ms(e2e[len(e2e) // 2] if e2e else None).strip()} ms",
+        f"est {_rate(iv.estimate_bps).strip()}",
+        f"modes {iv.modes}",
+        f"in time {iv.hits}/{iv.frames}",
+        f"e2e p50 {_ms(iv.e2e_p50_ms).strip()} ms",
+        *_skips_and_drops(iv),
     ]
-    if skips:
-        parts.append("skipped " + ", ".join(f"{n} ({k})" for k, n in skips.items()))
-    if dropped:
-        parts.append(f"dropped {dropped}")
-    down = not e2e and any(r.status == "UNAVAILABLE" or r.reason == NOT_CONNECTED for r in window)
-    parts.append("server DOWN" if down else ("server up" if e2e else "no answer"))
+    parts.append("server DOWN" if server_down(window) else ("server up" if iv.answered else "no answer"))
     parts.append(tail)
     return "  ".join(parts)
 
