@@ -40,7 +40,7 @@ from slimsplit.edge.status import (
     restated,
     status_of,
 )
-from slimsplit.edge.transport import Done, FrameTransport, InFlight, Outcome
+from slimsplit.edge.transport import Done, FrameTransport, InFlight, Outcome, wait_set
 from slimsplit.errors import SlimsplitError, Unavailable
 from slimsplit.v1 import slimsplit_pb2 as pb
 
@@ -408,11 +408,7 @@ class UnaryTransport(FrameTransport):
             self._idle.set()
 
     async def drain(self, timeout_s: float | None = None) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_set(self._idle, timeout_s)
 
     async def aclose(self) -> None:
         """Cancel the calls still running (their frames get no outcome: the caller has stopped waiting)."""

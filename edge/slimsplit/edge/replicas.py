@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from slimsplit.edge.status import restated, status_of
-from slimsplit.edge.transport import Done, FrameTransport, Outcome
+from slimsplit.edge.transport import Done, FrameTransport, Outcome, wait_set
 from slimsplit.errors import SlimsplitError, Unavailable
 from slimsplit.v1 import slimsplit_pb2 as pb
 
@@ -200,11 +200,7 @@ class ReplicaTransport(FrameTransport):
 
     # ----------------------------------------------------------------------------------------------- closing
     async def drain(self, timeout_s: float | None = None) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_set(self._idle, timeout_s)
 
     async def aclose(self) -> None:
         """Close every transport (each lets its frames in flight be answered for a while); a frame still waiting to

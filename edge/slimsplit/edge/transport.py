@@ -78,6 +78,15 @@ class _Pending:
     timer: asyncio.TimerHandle | None
 
 
+async def wait_set(event: asyncio.Event, timeout_s: float | None) -> bool:
+    """Wait until ``event`` is set; False when ``timeout_s`` passed first."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout_s)
+    except TimeoutError:
+        return False
+    return True
+
+
 class InFlight:
     """Frames submitted and not yet answered: each one's callback, send time, attempt and deadline timer. Use it on
     one event loop. A frame's callback is called once: by :meth:`answer`, at its deadline (``DeadlineExceeded``;
@@ -161,11 +170,7 @@ class InFlight:
 
     async def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Wait until no frame is in flight; False when ``timeout_s`` passed first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_set(self._idle, timeout_s)
 
 
 class FrameTransport(ABC):
@@ -287,4 +292,4 @@ class Connection(ABC):
         tells the two apart; ``seed`` seeds the reconnection jitter of one that reconnects."""
 
 
-__all__ = ["OK", "Connection", "Done", "FrameTransport", "InFlight", "Outcome"]
+__all__ = ["OK", "Connection", "Done", "FrameTransport", "InFlight", "Outcome", "wait_set"]
