@@ -1,15 +1,21 @@
-"""Backends with controllable behaviour for server tests: a gate that holds tails, and one that fails."""
+"""Backends with controllable behaviour for server tests (a gate that holds tails, one that fails) and a zero-cost
+server on loopback."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import numpy.typing as npt
 
 from slimsplit.bundle import Bundle
+from slimsplit.server.app import ServerThread
 from slimsplit.server.backends.base import Backend, TailOutput, TailRunner
+from slimsplit.server.backends.null_backend import NullBackend
 from slimsplit.server.backends.onnxruntime_backend import OnnxRuntimeBackend
+from slimsplit.server.config import GrpcConfig, ServerConfig
 
 
 class _GateRunner(TailRunner):
@@ -57,3 +63,14 @@ class GateBackend(Backend):
 
     def describe(self) -> dict[str, str]:
         return {"backend": self.name}
+
+
+@contextmanager
+def null_server() -> Iterator[ServerThread]:
+    """The shipped bundle with zero-cost tails on a free loopback port, stopped at the end."""
+    srv = ServerThread(ServerConfig(grpc=GrpcConfig(port=0, grace_s=0.2), log_level="warning"), backend=NullBackend())
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop(grace=0.2)

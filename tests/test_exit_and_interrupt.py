@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from control_helpers import FixedMode
+from server_helpers import null_server
 
 from slimsplit.apps import demo
 from slimsplit.apps.loadtest import main as loadtest_main
@@ -40,8 +41,6 @@ from slimsplit.edge.transport import Connection, Done, FrameTransport
 from slimsplit.errors import ConfigError
 from slimsplit.records import SKIPPED, FrameRecord, RunSummary, ServerTiming, summarize
 from slimsplit.server.app import ServerThread
-from slimsplit.server.backends.null_backend import NullBackend
-from slimsplit.server.config import GrpcConfig, ServerConfig
 from slimsplit.v1 import slimsplit_pb2 as pb
 
 TIMEOUT_S = 120.0
@@ -49,12 +48,8 @@ TIMEOUT_S = 120.0
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerThread]:
-    srv = ServerThread(ServerConfig(grpc=GrpcConfig(port=0, grace_s=0.2), log_level="warning"), backend=NullBackend())
-    srv.start()
-    try:
+    with null_server() as srv:
         yield srv
-    finally:
-        srv.stop(grace=0.2)
 
 
 @pytest.fixture(scope="module")
