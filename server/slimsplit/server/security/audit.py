@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 from slimsplit.server.security.limits import Clock, TokenBucket
 
@@ -33,9 +34,7 @@ class AuditLog:
     """Rate-limited audit lines (see the module docstring)."""
 
     def __init__(self, lines_per_s: float, burst: int, clock: Clock | None = None) -> None:
-        self._bucket = (
-            TokenBucket(lines_per_s, float(burst)) if clock is None else TokenBucket(lines_per_s, burst, clock)
-        )
+        self._bucket = TokenBucket(lines_per_s, float(burst), clock or time.monotonic)
         self.dropped = 0
         self.written = 0
 
