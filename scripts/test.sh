@@ -2,13 +2,18 @@
 # The test job: lint, type-check, stub freshness, the test suite, and a short form of the slow soak/fuzz tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
+# Debian packages some tests use: the data set, a real Prometheus, and headless Chromium for the HTML report.
+need=()
+[ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
+if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
-        echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist) ..."
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
-            || echo "could not install dataset-fashion-mnist: tests that need the full data set will be skipped"
+        echo "installing Debian packages: ${need[*]} ..."
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}") \
+            || echo "could not install ${need[*]}: the tests that need them will be skipped, naming the package"
     else
-        echo "Fashion-MNIST missing (apt-get install dataset-fashion-mnist): tests that need it will be skipped"
+        echo "missing Debian packages (apt-get install ${need[*]}): the tests that need them will be skipped"
     fi
 fi
 echo "== .venv (edge, edge-images, server, train, dev)"; scripts/setup-venv.sh edge,edge-images,server,train,dev
