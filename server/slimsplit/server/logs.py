@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from slimsplit.server.security.limits import TokenBucket
+from slimsplit.server.token_bucket import TokenBucket
 
 #: The loggers a server limits: its own and the one gRPC's Python layer reports handler failures on.
 LIMITED_LOGGERS: tuple[str, ...] = ("slimsplit.server", "grpc._cython.cygrpc")

@@ -16,7 +16,7 @@ import logging
 import re
 import time
 
-from slimsplit.server.security.limits import Clock, TokenBucket
+from slimsplit.server.token_bucket import Clock, TokenBucket
 
 log = logging.getLogger("slimsplit.audit")
 

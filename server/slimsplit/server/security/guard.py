@@ -33,7 +33,8 @@ from slimsplit.server.config import AuthConfig
 from slimsplit.server.metrics import DeviceMetrics, ServerMetrics
 from slimsplit.server.security.audit import AuditLog
 from slimsplit.server.security.devices import DeviceEntry, DeviceTable, load_devices
-from slimsplit.server.security.limits import Clock, Limits, RateLimiter
+from slimsplit.server.security.limits import Limits, RateLimiter
+from slimsplit.server.token_bucket import Clock
 
 log = logging.getLogger("slimsplit.server")
 

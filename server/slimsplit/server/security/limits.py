@@ -1,62 +1,15 @@
-"""Token buckets: the per-device limits on frames/s and bytes/s, and the audit log's line rate.
+"""The per-device limits on frames/s and bytes/s, each a token bucket.
 
-A bucket holds at most ``capacity`` tokens and refills at ``rate`` per second. :meth:`TokenBucket.take` takes
-``amount`` tokens if the bucket has them and otherwise says how long until it would: a refused frame costs nothing,
-so a device over its limit is answered at once and no other device waits for it.
+A refused frame costs nothing, so a device over its limit is answered at once and no other device waits for it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from slimsplit.errors import RateLimited
-
-Clock = Callable[[], float]
-
-
-class TokenBucket:
-    """``rate`` tokens per second, at most ``capacity`` held (it starts full). Not thread-safe: one event loop."""
-
-    __slots__ = ("_clock", "_stamp", "_tokens", "capacity", "rate")
-
-    def __init__(self, rate: float, capacity: float, clock: Clock = time.monotonic) -> None:
-        if rate <= 0 or capacity <= 0:
-            raise ValueError(f"a token bucket needs rate > 0 and capacity > 0, got {rate} and {capacity}")
-        self.rate = rate
-        self.capacity = capacity
-        self._clock = clock
-        self._tokens = capacity
-        self._stamp = clock()
-
-    def _refill(self) -> float:
-        now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        return self._tokens
-
-    def take(self, amount: float = 1.0) -> float:
-        """Take ``amount`` tokens: 0.0 when taken, else the seconds until they would be there (nothing taken).
-        An amount above the capacity is taken from a full bucket (a frame larger than the burst still passes when
-        the device has been quiet for a burst's time)."""
-        need = min(amount, self.capacity)
-        tokens = self._refill()
-        if tokens >= need:
-            self._tokens = tokens - need
-            return 0.0
-        return (need - tokens) / self.rate
-
-    def give(self, amount: float) -> None:
-        """Put back ``amount`` tokens taken for something that did not happen after all."""
-        self._tokens = min(self.capacity, self._tokens + amount)
-
-    def set_rate(self, rate: float, capacity: float) -> None:
-        """New limits, keeping what is in the bucket (cut to the new capacity)."""
-        self._refill()
-        self.rate = rate
-        self.capacity = capacity
-        self._tokens = min(self._tokens, capacity)
+from slimsplit.server.token_bucket import Clock, TokenBucket
 
 
 @dataclass(frozen=True)
@@ -119,4 +72,4 @@ def _limited(device_id: str, limit: str, wait_s: float) -> RateLimited:
     )
 
 
-__all__ = ["Clock", "Limits", "RateLimiter", "TokenBucket"]
+__all__ = ["Limits", "RateLimiter"]
