@@ -16,6 +16,7 @@ $py -m bench.features_dump --width 4 --out "$out/features_w4.npy"
 $py -m bench.codec --features "$out/features_w4.npy" --out "$out/codec_real_w4.json" "$@"
 $py -m bench.codec --out "$out/codec_synthetic.json" "$@"
 $py -m bench.serving --out "$out/serving.json" "$@"
+$py -m bench.workers --out "$out/workers.json" "$@"
 $py -m bench.controller --out "$out/controller.json" "$@"
 $py -m bench.decision_ab --base 8a71c27 --out "$out/decision_ab.json"  # mpc's decision cost against revision 8a71c27 (before its speed-up)
 $py -m bench.transmission_study --out "$out/transmission_study.json" "$@"

@@ -378,7 +378,7 @@ def test_kustomization_applies_the_expected_kinds() -> None:
     image = server_container()["image"].split(":")[0]
     assert image in {i["name"] for i in k["images"]}, "kustomization.yaml's images: must retag the Deployment's image"
     optional = {d["kind"] for p in (K8S / "optional").glob("*.yaml") for d in load_yaml(p)}
-    assert optional == {"ServiceMonitor", "Service", "Ingress"}
+    assert optional == {"ServiceMonitor", "Service", "Ingress", "HorizontalPodAutoscaler", "ConfigMap"}
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")

@@ -371,3 +371,55 @@ def test_the_adaptive_limit_shrinks_while_the_loop_runs_late_and_grows_back() ->
     for _ in range(10):
         limit.observe(0.001)
     assert limit.limit == 14
+
+
+def test_while_the_loop_runs_late_admission_is_paced_and_the_pace_lifts_once_demand_falls() -> None:
+    from slimsplit.server.admission import UNPACE_AFTER, AdaptiveLimit
+
+    limit = AdaptiveLimit(128, target_lag_s=0.005, interval_s=0.02, min_rate=50.0)
+    limit.granted = 40  # 2,000 frames/s admitted over the last 20 ms sample
+    limit.observe(0.001, 0.02)
+    assert limit.rate is None  # on time: no pace
+    limit.granted = 40
+    limit.observe(0.030, 0.02)  # late: paced below what was admitted
+    assert limit.rate is not None and limit.rate < 2000
+    paced = limit.rate
+    limit.granted = 30
+    limit.observe(0.030, 0.02)
+    assert limit.rate is not None and limit.rate < paced  # still late: slower
+    for _ in range(UNPACE_AFTER - 1):
+        limit.granted = 0  # nobody asks any more
+        limit.observe(0.001, 0.02)
+    assert limit.rate is not None  # not yet: a second of slack is needed
+    for _ in range(2):
+        limit.observe(0.001, 0.02)
+    assert limit.rate is None
+
+
+def test_a_paced_server_admits_at_its_rate_and_clients_take_turns() -> None:
+    import asyncio
+    import time
+
+    from slimsplit.server.admission import AdaptiveLimit, Shares
+
+    async def go() -> tuple[list[str], float]:
+        adaptive = AdaptiveLimit(1000, interval_s=0.02)
+        adaptive.rate = 200.0  # 200 frames/s, bursts of at most 4
+        shares = Shares(client_limit=1000, total_limit=1000, adaptive=adaptive)
+        flood, camera = shares.open("flood"), shares.open("camera")
+        order: list[str] = []
+
+        async def frame(name: str) -> None:
+            await shares.take(flood if name == "flood" else camera)
+            order.append(name)
+
+        t0 = time.monotonic()
+        tasks = [asyncio.ensure_future(frame("flood")) for _ in range(20)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.ensure_future(frame("camera")))
+        await asyncio.gather(*tasks)
+        return order, time.monotonic() - t0
+
+    order, took = asyncio.run(go())
+    assert len(order) == 21 and took >= 16 / 200  # 21 frames at 200/s after a burst of 4: not all at once
+    assert order.index("camera") <= 5  # the camera's one frame is not queued behind the flood's twenty

@@ -89,10 +89,11 @@ class ServerProc:
         return self.process.pid if self.process is not None else None
 
     def argv(self) -> list[str]:
+        # --workers 1: one process, which the faults hit, whose RSS is sampled and whose backends WRAPPER registers
         flags = [
             "--models", str(self.bundle), "--host", "127.0.0.1", "--port", str(self.port),
             "--metrics-port", str(self.metrics_port), "--backend", self.backend, "--grace", "1",
-            "--log-level", "warning", *self.extra_args,
+            "--log-level", "warning", "--workers", "1", *self.extra_args,
         ]  # fmt: skip
         if self.backend in EXTRA_BACKENDS:
             return [sys.executable, "-c", WRAPPER, f"{self.backend}={EXTRA_BACKENDS[self.backend]}", "--", *flags]

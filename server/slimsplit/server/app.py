@@ -2,7 +2,7 @@
 
 * :func:`start_server` - ``async``: load the bundles, bind, start; returns a :class:`RunningServer`.
 * :func:`serve` - ``async``: start, then run until SIGTERM/SIGINT and shut down gracefully (the CLI's main
-  loop).
+  loop); :func:`run_server` runs it and turns its outcome into the CLI's exit status.
 * :class:`ServerThread` - a server on its own event loop in a background thread, for synchronous callers
   (tests, benchmarks, the edge demo): ``with ServerThread(config) as srv: ... srv.port ...``.
 
@@ -40,7 +40,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from slimsplit.errors import ConfigError
+from slimsplit.errors import ConfigError, SlimsplitError
 from slimsplit.protocol import SERVICE_NAME
 from slimsplit.server.backends.base import Backend
 from slimsplit.server.config import GrpcConfig, ServerConfig, TlsConfig
@@ -62,8 +62,9 @@ def core_receive_limit(cfg: GrpcConfig) -> int:
     return max(2 * cfg.max_receive_message_bytes, 256 << 10)
 
 
-def grpc_server_options(cfg: GrpcConfig) -> list[tuple[str, int]]:
-    """Channel arguments of the server: message limits, keepalive, stream limits."""
+def grpc_server_options(cfg: GrpcConfig, *, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """Channel arguments of the server: message limits, keepalive, stream limits. ``reuse_port``: share the port
+    with the other workers of a pool (``SO_REUSEPORT``)."""
     options = [
         # The service checks the configured limit itself (a clear RESOURCE_EXHAUSTED, and a stream's earlier frames
         # answered first); gRPC refuses, and ends a stream at once, only beyond twice that or 256 KiB: what one call
@@ -77,8 +78,9 @@ def grpc_server_options(cfg: GrpcConfig) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", int(cfg.min_client_ping_interval_s * 1000)),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
-        # Never share a port with another process (a second server on the same port must fail to bind).
-        ("grpc.so_reuseport", 0),
+        # Never share a port with another process (a second server on the same port must fail to bind), unless this
+        # is one worker of a pool (slimsplit.server.workers), whose supervisor checked that the port was free.
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         # A fixed stream window: with bandwidth-delay probing, gRPC grows it to megabytes per stream, which a client
         # that writes and never reads makes the server hold (measured: +250 MB for 50 such streams).
         ("grpc.http2.bdp_probe", 0),
@@ -262,6 +264,7 @@ async def start_server(
     backend: Backend | None = None,
     core: InferenceCore | None = None,
     registry: CollectorRegistry | None = None,
+    reuse_port: bool = False,
 ) -> RunningServer:
     """Bind ``config.grpc.host:port`` (and the metrics port), load the bundles (unless ``core`` is given) and start
     serving.
@@ -269,7 +272,8 @@ async def start_server(
     The ports are bound first, so a busy one fails before the bundles load: a :class:`ConfigError` naming the
     address and the flag. On any failure everything already bound or started is released again.
     ``backend`` replaces the configured one (tests inject slow or failing backends); ``registry`` receives the
-    Prometheus metrics (a fresh one by default).
+    Prometheus metrics (a fresh one by default). ``reuse_port``: bind with ``SO_REUSEPORT``, as one worker of a pool
+    (:mod:`slimsplit.server.workers`).
     """
     metrics = ServerMetrics(registry)
     cfg = config.grpc
@@ -284,26 +288,35 @@ async def start_server(
     if guard is not None:
         interceptors.append(AuthInterceptor(guard))
     server = grpc.aio.server(
-        options=grpc_server_options(cfg), interceptors=interceptors, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs
+        options=grpc_server_options(cfg, reuse_port=reuse_port),
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
     )
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     httpd: Any = None
     try:
         address = format_address(cfg.host, cfg.port)
-        # a plain socket tries first: gRPC's own error says only that it failed, and logs it to stderr as well
-        why = _bind_problem(cfg.host, cfg.port) if cfg.port else None
-        if why is not None:
-            raise _cannot_listen(address, why)
-        try:
-            if credentials is not None:
-                port = server.add_secure_port(address, credentials)
-            else:
-                port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise _cannot_listen(address, _bind_problem(cfg.host, cfg.port) or f"gRPC: {exc}") from exc
+
+        def bind() -> int:
+            # a plain socket tries first: gRPC's own error says only that it failed, and logs it to stderr as well
+            why = bind_problem(cfg.host, cfg.port, reuse_port=reuse_port) if cfg.port else None
+            if why is not None:
+                raise cannot_listen(address, why)
+            try:
+                if credentials is not None:
+                    return server.add_secure_port(address, credentials)
+                return server.add_insecure_port(address)
+            except RuntimeError as exc:
+                why = bind_problem(cfg.host, cfg.port, reuse_port=reuse_port)
+                raise cannot_listen(address, why or f"gRPC: {exc}") from exc
+
+        # Alone, the port is bound first (a busy one fails before the bundles load); as a worker of a pool (whose
+        # supervisor checked the port), only once the bundles are loaded: the kernel gives a bound worker new
+        # connections at once, which would wait for the loading otherwise.
+        port = 0 if reuse_port else bind()
         if config.metrics.port is not None:
-            httpd = _start_metrics_http(config.metrics.host, config.metrics.port, metrics.registry)
+            httpd = start_metrics_http(config.metrics.host, config.metrics.port, metrics.registry)
         if core is None:
             core = await asyncio.to_thread(InferenceCore.from_config, config, backend=backend, metrics=metrics)
         elif core.metrics is None:
@@ -327,6 +340,8 @@ async def start_server(
         if cfg.health_port is not None:
             health_server, health_port = _health_only_server(health, cfg.host, cfg.health_port)
             await health_server.start()
+        if reuse_port:
+            port = bind()
         await server.start()
         service.start()
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -397,20 +412,20 @@ def _health_only_server(health: Any, host: str, port: int) -> tuple[grpc.aio.Ser
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     address = format_address(host, port)
-    why = _bind_problem(host, port) if port else None
+    why = bind_problem(host, port) if port else None
     if why is not None:
-        raise _cannot_listen(address, why, flag="--health-port")
+        raise cannot_listen(address, why, flag="--health-port")
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError as exc:
-        raise _cannot_listen(address, f"gRPC: {exc}", flag="--health-port") from exc
+        raise cannot_listen(address, f"gRPC: {exc}", flag="--health-port") from exc
     return server, bound
 
 
-def _bind_problem(host: str, port: int) -> str | None:
+def bind_problem(host: str, port: int, *, reuse_port: bool = False) -> str | None:
     """Why ``host:port`` cannot be bound, in the system's words, or None when a plain socket binds it on one of the
     addresses the host resolves to (gRPC listens on every one it can bind, with SO_REUSEADDR, and fails when it
-    binds none)."""
+    binds none). ``reuse_port``: with ``SO_REUSEPORT`` too (beside the other workers of a pool)."""
     try:
         infos = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
@@ -423,6 +438,8 @@ def _bind_problem(host: str, port: int) -> str | None:
             continue  # no such address family here
         with probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 probe.bind(sockaddr)
             except OSError as exc:
@@ -432,11 +449,11 @@ def _bind_problem(host: str, port: int) -> str | None:
     return problems[0] if problems else None
 
 
-def _cannot_listen(address: str, why: str, flag: str = "--host/--port") -> ConfigError:
+def cannot_listen(address: str, why: str, flag: str = "--host/--port") -> ConfigError:
     return ConfigError(f"cannot listen on {address} ({flag}, [grpc] in the configuration file): {why}", address=address)
 
 
-def _start_metrics_http(host: str, port: int, registry: CollectorRegistry) -> Any:
+def start_metrics_http(host: str, port: int, registry: CollectorRegistry) -> Any:
     """Prometheus' HTTP exporter on ``host:port`` (its own thread); ConfigError naming the port if it cannot bind."""
     from prometheus_client import start_http_server
 
@@ -462,9 +479,10 @@ async def serve(
     *,
     backend: Backend | None = None,
     ready: Callable[[RunningServer], None] | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    running = await start_server(config, backend=backend)
+    running = await start_server(config, backend=backend, reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -491,6 +509,26 @@ async def serve(
         for sig in installed:
             loop.remove_signal_handler(sig)
         await running.stop()
+
+
+def run_server(
+    config: ServerConfig, *, ready: Callable[[RunningServer], None] | None = None, reuse_port: bool = False
+) -> int:
+    """:func:`serve` until SIGTERM/SIGINT; the exit status of ``slimsplit-server`` (its epilog lists them), errors
+    written to stderr."""
+    import sys
+
+    try:
+        asyncio.run(serve(config, ready=ready, reuse_port=reuse_port))
+    except ConfigError as exc:  # e.g. a busy --port or --metrics-port: found at start, a usage error all the same
+        print(f"slimsplit-server: {exc}", file=sys.stderr)
+        return 2
+    except SlimsplitError as exc:
+        print(f"slimsplit-server: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return 130
+    return 0
 
 
 class ServerThread:

@@ -6,14 +6,13 @@ The flags override the TOML file given with ``--config``, which overrides the de
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from slimsplit.errors import ConfigError, SlimsplitError
+from slimsplit.errors import SlimsplitError
 from slimsplit.protocol import DEFAULT_PORT
 from slimsplit.server.config import (
     BACKEND_DEVICES,
@@ -43,6 +42,7 @@ examples:
       --tls-client-ca ca.crt --devices devices.toml  # every interface, mTLS and device tokens (SECURITY.md)
   slimsplit-server --backend torch --device cuda     # PyTorch tails on the GPU
   slimsplit-server --config server.toml --print-config
+  slimsplit-server --workers 4 --metrics-port 9464   # 4 serving processes on one port, one metrics endpoint
 
   grpcurl -plaintext 127.0.0.1:50051 list            # reflection is on
   grpcurl -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check
@@ -52,6 +52,13 @@ a change of the file): revoked devices' streams end at once, the others go on.
 
 SIGTERM or Ctrl-C shuts down gracefully: in-flight frames are answered (within --grace seconds), then the
 server exits.
+
+--workers N (default: one per core, or one per GPU when the tails run on GPUs) serves the port from N processes
+(SO_REUSEPORT: the kernel spreads new connections over them), each with its own backend, under a supervisor that
+serves --metrics-port (summed over the workers) and --health-port, restarts a worker that dies (at most
+[server] restart_limit times a minute, else it stops them all and exits 1) and drains them all on SIGTERM.
+Per-device limits (--frames-per-s, --bytes-per-s, --max-streams, the devices file) and the in-flight limits hold
+per worker: a device's channel is one connection, served by one worker. --workers 1 is a single process.
 
 exit codes: 0 shut down by SIGTERM or Ctrl-C; 1 a bundle or backend failed to load; 2 a usage or configuration
 error (a bad flag or file, a busy --port or --metrics-port); 130 a second Ctrl-C during shutdown.
@@ -137,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="X",
         help="...but only while tails take less than this share of the last 50 ms (default 0.25)",
     )
+    pr = p.add_argument_group("processes")
+    pr.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="serving processes on the port (default 0 = one per core, or per GPU; 1 = a single process)",
+    )
     ob = p.add_argument_group("observability")
     ob.add_argument(
         "--metrics-port",
@@ -191,6 +205,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("auth", "frames_per_s", args.frames_per_s)
     put("auth", "bytes_per_s", args.bytes_per_s)
     put("auth", "max_streams", args.max_streams)
+    put("server", "workers", args.workers)
     return out
 
 
@@ -213,19 +228,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from slimsplit.server.app import serve
+    from slimsplit.server.workers import resolve_workers, run_pool
 
-    try:
-        asyncio.run(serve(config))
-    except ConfigError as exc:  # e.g. a busy --port or --metrics-port: found at start, a usage error all the same
-        print(f"slimsplit-server: {exc}", file=sys.stderr)
-        return 2
-    except SlimsplitError as exc:
-        print(f"slimsplit-server: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
-        return 130
-    return 0
+    workers = resolve_workers(config)
+    if workers == 1:
+        from slimsplit.server.app import run_server
+
+        return run_server(config)
+    return run_pool(config, workers)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ Precedence: defaults < TOML file < command-line flags. The TOML file mirrors the
     name = "onnxruntime"
     device = "auto"
 
+    [server]                       # serving processes on the one port (SO_REUSEPORT), see slimsplit.server.workers
+    workers = 0                    # 0 = one per core (one per GPU when the tails run on GPUs); 1 = one process
+
     [metrics]
     port = 9464
 
@@ -243,7 +246,14 @@ class AuthConfig:
 
     With ``devices_file`` every call except the health service needs a device's bearer token; with mTLS the token
     must belong to the device of the client certificate. The limits here apply to every device whose entry in the
-    devices file does not set its own (0 = no limit)."""
+    devices file does not set its own (0 = no limit).
+
+    With several serving processes (``[server] workers``) every limit here and in the devices file holds **per
+    worker**: each worker has its own :class:`~slimsplit.server.security.Guard`. A device's connection is served by
+    one worker for its whole life (the kernel picks the worker when it connects), so a device with one channel (what
+    the edge client opens) gets exactly its limit; only a device that opens several connections can reach up to
+    ``workers`` times it. Dividing the limits by the worker count would instead give every one-channel device a
+    fraction of what it was granted."""
 
     devices_file: Path | None = None
     frames_per_s: float = 0.0
@@ -284,6 +294,35 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class WorkersConfig:
+    """The serving processes (``[server]`` in the TOML file): how many, and how the supervisor restarts them.
+
+    With more than one, a supervisor (:mod:`slimsplit.server.workers`) starts that many processes that each serve
+    ``grpc.port`` (``SO_REUSEPORT``: the kernel spreads new connections over them) with their own backend; it
+    serves the metrics (summed over the workers) and the health port itself, restarts a worker that dies and
+    drains them all on SIGTERM. 1 = a single process, no supervisor."""
+
+    # 0 = one per core this process may run on (its CPU affinity and cgroup quota), or one per GPU when the tails
+    # run on GPUs (each worker then sees one GPU).
+    workers: int = 0
+    # More than restart_limit restarts within restart_window_s: the supervisor gives up (stops every worker, exit 1).
+    restart_limit: int = 5
+    restart_window_s: float = 60.0
+    # A dead worker is started again after this, doubled for each restart of it within the window (at most 30 s).
+    restart_backoff_s: float = 0.5
+    # A worker that does not serve within this long after its start is killed (and counts as a failed start).
+    start_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.workers <= 1024, "server.workers", f"must be in [0, 1024], got {self.workers}")
+        _check(self.restart_limit >= 0, "server.restart_limit", "must be >= 0")
+        for key in ("restart_window_s", "restart_backoff_s", "start_timeout_s"):
+            value = getattr(self, key)
+            _check(math.isfinite(value) and value >= 0, f"server.{key}", f"must be a number >= 0, got {value}")
+        _check(self.start_timeout_s > 0, "server.start_timeout_s", "must be > 0")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything ``slimsplit-server`` needs. ``models`` empty = the shipped default bundle."""
 
@@ -299,6 +338,7 @@ class ServerConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    server: WorkersConfig = field(default_factory=WorkersConfig)
 
     def __post_init__(self) -> None:
         _check(1 <= self.default_top_k <= 1000, "default_top_k", "must be in [1, 1000]")

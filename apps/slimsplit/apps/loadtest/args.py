@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from slimsplit.apps.loadtest.security import add_security_arguments, check_security_args
 from slimsplit.edge import cli_common
@@ -134,16 +135,65 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         every=1.0,
         every_help="a progress line on stderr every S seconds (default: %(default)s; 0 = none)",
     )
+    sw = p.add_argument_group("sweep (precomputed payloads, unary Infer, several processes)")
+    sw.add_argument(
+        "--sweep",
+        default=None,
+        metavar="KIND=V,V,...",
+        help="run each load point for --seconds: clients=1,2,4,8 (closed loop) or rate=50,100 (offered "
+        "frames/s); report the largest load meeting the SLO",
+    )
+    sw.add_argument("--slo-p99-ms", type=float, default=None, metavar="MS", help="SLO p99 (default: --deadline-ms)")
+    sw.add_argument(
+        "--slo-in-time",
+        type=float,
+        default=0.99,
+        metavar="F",
+        help="SLO share of frames in time (default: %(default)s)",
+    )
+    sw.add_argument("--procs", type=int, default=2, metavar="N", help="generator processes (default: %(default)s)")
+    sw.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write report.json, points.csv, timeline.csv, PNG plots and report.html",
+    )
+    sw.add_argument(
+        "--simulate",
+        action="store_true",
+        help="a simulated server in virtual time (with --sweep; same --seed, same report)",
+    )
+    sw.add_argument("--seed", type=int, default=0, metavar="N", help="--simulate: the seed (default: %(default)s)")
+    sw.add_argument(
+        "--sim-workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="--simulate: frames served at once (default: %(default)s)",
+    )
+    sw.add_argument(
+        "--sim-server-ms",
+        type=float,
+        default=1.0,
+        metavar="MS",
+        help="--simulate: median service time of a frame (default: %(default)s)",
+    )
     cli_common.add_exit_arguments(p, frames="all clients' frames")
     return p
 
 
 def check_args(args: argparse.Namespace) -> str:
     """The flags on their own; the controller's name."""
-    given = {"--server": args.server is not None, "--start-server": args.start_server, "--in-process": args.in_process}
+    given = {
+        "--server": args.server is not None,
+        "--start-server": args.start_server,
+        "--in-process": args.in_process,
+        "--simulate": args.simulate,
+    }
     servers = [name for name, on in given.items() if on]
     if not servers:
-        raise ConfigError("give --server HOST:PORT, --start-server or --in-process")
+        raise ConfigError("give --server HOST:PORT, --start-server or --in-process (or --simulate with --sweep)")
     if len(servers) > 1:
         raise ConfigError(f"{' and '.join(servers)} exclude each other")
     if args.in_process and any(spec != NO_LINK for spec in args.link or ()):
@@ -166,6 +216,12 @@ def check_args(args: argparse.Namespace) -> str:
         raise ConfigError(f"--every must be >= 0, got {args.every}")
     if args.time_limit_s is not None and not args.time_limit_s > 0:
         raise ConfigError(f"--time-limit-s must be > 0, got {args.time_limit_s}")
+    if args.sweep is None and (args.simulate or args.report_dir is not None):
+        raise ConfigError("--simulate and --report-dir go with --sweep")
+    if args.sweep is not None and args.in_process:
+        raise ConfigError("--sweep runs against --server, --start-server or --simulate, not --in-process")
+    if not 1 <= args.procs <= 64:
+        raise ConfigError(f"--procs must be in 1..64, got {args.procs}")
     check_security_args(args)
     cli_common.exit_rule_from_args(args)
     cli_common.check_json_out(args.json_out)

@@ -14,6 +14,7 @@ from slimsplit.apps.loadtest.report import format_report, write_report
 from slimsplit.apps.loadtest.run import ClientOutcome, run_clients
 from slimsplit.apps.loadtest.security import Security, identity_of, security_for
 from slimsplit.apps.loadtest.server_process import ServerProcess, check_server_extra
+from slimsplit.apps.loadtest.sweep_run import SweepSetup, prepare_sweep, run_sweep
 from slimsplit.edge import cli_common
 from slimsplit.edge.client import EdgeClient
 from slimsplit.edge.config import parse_address
@@ -167,8 +168,19 @@ def _run_secured(setup: Setup, args: argparse.Namespace, console: cli_common.Con
     )
 
 
+def _prepare_any(args: argparse.Namespace, console: cli_common.Console) -> Setup | SweepSetup:
+    """A sweep's set-up with ``--sweep``, else the clients' set-up."""
+    return prepare_sweep(args, console) if args.sweep is not None else prepare(args, console)
+
+
+def _run_any(setup: Setup | SweepSetup, args: argparse.Namespace, console: cli_common.Console) -> int:
+    if isinstance(setup, SweepSetup):
+        return run_sweep(setup, args, console)
+    return _run(setup, args, console)
+
+
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
-    return cli_common.run_main(build_parser(), argv, prepare, _run, stdout=stdout, stderr=stderr)
+    return cli_common.run_main(build_parser(), argv, _prepare_any, _run_any, stdout=stdout, stderr=stderr)
 
 
 __all__ = ["main"]

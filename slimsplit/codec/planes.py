@@ -1,0 +1,161 @@
+"""Plane units: a frame's quantized code split into bit planes, most significant first, each self-describing.
+
+A plane unit (fixed 20-byte header, then ``payload_len`` bytes)::
+
+    size  field
+     1    magic      0xB1 (plane unit, version 1; distinct from frame byte 0 0xA?)
+     1    plane      plane index, 0 = most significant bit
+     1    bits       total bits B of the code (1..16); planes 0..B-1 exist
+     1    coder      entropy coder id of this plane's payload (0 none, 1 zlib; see ``entropy.Coder``)
+     4    frame_id   uint32, ties the planes of one frame together
+     2x3  C, H, W    uint16 each, 1..65535
+     2    lo         float16, the quantization minimum (as in the frame header)
+     2    hi         float16, the quantization maximum
+     2    payload_len  uint16
+
+(all big-endian). The payload is the plane's C*H*W bits packed MSB-first (``bitpack`` at 1 bit), then coded
+with ``coder`` (each plane picks the smaller of raw and zlib). The header is validated against
+:class:`DecodeLimits` before anything is allocated, and zlib is decoded with a bounded output.
+
+Any prefix of planes 0..k-1 decodes (:func:`decode_planes`) to the code ``q`` with the missing low bits set
+to the midpoint of their range (``prefix << (B-k) | 1 << (B-k-1)``, clipped to ``2**B - 1``), dequantized as
+in ``quantize``; all B planes give exactly the frame codec's decode.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from slimsplit.codec import entropy as _entropy
+from slimsplit.codec.bitpack import pack_bits, packed_size, unpack_bits
+from slimsplit.codec.header import DEFAULT_LIMITS, DecodeLimits
+from slimsplit.codec.quantize import as_float32, dequantize, levels_for, quantize
+from slimsplit.errors import CodecError
+
+PLANE_MAGIC = 0xB1
+_HEADER = struct.Struct(">BBBBIHHHeeH")
+PLANE_HEADER_SIZE = _HEADER.size  # 20
+_CODERS = (_entropy.Coder.NONE, _entropy.Coder.ZLIB)
+
+
+@dataclass(frozen=True)
+class PlaneHeader:
+    """A parsed, validated plane-unit header."""
+
+    plane: int
+    bits: int
+    coder: str
+    frame_id: int
+    shape: tuple[int, int, int]
+    lo: float
+    hi: float
+    payload_len: int
+
+    @property
+    def numel(self) -> int:
+        c, h, w = self.shape
+        return c * h * w
+
+
+def encode_planes(x: npt.ArrayLike, bits: int, *, frame_id: int = 0) -> list[bytes]:
+    """Quantize ``x`` (``[C, H, W]`` or ``[1, C, H, W]``) to ``bits`` bits; return one unit per plane, MSB first."""
+    levels_for(bits)
+    if not 0 <= int(frame_id) <= 0xFFFFFFFF:
+        raise CodecError(f"frame_id must fit in uint32, got {frame_id!r}", field="frame_id")
+    arr = as_float32(x)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3 or not all(1 <= d <= 0xFFFF for d in arr.shape):
+        raise CodecError(f"features must be [C, H, W] with dims 1..65535, got {tuple(arr.shape)}", field="shape")
+    q, lo, hi = quantize(arr, bits)
+    flat = q.reshape(-1).astype(np.uint32)
+    units = []
+    for p in range(bits):
+        plane = ((flat >> (bits - 1 - p)) & 1).astype(np.uint8)
+        packed = pack_bits(plane, 1)
+        candidates = [(len(c), coder, c) for coder in _CODERS for c in [_entropy.compress(coder, packed)]]
+        _, coder, payload = min(candidates, key=lambda t: (t[0], int(t[1])))
+        if len(payload) > 0xFFFF:
+            raise CodecError(f"plane payload of {len(payload)} bytes exceeds 65535", field="payload_len")
+        c, h, w = (int(d) for d in arr.shape)
+        header = _HEADER.pack(PLANE_MAGIC, p, bits, int(coder), int(frame_id), c, h, w, lo, hi, len(payload))
+        units.append(header + payload)
+    return units
+
+
+def parse_plane_header(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> PlaneHeader:
+    """Validate the header of the plane unit ``data`` (including its total length) against ``limits``."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError(f"a plane unit must be bytes, got {type(data).__name__}", field="unit")
+    buf = bytes(data)
+    if len(buf) < PLANE_HEADER_SIZE:
+        raise CodecError(f"plane unit of {len(buf)} bytes is shorter than its {PLANE_HEADER_SIZE}-byte header")
+    magic, plane, bits, coder_id, frame_id, c, h, w, lo, hi, plen = _HEADER.unpack_from(buf)
+    if magic != PLANE_MAGIC:
+        raise CodecError(f"not a plane unit: byte 0 is {magic:#04x}, expected {PLANE_MAGIC:#04x}", field="magic")
+    if bits not in limits.allowed_bits:
+        raise CodecError(f"bits={bits} not allowed", field="bits", value=bits)
+    if plane >= bits:
+        raise CodecError(f"plane {plane} out of range for {bits} bits", field="plane", value=plane)
+    if coder_id not in (int(cd) for cd in _CODERS):
+        raise CodecError(f"unknown plane coder id {coder_id}", field="coder", value=coder_id)
+    if not (1 <= c <= limits.max_channels and 1 <= h <= limits.max_height and 1 <= w <= limits.max_width):
+        raise CodecError(f"shape {(c, h, w)} outside the decode limits", field="shape", shape=(c, h, w))
+    if c * h * w > limits.max_elements:
+        raise CodecError(f"{c * h * w} elements exceed the limit {limits.max_elements}", field="shape")
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+        raise CodecError(f"invalid range lo={lo} hi={hi}", field="lo")
+    if plen > limits.max_payload_bytes or len(buf) != PLANE_HEADER_SIZE + plen:
+        raise CodecError(
+            f"plane unit is {len(buf)} bytes but its header says {PLANE_HEADER_SIZE} + {plen}", field="payload_len"
+        )
+    coder = _entropy.coder_from_id(coder_id)
+    if coder is _entropy.Coder.NONE and plen != packed_size(c * h * w, 1):
+        raise CodecError(f"raw plane payload must be {packed_size(c * h * w, 1)} bytes, got {plen}", field="payload")
+    return PlaneHeader(plane, bits, coder.label, frame_id, (c, h, w), float(lo), float(hi), plen)
+
+
+def decode_planes(units: Sequence[bytes], limits: DecodeLimits = DEFAULT_LIMITS) -> npt.NDArray[np.float32]:
+    """Decode planes 0..k-1 (any order, no gaps, one frame) to a float32 ``[C, H, W]`` tensor (midpoint fill)."""
+    if not units:
+        raise CodecError("no plane units given", field="plane")
+    headers = [parse_plane_header(u, limits) for u in units]
+    first = headers[0]
+    for hd in headers[1:]:
+        if (hd.bits, hd.frame_id, hd.shape, hd.lo, hd.hi) != (
+            first.bits,
+            first.frame_id,
+            first.shape,
+            first.lo,
+            first.hi,
+        ):
+            raise CodecError("plane units belong to different frames", field="frame_id")
+    order = sorted(range(len(units)), key=lambda i: headers[i].plane)
+    if [headers[i].plane for i in order] != list(range(len(units))):
+        raise CodecError(
+            f"planes must be a gap-free prefix 0..k-1, got {sorted(h.plane for h in headers)}", field="plane"
+        )
+    bits, n, k = first.bits, first.numel, len(units)
+    q = np.zeros(n, dtype=np.uint32)
+    for i in order:
+        hd = headers[i]
+        payload = bytes(units[i])[PLANE_HEADER_SIZE:]
+        packed = _entropy.decompress(_entropy.coder_from_label(hd.coder), payload, packed_size(n, 1))
+        q |= unpack_bits(packed, 1, n).astype(np.uint32) << (bits - 1 - hd.plane)
+    levels = levels_for(bits)
+    if k < bits:
+        q |= 1 << (bits - k - 1)
+        np.minimum(q, levels, out=q)
+    if first.hi == first.lo:
+        q[:] = 0
+    return dequantize(q, first.lo, first.hi, bits).reshape(first.shape)
+
+
+def plane_sizes(units: Sequence[bytes]) -> list[int]:
+    """Bytes on the wire of each unit."""
+    return [len(u) for u in units]
