@@ -229,7 +229,17 @@ class ServerProcess:
         self._serving.clear()
         self.serving_at = None
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in (".", "edge", "server", "apps"))}
-        cmd = [sys.executable, "-m", "slimsplit.server.cli", "--backend", "null", "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "slimsplit.server.cli",
+            "--backend",
+            "null",
+            "--workers",
+            "1",
+            "--port",
+            str(self.port),
+        ]
         cmd += ["--grace", "0", "--log-level", "info"]
         self.proc = subprocess.Popen(
             cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True, env=env
