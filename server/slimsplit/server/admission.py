@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 
 from slimsplit.errors import Overloaded
+from slimsplit.server.token_bucket import TokenBucket
 
 #: Samples in a row (on time, asking well below the pace) after which the pace is lifted.
 UNPACE_AFTER = 50
@@ -137,8 +137,7 @@ class Shares:
         self.in_flight = 0
         self._shares: dict[str, Share] = {}
         self._waiting: dict[Share, None] = {}  # clients with a frame waiting, in the order they began to wait
-        self._tokens = 0.0  # the pacing token bucket (see the module docstring): frames that may be admitted now
-        self._tokens_at = 0.0
+        self._pace: TokenBucket | None = None  # the pacing bucket (see the module docstring) while pacing
         self._wakeup: asyncio.TimerHandle | None = None  # a dispatch due when the next token comes
 
     def __len__(self) -> int:
@@ -176,24 +175,27 @@ class Shares:
         )
 
     def _token_wait(self) -> float:
-        """Seconds until the pace admits a frame (0: now, or not pacing)."""
+        """Seconds until the pace admits a frame (0: now, or not pacing); the pacing bucket follows the adaptive
+        limit's rate, holding bursts of one sampling interval's frames."""
         adaptive = self.adaptive
-        rate = adaptive.rate if adaptive is not None else None
-        if rate is None:
+        if adaptive is None or adaptive.rate is None:
+            self._pace = None
             return 0.0
-        now = time.monotonic()
-        burst = max(1.0, rate * adaptive.interval_s)  # type: ignore[union-attr]  # rate is not None: adaptive is set
-        self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
-        self._tokens_at = now
-        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / rate
+        rate = adaptive.rate
+        burst = max(1.0, rate * adaptive.interval_s)
+        if self._pace is None:
+            self._pace = TokenBucket(rate, burst)
+        elif self._pace.rate != rate:
+            self._pace.set_rate(rate, burst)
+        return self._pace.wait()
 
     def _grant(self, share: Share) -> None:
         share.in_flight += 1
         self.in_flight += 1
         if self.adaptive is not None:
             self.adaptive.granted += 1
-            if self.adaptive.rate is not None:
-                self._tokens -= 1.0
+        if self._pace is not None:
+            self._pace.take()
 
     def at_limit(self, share: Share) -> bool:
         """Whether the client already has its whole share being served (or waiting)."""

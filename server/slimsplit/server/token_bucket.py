@@ -37,12 +37,17 @@ class TokenBucket:
         """Take ``amount`` tokens: 0.0 when taken, else the seconds until they would be there (nothing taken).
         An amount above the capacity is taken from a full bucket (a frame larger than the burst still passes when
         the device has been quiet for a burst's time)."""
+        wait = self.wait(amount)
+        if wait == 0.0:
+            self._tokens -= min(amount, self.capacity)
+        return wait
+
+    def wait(self, amount: float = 1.0) -> float:
+        """The seconds until ``amount`` tokens would be there (0.0: they are now), taking nothing; an amount above
+        the capacity needs a full bucket, as with :meth:`take`."""
         need = min(amount, self.capacity)
         tokens = self._refill()
-        if tokens >= need:
-            self._tokens = tokens - need
-            return 0.0
-        return (need - tokens) / self.rate
+        return 0.0 if tokens >= need else (need - tokens) / self.rate
 
     def give(self, amount: float) -> None:
         """Put back ``amount`` tokens taken for something that did not happen after all."""
