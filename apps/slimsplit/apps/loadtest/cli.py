@@ -13,7 +13,7 @@ from slimsplit.apps.loadtest.plan import Setup, build_runs, prepare
 from slimsplit.apps.loadtest.report import format_report, write_report
 from slimsplit.apps.loadtest.run import ClientOutcome, run_clients
 from slimsplit.apps.loadtest.security import Security, identity_of, security_for
-from slimsplit.apps.loadtest.server_process import ServerProcess, check_server_extra
+from slimsplit.apps.loadtest.server_process import ServerProcess, check_server_extra, start_failed, start_for_args
 from slimsplit.apps.loadtest.sweep_run import SweepSetup, prepare_sweep, run_sweep
 from slimsplit.edge import cli_common
 from slimsplit.edge.client import EdgeClient
@@ -70,18 +70,6 @@ def _in_process(args: argparse.Namespace, setup: Setup) -> tuple[Connect, Callab
     return inprocess.connector(core), core.aclose
 
 
-def _run(setup: Setup, args: argparse.Namespace, console: cli_common.Console) -> int:
-    """The run's credentials (:mod:`~slimsplit.apps.loadtest.security`), then :func:`_run_secured`; a temporary
-    PKI is removed at the end."""
-    try:
-        security = security_for(args, len(setup.plans))
-    except (ConfigError, OSError) as exc:
-        console.error(f"credentials: {exc}")
-        return cli_common.EXIT_USAGE
-    with security:
-        return _run_secured(setup, args, console, security)
-
-
 def _run_secured(setup: Setup, args: argparse.Namespace, console: cli_common.Console, security: Security) -> int:
     """Start the server (``--start-server``, ``--in-process``), run every client, print the table, write the JSON;
     the exit status (Ctrl-C during the frames stops every client: the table and the JSON then cover the frames
@@ -99,19 +87,10 @@ def _run_secured(setup: Setup, args: argparse.Namespace, console: cli_common.Con
                 connect, close_core = _in_process(args, setup)
                 target = "in-process"
             else:
-                server = ServerProcess.start(
-                    setup.bundle_path,
-                    backend=args.server_backend,
-                    max_batch_size=args.max_batch_size,
-                    credentials=security.server,
-                )
+                server = start_for_args(args, setup.bundle_path, security.server)
                 target = server.address
-        except ConfigError as exc:
-            console.error(f"the server did not start: {exc}")
-            return cli_common.EXIT_USAGE
         except (SlimsplitError, OSError) as exc:
-            console.error(f"the server did not start: {exc}")
-            return cli_common.EXIT_SERVER
+            return start_failed(console, exc)
     else:
         target = parse_address(args.server)
     try:
@@ -174,9 +153,24 @@ def _prepare_any(args: argparse.Namespace, console: cli_common.Console) -> Setup
 
 
 def _run_any(setup: Setup | SweepSetup, args: argparse.Namespace, console: cli_common.Console) -> int:
+    """The run's credentials (:mod:`~slimsplit.apps.loadtest.security`: one identity per client, or per generator
+    process in a sweep; none for a simulated sweep), then the sweep or the clients; a temporary PKI is removed at
+    the end."""
     if isinstance(setup, SweepSetup):
-        return run_sweep(setup, args, console)
-    return _run(setup, args, console)
+        if args.simulate:
+            return run_sweep(setup, args, console, None)
+        identities = args.procs
+    else:
+        identities = len(setup.plans)
+    try:
+        security = security_for(args, identities)
+    except (ConfigError, OSError) as exc:
+        console.error(f"credentials: {exc}")
+        return cli_common.EXIT_USAGE
+    with security:
+        if isinstance(setup, SweepSetup):
+            return run_sweep(setup, args, console, security)
+        return _run_secured(setup, args, console, security)
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:

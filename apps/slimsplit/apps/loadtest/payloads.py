@@ -64,19 +64,9 @@ def precompute(
 
 
 def with_frame_id(request: bytes, frame_id: int) -> bytes:
-    """``request`` with its frame id set: a serialized ``FeatureFrame`` field 2 (varint) appended; protobuf keeps
-    the last value of a repeated scalar field, so no re-serialization is needed."""
-    out = bytearray(request)
-    out.append(0x10)  # field 2, wire type 0
-    value = frame_id
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    """``request`` (a serialized ``FeatureFrame`` with frame id 0) with its frame id set: a serialized message is
+    merged by appending another, and the last value of a scalar field wins, so the payload is not re-serialized."""
+    return request + pb.FeatureFrame(frame_id=frame_id).SerializeToString()
 
 
 __all__ = ["DEFAULT_PAYLOADS", "Payloads", "precompute", "with_frame_id"]

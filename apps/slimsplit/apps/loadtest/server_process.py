@@ -12,6 +12,7 @@ ready in time, is an error that ends with the last lines of its stderr.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import socket
 import subprocess
@@ -25,8 +26,9 @@ from typing import IO
 import grpc
 
 from slimsplit.apps.loadtest.security import ServerCredentials
+from slimsplit.edge import cli_common
 from slimsplit.edge.config import TlsSettings
-from slimsplit.errors import ConfigError, Unavailable
+from slimsplit.errors import ConfigError, SlimsplitError, Unavailable
 from slimsplit.protocol import SERVICE_NAME
 
 #: How long a server may take to load its bundle and answer its health check.
@@ -223,6 +225,20 @@ class ServerProcess:
         self.close()
 
 
+def start_for_args(args: argparse.Namespace, bundle: Path, credentials: ServerCredentials | None) -> ServerProcess:
+    """``--start-server``: a server for ``bundle`` with the run's ``--server-backend`` and ``--max-batch-size``."""
+    return ServerProcess.start(
+        bundle, backend=args.server_backend, max_batch_size=args.max_batch_size, credentials=credentials
+    )
+
+
+def start_failed(console: cli_common.Console, exc: SlimsplitError | OSError) -> int:
+    """Say why the server did not start; the exit status: a usage problem when it refused its configuration or
+    bundle (ConfigError), else the server's."""
+    console.error(f"the server did not start: {exc}")
+    return cli_common.EXIT_USAGE if isinstance(exc, ConfigError) else cli_common.EXIT_SERVER
+
+
 __all__ = [
     "READY_TIMEOUT_S",
     "ServerProcess",
@@ -230,4 +246,6 @@ __all__ = [
     "free_port",
     "probe_credentials",
     "server_command",
+    "start_failed",
+    "start_for_args",
 ]

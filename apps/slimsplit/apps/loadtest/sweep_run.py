@@ -13,8 +13,8 @@ from typing import Any
 from slimsplit.apps.loadtest.args import PROG
 from slimsplit.apps.loadtest.generate import run_live_point
 from slimsplit.apps.loadtest.payloads import Payloads, precompute
-from slimsplit.apps.loadtest.security import Security, security_for
-from slimsplit.apps.loadtest.server_process import ServerProcess
+from slimsplit.apps.loadtest.security import Security
+from slimsplit.apps.loadtest.server_process import start_failed, start_for_args
 from slimsplit.apps.loadtest.simulate import ServerModel, simulate_point
 from slimsplit.apps.loadtest.sweep import PointResult, Slo, Sweep, best_point, parse_sweep, point_result
 from slimsplit.apps.loadtest.sweep_report import document, format_sweep, write_sweep
@@ -23,6 +23,7 @@ from slimsplit.edge.auth import read_token
 from slimsplit.edge.config import parse_address
 from slimsplit.edge.run import default_give_up_ms
 from slimsplit.edge.sources import open_source
+from slimsplit.errors import SlimsplitError
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,11 @@ def _credentials(security: Security) -> list[dict[str, Any]]:
     return out
 
 
-def run_sweep(setup: SweepSetup, args: argparse.Namespace, console: cli_common.Console) -> int:
+def run_sweep(
+    setup: SweepSetup, args: argparse.Namespace, console: cli_common.Console, security: Security | None
+) -> int:
+    """Every load point, simulated (``security`` None) or live with ``security``'s credentials; the table and the
+    reports; the exit status."""
     points: list[PointResult] = []
     sweep = setup.sweep
     if args.simulate:
@@ -98,33 +103,31 @@ def run_sweep(setup: SweepSetup, args: argparse.Namespace, console: cli_common.C
             )  # fmt: skip
             points.append(point_result(sweep.kind, load, records, args.seconds, setup.slo, 1))
     else:
-        with security_for(args, args.procs) as security:
-            server = None
-            try:
-                if args.start_server:
-                    server = ServerProcess.start(
-                        setup.bundle_root,
-                        backend=args.server_backend,
-                        max_batch_size=args.max_batch_size,
-                        credentials=security.server,
-                    )
-                    target = server.address
-                else:
-                    target = parse_address(args.server)
-                creds = _credentials(security)
-                for load in sweep.values:
-                    if not args.quiet:
-                        console.err.write(f"{PROG}: point {sweep.label(load)} for {args.seconds:g} s ...\n")
-                        console.err.flush()
-                    records = run_live_point(
-                        sweep.kind, load, setup.payloads, target=target, seconds=args.seconds,
-                        deadline_ms=args.deadline_ms, give_up_ms=setup.give_up_ms, procs=args.procs,
-                        credentials=creds,
-                    )  # fmt: skip
-                    points.append(point_result(sweep.kind, load, records, args.seconds, setup.slo, args.procs))
-            finally:
-                if server is not None:
-                    server.close()
+        assert security is not None, "a live sweep needs its credentials"
+        server = None
+        try:
+            if args.start_server:
+                try:
+                    server = start_for_args(args, setup.bundle_root, security.server)
+                except (SlimsplitError, OSError) as exc:
+                    return start_failed(console, exc)
+                target = server.address
+            else:
+                target = parse_address(args.server)
+            creds = _credentials(security)
+            for load in sweep.values:
+                if not args.quiet:
+                    console.err.write(f"{PROG}: point {sweep.label(load)} for {args.seconds:g} s ...\n")
+                    console.err.flush()
+                records = run_live_point(
+                    sweep.kind, load, setup.payloads, target=target, seconds=args.seconds,
+                    deadline_ms=args.deadline_ms, give_up_ms=setup.give_up_ms, procs=args.procs,
+                    credentials=creds,
+                )  # fmt: skip
+                points.append(point_result(sweep.kind, load, records, args.seconds, setup.slo, args.procs))
+        finally:
+            if server is not None:
+                server.close()
     console.out.write(format_sweep(sweep, points, setup.slo) + "\n")
     console.out.flush()
     if args.report_dir is not None:
