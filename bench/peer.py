@@ -866,24 +866,24 @@ def print_table(doc: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------ main
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+def _int_list(minimum: int, what: str, in_range: str) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type: comma-separated integers, each at least ``minimum``; errors name them ``what``, or
+    ``in_range`` when one is below the minimum."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from exc
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected {in_range}, got {text!r}")
+        return values
+
+    return parse
 
 
-def _cpus(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated core numbers, got {text!r}") from exc
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected core numbers >= 0, got {text!r}")
-    return values
+_ints = _int_list(1, "integers", "positive integers")
+_cpus = _int_list(0, "core numbers", "core numbers >= 0")
 
 
 def _transports(text: str) -> tuple[str, ...]:
