@@ -411,15 +411,20 @@ def _health_only_server(health: Any, host: str, port: int) -> tuple[grpc.aio.Ser
     status) on ``host:port``."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    return server, bind_health_port(server, host, port)
+
+
+def bind_health_port(server: Any, host: str, port: int) -> int:
+    """Add ``--health-port``'s plaintext port to ``server`` (a ``grpc`` or ``grpc.aio`` server); the port bound, or
+    a ConfigError naming the flag and why."""
     address = format_address(host, port)
     why = bind_problem(host, port) if port else None
     if why is not None:
         raise cannot_listen(address, why, flag="--health-port")
     try:
-        bound = server.add_insecure_port(address)
+        return int(server.add_insecure_port(address))
     except RuntimeError as exc:
         raise cannot_listen(address, f"gRPC: {exc}", flag="--health-port") from exc
-    return server, bound
 
 
 def bind_problem(host: str, port: int, *, reuse_port: bool = False) -> str | None:
@@ -514,21 +519,27 @@ async def serve(
 def run_server(
     config: ServerConfig, *, ready: Callable[[RunningServer], None] | None = None, reuse_port: bool = False
 ) -> int:
-    """:func:`serve` until SIGTERM/SIGINT; the exit status of ``slimsplit-server`` (its epilog lists them), errors
-    written to stderr."""
+    """:func:`serve` until SIGTERM/SIGINT; the exit status of ``slimsplit-server`` (see :func:`exit_status`)."""
+    return exit_status(lambda: asyncio.run(serve(config, ready=ready, reuse_port=reuse_port)) or 0)
+
+
+def exit_status(run: Callable[[], int]) -> int:
+    """``run()``'s exit status, or that of the error it raised, as ``slimsplit-server``'s epilog lists them (the
+    error written to stderr): 2 a ConfigError (e.g. a busy --port or --metrics-port, found at start: a usage error
+    all the same), 1 another SlimsplitError (a bundle or backend that failed to load), 130 a second Ctrl-C during
+    shutdown."""
     import sys
 
     try:
-        asyncio.run(serve(config, ready=ready, reuse_port=reuse_port))
-    except ConfigError as exc:  # e.g. a busy --port or --metrics-port: found at start, a usage error all the same
+        return run()
+    except ConfigError as exc:
         print(f"slimsplit-server: {exc}", file=sys.stderr)
         return 2
     except SlimsplitError as exc:
         print(f"slimsplit-server: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+    except KeyboardInterrupt:
         return 130
-    return 0
 
 
 class ServerThread:

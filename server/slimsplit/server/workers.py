@@ -55,7 +55,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from slimsplit.errors import ConfigError, SlimsplitError
+from slimsplit.errors import ConfigError
 from slimsplit.server.config import ServerConfig
 
 log = logging.getLogger("slimsplit.server.workers")
@@ -263,20 +263,13 @@ class Supervisor:
         import grpc
         from grpc_health.v1 import health, health_pb2_grpc
 
-        from slimsplit.server.app import bind_problem, cannot_listen, format_address
+        from slimsplit.server.app import bind_health_port, format_address
 
         host = self.config.grpc.host
-        address = format_address(host, port)
-        why = bind_problem(host, port) if port else None
-        if why is not None:
-            raise cannot_listen(address, why, flag="--health-port")
         self._health = health.HealthServicer()
         server = grpc.server(ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        try:
-            self.health_port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise cannot_listen(address, f"gRPC: {exc}", flag="--health-port") from exc
+        self.health_port = bind_health_port(server, host, port)
         server.start()
         self._health_server = server
         self._set_health(False)
@@ -552,14 +545,9 @@ def _how_it_ended(code: int) -> str:
 
 def run_pool(config: ServerConfig, workers: int) -> int:
     """Serve ``config`` from ``workers`` processes until SIGTERM/SIGINT; the exit status (``slimsplit-server``'s)."""
-    try:
-        return Supervisor(config, workers).run()
-    except ConfigError as exc:
-        print(f"slimsplit-server: {exc}", file=sys.stderr)
-        return 2
-    except SlimsplitError as exc:
-        print(f"slimsplit-server: {exc}", file=sys.stderr)
-        return 1
+    from slimsplit.server.app import exit_status
+
+    return exit_status(lambda: Supervisor(config, workers).run())
 
 
 # ---------------------------------------------------------------------------------------------- worker
