@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Final, Literal
-
-import numpy as np
 
 from slimsplit.errors import ConfigError
 from slimsplit.records import OK, FrameRecord, RunSummary, in_time_array, percentile
@@ -104,16 +102,18 @@ class Second:
 
 
 def timeline(records: Sequence[FrameRecord], seconds: float) -> tuple[Second, ...]:
-    """Per-second figures of ``records`` over ``[0, seconds)`` (by each frame's ``t_s``)."""
+    """Per-second figures of ``records`` over ``[0, seconds)`` (by each frame's ``t_s``; earlier and later ones
+    count in the first and last second)."""
     n = max(1, math.ceil(seconds))
+    by_second: list[list[FrameRecord]] = [[] for _ in range(n)]
+    for r in records:
+        t = 0.0 if math.isnan(r.t_s) else min(max(r.t_s, 0.0), n - 1.0)
+        by_second[int(t)].append(r)
     out = []
-    t = np.array([r.t_s for r in records], dtype=np.float64)
-    slot = np.clip(np.floor(np.nan_to_num(t, nan=0.0)).astype(np.int64), 0, n - 1) if len(t) else t
-    for s in range(n):
-        chosen = [r for r, k in zip(records, slot, strict=True) if k == s]
+    for s, chosen in enumerate(by_second):
         ok = [r for r in chosen if r.status == OK]
         lat = [r.latency_ms for r in ok]
-        hits = in_time_array([r.latency_ms for r in ok], [r.deadline_ms or math.inf for r in ok])
+        hits = in_time_array(lat, [r.deadline_ms or math.inf for r in ok])
         out.append(
             Second(
                 t_s=s,
@@ -171,13 +171,9 @@ class PointResult:
             "bytes_per_frame": s.bytes_per_frame,
             "meets_slo": self.meets_slo,
             "slo_failure": self.slo_failure,
-            "timeline": [vars_of(x) for x in self.timeline],
+            "timeline": [asdict(x) for x in self.timeline],
             "summary": s.to_dict(),
         }
-
-
-def vars_of(second: Second) -> dict[str, Any]:
-    return {k: getattr(second, k) for k in Second.__dataclass_fields__}
 
 
 def point_result(
