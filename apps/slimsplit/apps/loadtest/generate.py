@@ -23,9 +23,10 @@ from typing import Any, TypeAlias
 from slimsplit.apps.loadtest.payloads import Payloads, with_frame_id
 from slimsplit.apps.loadtest.sweep import Kind
 from slimsplit.errors import Unavailable
+from slimsplit.protocol import AUTHORIZATION_KEY, SERVICE_NAME
 from slimsplit.records import OK, FrameRecord, ServerTiming
 
-INFER = "/slimsplit.v1.SplitInference/Infer"
+INFER = f"/{SERVICE_NAME}/Infer"
 #: How long the processes may take to start, connect and warm up.
 READY_TIMEOUT_S = 60.0
 #: Slack beyond a point's seconds and give-up wait before its processes are given up.
@@ -78,7 +79,7 @@ async def _load(spec: WorkerSpec, conn: Connection) -> list[Row]:
 
     channel = _channel(spec)
     call = channel.unary_unary(INFER)  # bytes in, bytes out: no (de)serializer
-    meta = (("authorization", f"Bearer {spec.token}"),) if spec.token else None
+    meta = ((AUTHORIZATION_KEY, f"Bearer {spec.token}"),) if spec.token else None
     requests = spec.requests
     n = len(requests)
     counter = [spec.first_request]
