@@ -246,19 +246,15 @@ def _parse_fields(data: bytes) -> tuple[int, int, int, int, int, float, float, i
     return version, coder_bits, c, h, w, lo, hi, payload_len, pos
 
 
-def parse_header(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> FeatureHeader:
-    """Parse and validate the header of the frame ``data`` (the whole frame, so lengths can be checked).
-
-    Checks, in order: length, magic, version, the encoding of every field (for version 2: each varint minimal, at
-    most 3 bytes and 65535, and present), coder id, bits, shape, element count, payload length against the limits
-    and against the bytes present, the packed length for uncoded payloads, and lo/hi. Raises
-    :class:`CodecError` (or :class:`UnsupportedVersion`) naming the field and the values.
-    """
-    version, coder_bits, c, h, w, lo, hi, payload_len, header_len = _parse_fields(data)
-    coder: Coder = coder_from_id(coder_bits >> 4)
-    bits = (coder_bits & 0xF) + 1
+def check_bits(bits: int, limits: DecodeLimits) -> None:
+    """CodecError unless ``bits`` is one of ``limits.allowed_bits``."""
     if bits not in limits.allowed_bits:
         raise CodecError(f"bits={bits} not allowed (allowed: {sorted(limits.allowed_bits)})", field="bits", value=bits)
+
+
+def check_shape(shape: tuple[int, int, int], limits: DecodeLimits) -> int:
+    """The element count of ``shape`` (C, H, W), or CodecError naming the dimension or count beyond ``limits``."""
+    c, h, w = shape
     for name, value, limit in (
         ("channels", c, limits.max_channels),
         ("height", h, limits.max_height),
@@ -279,6 +275,11 @@ def parse_header(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> FeatureH
             value=numel,
             limit=limits.max_elements,
         )
+    return numel
+
+
+def check_payload_limit(payload_len: int, limits: DecodeLimits) -> None:
+    """CodecError when ``payload_len`` exceeds ``limits.max_payload_bytes``."""
     if payload_len > limits.max_payload_bytes:
         raise CodecError(
             f"payload_len={payload_len} exceeds the limit {limits.max_payload_bytes}",
@@ -286,6 +287,30 @@ def parse_header(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> FeatureH
             value=payload_len,
             limit=limits.max_payload_bytes,
         )
+
+
+def check_range(lo: float, hi: float) -> None:
+    """CodecError unless the quantization range ``lo``..``hi`` is finite and not inverted."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise CodecError(f"non-finite lo={lo} / hi={hi} in header", field="lo/hi", lo=lo, hi=hi)
+    if lo > hi:
+        raise CodecError(f"inverted range: lo={lo} > hi={hi}", field="lo/hi", lo=lo, hi=hi)
+
+
+def parse_header(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> FeatureHeader:
+    """Parse and validate the header of the frame ``data`` (the whole frame, so lengths can be checked).
+
+    Checks, in order: length, magic, version, the encoding of every field (for version 2: each varint minimal, at
+    most 3 bytes and 65535, and present), coder id, bits, shape, element count, payload length against the limits
+    and against the bytes present, the packed length for uncoded payloads, and lo/hi. Raises
+    :class:`CodecError` (or :class:`UnsupportedVersion`) naming the field and the values.
+    """
+    version, coder_bits, c, h, w, lo, hi, payload_len, header_len = _parse_fields(data)
+    coder: Coder = coder_from_id(coder_bits >> 4)
+    bits = (coder_bits & 0xF) + 1
+    check_bits(bits, limits)
+    numel = check_shape((c, h, w), limits)
+    check_payload_limit(payload_len, limits)
     present = len(data) - header_len
     if payload_len != present:
         kind = "truncated frame" if present < payload_len else "trailing bytes after the payload"
@@ -305,10 +330,7 @@ def parse_header(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> FeatureH
             value=payload_len,
             expected=expected_packed,
         )
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise CodecError(f"non-finite lo={lo} / hi={hi} in header", field="lo/hi", lo=lo, hi=hi)
-    if lo > hi:
-        raise CodecError(f"inverted range: lo={lo} > hi={hi}", field="lo/hi", lo=lo, hi=hi)
+    check_range(lo, hi)
     return FeatureHeader(
         version=version,
         coder=coder.label,

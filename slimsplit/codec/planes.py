@@ -33,7 +33,14 @@ import numpy.typing as npt
 
 from slimsplit.codec import entropy as _entropy
 from slimsplit.codec.bitpack import pack_bits, packed_size, unpack_bits
-from slimsplit.codec.header import DEFAULT_LIMITS, DecodeLimits
+from slimsplit.codec.header import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    check_bits,
+    check_payload_limit,
+    check_range,
+    check_shape,
+)
 from slimsplit.codec.quantize import as_float32, dequantize, levels_for, quantize
 from slimsplit.errors import CodecError
 
@@ -98,19 +105,15 @@ def parse_plane_header(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Pl
     magic, plane, bits, coder_id, frame_id, c, h, w, lo, hi, plen = _HEADER.unpack_from(buf)
     if magic != PLANE_MAGIC:
         raise CodecError(f"not a plane unit: byte 0 is {magic:#04x}, expected {PLANE_MAGIC:#04x}", field="magic")
-    if bits not in limits.allowed_bits:
-        raise CodecError(f"bits={bits} not allowed", field="bits", value=bits)
+    check_bits(bits, limits)
     if plane >= bits:
         raise CodecError(f"plane {plane} out of range for {bits} bits", field="plane", value=plane)
     if coder_id not in (int(cd) for cd in _CODERS):
         raise CodecError(f"unknown plane coder id {coder_id}", field="coder", value=coder_id)
-    if not (1 <= c <= limits.max_channels and 1 <= h <= limits.max_height and 1 <= w <= limits.max_width):
-        raise CodecError(f"shape {(c, h, w)} outside the decode limits", field="shape", shape=(c, h, w))
-    if c * h * w > limits.max_elements:
-        raise CodecError(f"{c * h * w} elements exceed the limit {limits.max_elements}", field="shape")
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
-        raise CodecError(f"invalid range lo={lo} hi={hi}", field="lo")
-    if plen > limits.max_payload_bytes or len(buf) != PLANE_HEADER_SIZE + plen:
+    check_shape((c, h, w), limits)
+    check_range(float(lo), float(hi))
+    check_payload_limit(plen, limits)
+    if len(buf) != PLANE_HEADER_SIZE + plen:
         raise CodecError(
             f"plane unit is {len(buf)} bytes but its header says {PLANE_HEADER_SIZE} + {plen}", field="payload_len"
         )
