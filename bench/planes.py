@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from bench.nested_planes import accuracy
 from bench.results_io import write_results
 from slimsplit.bundle import Bundle, default_bundle_path
 from slimsplit.codec.planes import decode_planes, encode_planes, parse_plane_header
@@ -41,14 +42,13 @@ def measure(bundle: Bundle, images: npt.NDArray[np.uint8], labels: npt.NDArray[n
         zlib_share = np.array([[parse_plane_header(u).coder == "zlib" for u in us] for us in units]).mean(0)
         for k in range(1, bits + 1):
             x = np.stack([decode_planes(us[:k]) for us in units])
-            logits = np.concatenate([tail.run(None, {"features": x[j : j + 512]})[0] for j in range(0, len(x), 512)])
             rows.append(
                 {
                     "width": width,
                     "bits": bits,
                     "mode": mode.name,
                     "k": k,
-                    "accuracy": float((logits.argmax(1) == labels).mean()),
+                    "accuracy": accuracy(tail, x, labels),
                     "plane_bytes": float(sizes[:, k - 1].mean()),
                     "cumulative_bytes": float(sizes[:, :k].sum(1).mean()),
                     "zlib_fraction": float(zlib_share[k - 1]),
