@@ -47,7 +47,9 @@ from typing import IO, Any
 import numpy as np
 
 from bench.peer_repo import RepoOptions, tail_models, write_repository
+from bench.procs import tree_cpu_seconds
 from bench.results_io import REPOSITORY, write_results
+from slimsplit.apps.loadtest.server_process import free_port
 
 TRITON_VENV = REPOSITORY / ".venv-triton"
 SETUP_PACKAGES = ("nvidia-pytriton", "numpy", "tritonclient[grpc]")
@@ -158,41 +160,6 @@ def setup(venv: Path = TRITON_VENV, python: str = sys.executable) -> TritonInsta
 # ------------------------------------------------------------------------------------------------ /proc
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2 :].split()  # fields from 3 (state) on: name may hold spaces
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its live descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat_fields(int(entry))
-            if fields is not None:
-                children.setdefault(int(fields[1]), []).append(int(entry))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds (user + system) of ``root``'s process tree: each live process's utime+stime plus its reaped
-    children's cutime+cstime."""
-    ticks = 0
-    for pid in process_tree(root):
-        fields = _stat_fields(pid)
-        if fields is not None:  # fields[11..14] = utime stime cutime cstime (stat fields 14-17)
-            ticks += sum(int(v) for v in fields[11:15])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 # ------------------------------------------------------------------------------------------------ metrics
 
 
@@ -281,13 +248,6 @@ def make_workload(folder: Path, mode_name: str = "") -> Workload:
 
 
 # ------------------------------------------------------------------------------------------------ servers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _pin(cpus: Sequence[int]) -> Callable[[], None]:

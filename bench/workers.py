@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from bench.procs import tree_cpu_seconds
 from bench.results_io import write_results
 from bench.serving import _stream_point
 from slimsplit.bundle import Bundle, default_bundle_path
@@ -92,17 +93,6 @@ def server(workers: int, backend: str) -> Iterator[tuple[str, psutil.Process]]:
         proc.stderr.close()
 
 
-def _server_cpu_s(proc: psutil.Process) -> float:
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
 async def _client_run(
     address: str, model: str, mode: str, payloads: list[bytes], n: int, warmup: int, c: int, ready: Any, go: Any
 ) -> dict[str, Any]:
@@ -148,10 +138,10 @@ def measure(
         p.start()
     for _ in procs:
         ready.get(timeout=300)
-    cpu0 = _server_cpu_s(proc)
+    cpu0 = tree_cpu_seconds(proc.pid)
     go.set()
     results = [q.get(timeout=600) for _ in procs]
-    cpu = _server_cpu_s(proc) - cpu0
+    cpu = tree_cpu_seconds(proc.pid) - cpu0
     for p in procs:
         p.join(30)
     ok = sum(r["ok"] for r in results)

@@ -34,7 +34,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -51,6 +50,7 @@ import yaml
 from script_loader import load_script
 from shell_helpers import shellcheck, shellcheck_binary
 
+from slimsplit.apps.loadtest.server_process import free_port
 from slimsplit.server.config import GrpcConfig, ServerConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -340,13 +340,6 @@ def server_address() -> Iterator[str]:
     config = replace(base, grpc=replace(base.grpc, host="127.0.0.1", port=0, grace_s=0.5))
     with ServerThread(config) as srv:
         yield srv.address
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 with nothing listening (bound, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ========================================================================================= Kubernetes

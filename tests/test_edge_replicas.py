@@ -15,7 +15,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from slimsplit.apps.loadtest.server_process import free_port
 from slimsplit.bundle import Bundle, default_bundle_path
 from slimsplit.codec import encode_features
 from slimsplit.control.base import Controller, Decision, FrameFeedback
@@ -203,13 +203,6 @@ def test_a_frame_is_not_resent_past_its_deadline() -> None:
 # ----------------------------------------------------------------------------------------------- real servers
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 @dataclass
 class ServerProcess:
     """``python -m slimsplit.server.cli --backend null`` on a port; ``serving_at``: when it said it serves."""
@@ -288,7 +281,7 @@ def servers() -> Iterator[list[ServerProcess]]:
 
 
 def _start(servers: list[ServerProcess], count: int) -> list[ServerProcess]:
-    new = [ServerProcess(_free_port()).start() for _ in range(count)]
+    new = [ServerProcess(free_port()).start() for _ in range(count)]
     servers.extend(new)
     for s in new:
         s.wait_serving()

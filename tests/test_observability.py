@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from slimsplit.apps.loadtest.server_process import free_port
 from slimsplit.bundle import Bundle, default_bundle_path
 from slimsplit.control.config import RunConfig
 from slimsplit.control.controllers import FixedOptions
@@ -35,13 +35,6 @@ FRAMES = 6
 WAIT_S = 60.0
 
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (apt-get install prometheus)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -69,7 +62,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[int, int]]:
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in (".", "edge", "server", "apps"))}
     cmd = [sys.executable, "-m", "slimsplit.server.cli", "--insecure", "--port", str(port)]
     cmd += ["--metrics-port", str(metrics_port), "--workers", "1", "--grace", "0", "--log-level", "warning"]
@@ -86,7 +79,7 @@ def server(tmp_path: Path) -> Iterator[tuple[int, int]]:
 @pytest.fixture
 def prometheus(tmp_path: Path, server: tuple[int, int]) -> Iterator[str]:
     assert PROMETHEUS is not None
-    web = _free_port()
+    web = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"

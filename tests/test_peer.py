@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from bench import peer
+from bench import peer, procs
 from bench.peer_repo import PYTHON_MODEL, RepoOptions, config_pbtxt, tail_models, write_repository
 from slimsplit.bundle import default_bundle_path
 
@@ -141,10 +141,10 @@ def test_process_tree_cpu_counts_children() -> None:
     child = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
-        while peer.tree_cpu_seconds(child.pid) < 0.25 and time.monotonic() < deadline:
+        while procs.tree_cpu_seconds(child.pid) < 0.25 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert child.pid in peer.process_tree(os.getpid())
-        assert peer.tree_cpu_seconds(os.getpid()) >= peer.tree_cpu_seconds(child.pid) >= 0.25
+        assert child.pid in procs.process_tree(os.getpid())
+        assert procs.tree_cpu_seconds(os.getpid()) >= procs.tree_cpu_seconds(child.pid) >= 0.25
     finally:
         child.communicate(b"\n", timeout=20)
 

@@ -26,6 +26,7 @@ from fixtures_bundle import write_tiny_bundle
 
 from slimsplit.apps.link_cli import build_parser as link_parser
 from slimsplit.apps.link_cli import main as link_main
+from slimsplit.apps.loadtest.server_process import free_port
 from slimsplit.bundle import Bundle, default_bundle_path
 from slimsplit.errors import BundleError, ConfigError
 from slimsplit.records import FrameRecord, summarize
@@ -42,13 +43,6 @@ def _listening_socket() -> socket.socket:
     s.bind(("127.0.0.1", 0))
     s.listen()
     return s
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # ------------------------------------------------------------------------------------------- busy ports
@@ -95,7 +89,7 @@ def test_a_busy_grpc_port_is_a_clean_cli_error(tiny_root: Path) -> None:
 
 def test_a_failed_start_releases_the_grpc_port(tiny_root: Path) -> None:
     """The gRPC port bound before the metrics port failed is free again afterwards (nothing leaks)."""
-    grpc_port = _free_port()
+    grpc_port = free_port()
     with _listening_socket() as busy:
         config = ServerConfig(
             models=(tiny_root,),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from typing import IO
 import grpc
 import psutil
 
+from slimsplit.apps.loadtest.server_process import free_port
 from slimsplit.bundle import default_bundle_path
 from slimsplit.protocol import SERVICE_NAME
 
@@ -47,13 +47,6 @@ sys.exit(main(args[split + 1:]))
 
 #: Backends this harness adds to the server's registry (name -> module:attribute).
 EXTRA_BACKENDS = {"stall": "bench.faults.stall:StallBackend"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class ServerProc:
