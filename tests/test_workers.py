@@ -55,8 +55,15 @@ class Pool:
     """``python -m slimsplit.server.cli --workers N`` with a free port and metrics port; stderr collected."""
 
     def __init__(
-        self, tmp_path: Path, workers: int = 2, delay_ms: float = 0.0, toml: str = "", flags: Sequence[str] = ()
+        self,
+        tmp_path: Path,
+        workers: int = 2,
+        delay_ms: float = 0.0,
+        toml: str = "",
+        flags: Sequence[str] = (),
+        while_starting: Callable[[Pool], None] | None = None,
     ) -> None:
+        """``while_starting(pool)``: called once the process runs, before waiting for every worker to serve."""
         path = tmp_path / "server.toml"
         path.write_text(
             f'log_level = "info"\n{toml}\n[backend]\nname = "null"\n[backend.options]\ndelay_ms = {delay_ms}\n'
@@ -68,6 +75,8 @@ class Pool:
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        if while_starting is not None:
+            while_starting(self)
         up = self.wait_for(rf"{workers} workers serving on (127\.0\.0\.1:\d+) \(pids ([\d, ]+)\)")
         self.address = up.group(1)
         self.pids = [int(p) for p in up.group(2).split(", ")]
@@ -239,6 +248,31 @@ def test_sigterm_drains_every_worker_answering_the_frames_in_flight(tmp_path: Pa
     finally:
         for ch in chans:
             ch.close()
+        pool.close()
+
+
+def test_a_sighup_while_the_workers_start_reaches_each_once_it_serves(tmp_path: Path) -> None:
+    """A worker still loading has no SIGHUP handler yet (the default action would end it, and a worker that ends
+    before it ever served fails the pool): the supervisor passes SIGHUP on to it once it serves."""
+    done = threading.Event()
+
+    def hup_until_up(pool: Pool) -> None:
+        def send() -> None:
+            pool.wait_for(r"metrics \(all workers\) on")  # the supervisor's own handlers are installed by then
+            while not done.is_set() and pool.proc.poll() is None:
+                pool.proc.send_signal(signal.SIGHUP)
+                time.sleep(0.02)
+
+        threading.Thread(target=send, daemon=True).start()
+
+    pool = Pool(tmp_path, while_starting=hup_until_up)
+    try:
+        done.set()
+        for index in range(pool.workers):
+            pool.wait_for(rf"\[worker {index}\]: SIGHUP: reloading the devices file")
+        assert pool.stop() == 0
+    finally:
+        done.set()
         pool.close()
 
 

@@ -30,7 +30,7 @@ the whole server with its exit status (a bad bundle: 1, a bad setting: 2).
 SIGTERM/SIGINT: the health port turns NOT_SERVING and every worker gets SIGTERM and drains as a single server does
 (in-flight frames answered within ``grpc.grace_s``); a worker still running ``grace_s`` + 10 s later is killed. Exit
 0 when every worker exited 0, else 1; a second SIGINT kills them at once (exit 130). SIGHUP is passed on to every
-worker (each reloads the devices file).
+worker (each reloads the devices file); one still starting gets it once it serves (before, it has no handler).
 """
 
 from __future__ import annotations
@@ -140,6 +140,7 @@ class _Worker:
     started: float
     first: bool  # started with the pool (a failure before serving then fails the server)
     serving: bool = False
+    reload_due: bool = False  # a SIGHUP came while it was starting: passed on once it serves
 
 
 @dataclass
@@ -325,7 +326,7 @@ class Supervisor:
         for sig in signals:
             if sig == signal.SIGHUP:
                 log.info("SIGHUP: passed on to the workers")
-                self._signal_all(signal.SIGHUP)
+                self._reload_all()
             elif self._state.stopping and sig == signal.SIGINT:
                 log.warning("second SIGINT: killing the workers")
                 self._signal_all(signal.SIGKILL)
@@ -340,11 +341,23 @@ class Supervisor:
                 )
                 self._stop(0)
 
+    def _reload_all(self) -> None:
+        """SIGHUP to every serving worker; one still starting gets it once it serves (its handler is installed only
+        then, and SIGHUP's default action would end it)."""
+        for w in self._state.workers.values():
+            if w.serving:
+                self._signal(w, signal.SIGHUP)
+            else:
+                w.reload_due = True
+
+    def _signal(self, w: _Worker, sig: int) -> None:
+        if w.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.send_signal(sig)
+
     def _signal_all(self, sig: int) -> None:
         for w in self._state.workers.values():
-            if w.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    w.proc.send_signal(sig)
+            self._signal(w, sig)
 
     def _stop(self, code: int) -> None:
         st = self._state
@@ -404,6 +417,9 @@ class Supervisor:
     def _on_serving(self, w: _Worker) -> None:
         st = self._state
         w.serving = True
+        if w.reload_due and not st.stopping:
+            w.reload_due = False
+            self._signal(w, signal.SIGHUP)
         if not st.pool_up and all(x.serving for x in st.workers.values()) and len(st.workers) == self.count:
             st.pool_up = True
             from slimsplit.server.app import format_address
