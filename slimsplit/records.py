@@ -1,6 +1,7 @@
 """What every run records, whatever ran it (the live edge, the simulator, the load generator, the load tester).
 
-* :class:`FrameRecord` - what happened to one frame; :func:`summarize` - the :class:`RunSummary` of a run's records.
+* :class:`FrameRecord` - what happened to one frame; :func:`summarize` - the :class:`RunSummary` of a run's records;
+  :class:`RunTally` - the same summary built frame by frame in bounded memory (a run of any length).
 * :func:`in_time` / :func:`in_time_array` - the one rule for "answered by the deadline" (a scalar and a vectorised
   form, with the one tolerance :data:`DEADLINE_TOLERANCE_MS`).
 * :class:`ServerTiming` - the server's own account of a frame, the wire's ``slimsplit.v1.ServerTiming`` as a value
@@ -15,13 +16,13 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from itertools import pairwise
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from slimsplit.errors import InvalidFrame
+from slimsplit.quantiles import EXACT_LIMIT, QuantileSketch, percentile
 from slimsplit.v1 import slimsplit_pb2 as pb
 
 OK: Final = "OK"
@@ -210,19 +211,6 @@ class FrameRecord:
 # ---------------------------------------------------------------------------------------------- a run
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile ``q`` in [0, 100] of ``values`` (NaN when empty)."""
-    data = sorted(v for v in values if math.isfinite(v))
-    if not data:
-        return math.nan
-    if len(data) == 1:
-        return data[0]
-    pos = (len(data) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
-
 @dataclass(frozen=True)
 class LatencyStats:
     p50: float = math.nan
@@ -232,9 +220,13 @@ class LatencyStats:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> LatencyStats:
-        finite = [v for v in values if math.isfinite(v)]
-        mean = sum(finite) / len(finite) if finite else math.nan
-        return cls(percentile(finite, 50), percentile(finite, 95), percentile(finite, 99), mean)
+        sketch = QuantileSketch(exact_limit=len(values))
+        sketch.extend(values)
+        return cls.of_sketch(sketch)
+
+    @classmethod
+    def of_sketch(cls, sketch: QuantileSketch) -> LatencyStats:
+        return cls(sketch.percentile(50), sketch.percentile(95), sketch.percentile(99), sketch.mean)
 
 
 @dataclass(frozen=True)
@@ -297,51 +289,138 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+class RunTally:
+    """A run's :class:`RunSummary` built record by record in bounded memory: counts are exact, latency figures come
+    from one :class:`~slimsplit.quantiles.QuantileSketch` each (exact up to ``exact_limit`` frames, within 0.5 %
+    after). Records must be added in frame order where order matters: the mode switches count between consecutive
+    sent frames, and :meth:`by_mode` lists the modes in order of first use. With ``by_mode``, the tally keeps one
+    of its own per mode (frames that have a mode)."""
+
+    def __init__(self, *, by_mode: bool = False, exact_limit: int = EXACT_LIMIT) -> None:
+        self._limit = exact_limit
+        self._modes: dict[str, RunTally] | None = {} if by_mode else None
+        self.frames = 0
+        self._ok = 0
+        self._judged = 0
+        self._correct = 0
+        self._errors: Counter[str] = Counter()
+        self._answered_modes: Counter[str] = Counter()
+        self._latency, self._rtt, self._transfer, self._server, self._encoder, self._codec = (
+            QuantileSketch(exact_limit=exact_limit) for _ in range(6)
+        )
+        self._sent = 0
+        self._sent_bytes = 0
+        self._last_mode: str | None = None
+        self._switches = 0
+        self._deadline: float | None = None
+        self._hits = 0
+        self._late = 0
+        self._labelled = 0
+        self._timely = 0
+        self._skipped: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
+        self._chosen: Counter[str] = Counter()
+        self._bytes_sent = 0
+
+    @classmethod
+    def of(cls, records: Iterable[FrameRecord], *, by_mode: bool = False) -> RunTally:
+        tally = cls(by_mode=by_mode)
+        for r in records:
+            tally.add(r)
+        return tally
+
+    def add(self, r: FrameRecord) -> None:
+        self.frames += 1
+        hit = r.hit
+        if r.ok:
+            self._ok += 1
+            correct = r.correct
+            if correct is not None:
+                self._judged += 1
+                self._correct += correct
+            self._answered_modes[r.mode] += 1
+            self._latency.add(r.latency_ms)
+            self._rtt.add(r.rtt_ms)
+            self._transfer.add(r.transfer_ms)
+            if r.server is not None:
+                self._server.add(r.server.total_ms)
+            if hit is False:
+                self._late += 1
+        else:
+            self._errors[r.status] += 1
+        if r.payload_bytes > 0:
+            self._sent += 1
+            self._sent_bytes += r.payload_bytes
+            self._encoder.add(r.encoder_ms)
+            self._codec.add(r.codec_ms)
+        if r.sent:
+            if self._last_mode is not None and r.mode != self._last_mode:
+                self._switches += 1
+            self._last_mode = r.mode
+            self._chosen[r.mode] += 1
+            self._bytes_sent += r.payload_bytes
+            if not r.ok:
+                self._dropped[r.status] += 1
+        if r.deadline_ms is not None:
+            self._deadline = r.deadline_ms if self._deadline is None else max(self._deadline, r.deadline_ms)
+        if hit:
+            self._hits += 1
+        if r.label is not None:
+            self._labelled += 1
+            if hit and r.correct:
+                self._timely += 1
+        if r.status == SKIPPED:
+            self._skipped[reason_kind(r.reason)] += 1
+        if self._modes is not None and r.mode:
+            sub = self._modes.get(r.mode)
+            if sub is None:
+                sub = self._modes[r.mode] = RunTally(exact_limit=min(self._limit, _MODE_EXACT_LIMIT))
+            sub.add(r)
+
+    def summary(self, wall_s: float) -> RunSummary:
+        """The summary of the records added so far, of a run that took ``wall_s`` seconds."""
+        frames, deadline = self.frames, self._deadline
+        return RunSummary(
+            frames=frames,
+            ok=self._ok,
+            wall_s=wall_s,
+            fps=self._ok / wall_s if wall_s > 0 else math.nan,
+            accuracy=self._correct / self._judged if self._judged else None,
+            labelled=self._judged,
+            latency_ms=LatencyStats.of_sketch(self._latency),
+            rtt_ms=LatencyStats.of_sketch(self._rtt),
+            transfer_ms=LatencyStats.of_sketch(self._transfer),
+            server_ms=LatencyStats.of_sketch(self._server),
+            encoder_ms=LatencyStats.of_sketch(self._encoder),
+            codec_ms=LatencyStats.of_sketch(self._codec),
+            bytes_per_frame=self._sent_bytes / self._sent if self._sent else 0.0,
+            errors=dict(sorted(self._errors.items())),
+            modes=dict(sorted(self._answered_modes.items())),
+            deadline_ms=deadline,
+            hits=self._hits,
+            hit_rate=self._hits / frames if deadline is not None and frames else None,
+            late=self._late,
+            skipped=dict(self._skipped.most_common()),
+            dropped=dict(self._dropped.most_common()),
+            chosen=dict(self._chosen.most_common()),
+            switches=self._switches,
+            switches_per_min=self._switches / (wall_s / 60.0) if wall_s > 0 else None,
+            timely_accuracy=self._timely / self._labelled if deadline is not None and self._labelled else None,
+            bytes_sent=self._bytes_sent,
+            labelled_frames=self._labelled,
+        )
+
+    def by_mode(self, wall_s: float) -> dict[str, RunSummary]:
+        """One summary per mode of the frames that had one, in order of first use (empty without ``by_mode``)."""
+        return {mode: sub.summary(wall_s) for mode, sub in (self._modes or {}).items()}
+
+
+_MODE_EXACT_LIMIT: Final = 1024  # a per-mode tally's exact values (16 modes x 6 figures x 8 bytes x this at most)
+
+
 def summarize(records: Iterable[FrameRecord], wall_s: float) -> RunSummary:
-    """Summarize a run that took ``wall_s`` seconds (``records`` in frame order)."""
-    items = list(records)
-    done = [r for r in items if r.ok]
-    judged = [r.correct for r in done if r.correct is not None]
-    errors = Counter(r.status for r in items if not r.ok)
-    modes = Counter(r.mode for r in done)
-    sent = [r for r in items if r.payload_bytes > 0]
-    dispatched = [r for r in items if r.sent]
-    switches = sum(1 for a, b in pairwise(dispatched) if a.mode != b.mode)
-    deadlines = [r.deadline_ms for r in items if r.deadline_ms is not None]
-    deadline = max(deadlines) if deadlines else None
-    hit = [r.hit for r in items]
-    hits = sum(1 for h in hit if h)
-    labelled = [(r, h) for r, h in zip(items, hit, strict=True) if r.label is not None]
-    timely = sum(1 for r, h in labelled if h and r.correct)
-    return RunSummary(
-        frames=len(items),
-        ok=len(done),
-        wall_s=wall_s,
-        fps=len(done) / wall_s if wall_s > 0 else math.nan,
-        accuracy=(sum(judged) / len(judged)) if judged else None,
-        labelled=len(judged),
-        latency_ms=LatencyStats.of([r.latency_ms for r in done]),
-        rtt_ms=LatencyStats.of([r.rtt_ms for r in done]),
-        transfer_ms=LatencyStats.of([r.transfer_ms for r in done]),
-        server_ms=LatencyStats.of([r.server.total_ms for r in done if r.server is not None]),
-        encoder_ms=LatencyStats.of([r.encoder_ms for r in sent]),
-        codec_ms=LatencyStats.of([r.codec_ms for r in sent]),
-        bytes_per_frame=(sum(r.payload_bytes for r in sent) / len(sent)) if sent else 0.0,
-        errors=dict(sorted(errors.items())),
-        modes=dict(sorted(modes.items())),
-        deadline_ms=deadline,
-        hits=hits,
-        hit_rate=hits / len(items) if deadline is not None and items else None,
-        late=sum(1 for r, h in zip(items, hit, strict=True) if r.ok and h is False),
-        skipped=dict(Counter(reason_kind(r.reason) for r in items if r.status == SKIPPED).most_common()),
-        dropped=dict(Counter(r.status for r in dispatched if not r.ok).most_common()),
-        chosen=dict(Counter(r.mode for r in dispatched).most_common()),
-        switches=switches,
-        switches_per_min=switches / (wall_s / 60.0) if wall_s > 0 else None,
-        timely_accuracy=timely / len(labelled) if deadline is not None and labelled else None,
-        bytes_sent=sum(r.payload_bytes for r in dispatched),
-        labelled_frames=len(labelled),
-    )
+    """Summarize a run that took ``wall_s`` seconds (``records`` in frame order; see :class:`RunTally`)."""
+    return RunTally.of(records).summary(wall_s)
 
 
 __all__ = [
@@ -353,6 +432,7 @@ __all__ = [
     "FrameRecord",
     "LatencyStats",
     "RunSummary",
+    "RunTally",
     "ServerTiming",
     "in_time",
     "in_time_array",

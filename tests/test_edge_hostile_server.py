@@ -424,7 +424,7 @@ def test_the_display_never_prints_what_a_server_says_raw() -> None:
     out = io.StringIO()
     display = LineDisplay(out)
     display.frame(record)
-    display.finish(summarize([record], 1.0), [record])
+    display.finish(summarize([record], 1.0), {})
     assert ESC not in out.getvalue() and "\u202e" not in out.getvalue()
     assert "\\x1b[2J" in out.getvalue()
 

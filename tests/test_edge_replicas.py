@@ -50,7 +50,7 @@ from slimsplit.edge.run import mode_options
 from slimsplit.edge.sources import SourceFrame
 from slimsplit.edge.transport import Done, FrameTransport, Outcome
 from slimsplit.errors import ConfigError, Unavailable
-from slimsplit.records import OK, SKIPPED, FrameRecord, summarize
+from slimsplit.records import OK, SKIPPED, FrameRecord
 from slimsplit.v1 import slimsplit_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -431,8 +431,8 @@ def test_the_only_server_killed_and_restarted_on_its_port(bundle: Bundle, server
     )
     server.wait_serving()
     _accounted(report, count)
-    summary = summarize(report.results, report.wall_s)
-    ticker.finish(summary, report.results)
+    summary = report.summary()
+    ticker.finish(summary, report.run_tally().by_mode(report.wall_s))
     assert server.serving_at is not None and killed
     t0 = killed[0]
     after = [r for r in report.results if r.status == OK and origin + r.t_s > server.serving_at]
@@ -446,5 +446,5 @@ def test_the_only_server_killed_and_restarted_on_its_port(bundle: Bundle, server
     assert summary.skipped.get("not connected", 0) >= len(not_connected)
     text = out.getvalue()
     assert "server DOWN" in text, text
-    assert "not connected" in format_summary(summary, report.results)
+    assert "not connected" in format_summary(summary)
     print(f"\nreconnected {reconnect_s:.2f} s after the server served again; {len(not_connected)} frames skipped")

@@ -239,7 +239,7 @@ def run_unattended(listener: NotifyListener, script: list[tuple[str, float]]) ->
                     u.frame(record(i))
                     i += 1
                 await asyncio.sleep(0.02)
-        u.finish(summarize([], 1.0), [])
+        u.finish(summarize([], 1.0), {})
 
     asyncio.run(main())
     listener.wait_for("STOPPING")

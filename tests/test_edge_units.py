@@ -19,7 +19,7 @@ from slimsplit.edge.channel import channel_options, service_config
 from slimsplit.edge.config import ChannelConfig, ClientConfig, ReconnectPolicy, parse_address
 from slimsplit.edge.display import LineDisplay, LiveDisplay, TickerDisplay, format_frame, format_summary, make_display
 from slimsplit.edge.sources import fit_image, from_arrays, load_folder, load_npz, open_source, resize_bilinear
-from slimsplit.records import FrameRecord, ServerTiming, percentile, reason_kind, summarize
+from slimsplit.records import FrameRecord, RunTally, ServerTiming, percentile, reason_kind, summarize
 
 SPEC = InputSpec(channels=3, height=8, width=8)
 
@@ -276,7 +276,7 @@ def test_line_display_and_summary_text() -> None:
     r_err = FrameRecord(frame_id=2, index=1, mode="w4b4", status="INVALID_ARGUMENT", error="bad header")
     display.frame(r_ok)
     display.frame(r_err)
-    display.finish(summarize([r_ok, r_err], 1.0), [r_ok, r_err])
+    display.finish(summarize([r_ok, r_err], 1.0), RunTally.of([r_ok, r_err], by_mode=True).by_mode(1.0))
     text = out.getvalue()
     assert "\x1b[" not in text  # plain output has no escape codes
     assert "-> zero" in text and "WRONG (is one)" in text
@@ -347,7 +347,7 @@ def test_summary_accounts_for_the_deadline_skips_drops_and_switches() -> None:
     assert s.timely_accuracy == pytest.approx(1 / 5)  # only frame 0 is right and in time; frame 3 is wrong
     assert results[1].to_dict()["hit"] is False
     assert _ok(0, 0, 0, 1.0).hit is None and summarize([_ok(0, 0, 0, 1.0)], 1.0).hit_rate is None
-    text = format_summary(s, results)
+    text = format_summary(s, RunTally.of(results, by_mode=True).by_mode(1.0))
     assert "deadline     100 ms: 2 of 5 frames answered in time (40.0 %); 1 late, 1 skipped, 1 dropped" in text
     assert re.search(r"skipped\s+in-flight limit: 1", text) and re.search(r"dropped\s+DEADLINE_EXCEEDED: 1", text)
     assert "w16b4 2, w4b4 2; 1 switches (2.0 per minute)" in text
@@ -378,7 +378,7 @@ def test_ticker_prints_one_line_per_interval_with_link_estimate_modes_and_skips(
     results = _deadline_run()
     for r in results:
         display.frame(r)  # every frame starts a new interval: the previous one is printed
-    display.finish(summarize(results, 1.0), results)
+    display.finish(summarize(results, 1.0), {})
     ticks = [line for line in out.getvalue().splitlines() if line.startswith("t ")]
     assert len(ticks) == 5
     assert all("link    250 kbit/s" in t for t in ticks)

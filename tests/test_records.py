@@ -5,14 +5,17 @@ record for live runs and simulations."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from slimsplit.control.base import Controller, Decision, FrameFeedback, ModeOption
 from slimsplit.control.config import RunConfig
@@ -26,9 +29,11 @@ from slimsplit.errors import InvalidFrame
 from slimsplit.evaluation.oracle import feasible_in_isolation, plan_oracle
 from slimsplit.evaluation.sim import SimConfig, figures, simulate
 from slimsplit.link.shaping import LinkConfig
+from slimsplit.quantiles import QuantileSketch, percentile
 from slimsplit.records import (
     DEADLINE_TOLERANCE_MS,
     FrameRecord,
+    RunTally,
     ServerTiming,
     in_time,
     in_time_array,
@@ -235,3 +240,147 @@ def test_live_and_simulated_records_carry_the_same_fields() -> None:
     assert (rec.estimate_bps, rec.predicted_ms, rec.sent_s, rec.payload_bytes) == (1e6, 50.0, 0.002, 120)
     skipped = loop.records[1]
     assert skipped.skipped and skipped.mode == "" and skipped.sent_s is None and skipped.hit is False
+
+
+# ---------------------------------------------------------------------------------------------- bounded summaries
+
+
+class _Reversing(_Answering):
+    """Holds frames until ``batch`` are pending, then answers them newest first (out of order, as replicas may)."""
+
+    def __init__(self, timing: pb.ServerTiming, batch: int) -> None:
+        super().__init__(timing)
+        self.batch = batch
+        self.held: list[int] = []
+
+    async def submit(self, frame: pb.FeatureFrame, deadline_s: float | None, done: Done) -> None:
+        self.pending.add(frame.frame_id, 1, done, deadline_s)
+        self.held.append(frame.frame_id)
+        if len(self.held) == self.batch:
+            held, self.held = self.held, []
+            for fid in reversed(held):
+                prediction = pb.Prediction(frame_id=fid, classes=[3], scores=[0.9], labels=["c"], timing=self.timing)
+                self.pending.answer(fid, _now(), prediction, None)
+
+
+class _ReversingServer(_Server):
+    def __init__(self, timing: pb.ServerTiming, batch: int) -> None:
+        Connection.__init__(self, ClientConfig(max_in_flight=batch, deadline_ms=1000.0))
+        self.timing = timing
+        self.batch = batch
+
+    def open_transport(self, *, unary: bool = False, seed: int | None = None) -> FrameTransport:
+        return _Reversing(self.timing, self.batch)
+
+
+class _Pattern(Controller):
+    """Mode ``a`` or ``b`` by frame number, in a pattern whose switches depend on the order frames are counted."""
+
+    name = "pattern-test"
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def choose(self, now: float, in_flight_bytes: int, in_flight_frames: int) -> Decision:
+        self.n += 1
+        return Decision("a" if self.n % 6 < 2 else "b", "pattern", estimate_bps=1e6, predicted_ms=50.0)
+
+    def observe(self, feedback: FrameFeedback) -> None:
+        return None
+
+
+def test_the_pipeline_tallies_out_of_order_replies_in_frame_order_without_keeping_records() -> None:
+    modes = [replace(EXACT, name="a"), replace(EXACT, name="b", width=2)]
+    frames = [SourceFrame(i, np.zeros((2, 2, 3), np.uint8), label=i % 4) for i in range(24)]
+
+    def run(keep: bool) -> RunReport:
+        config = PipelineConfig(model="m", fps=0.0, keep_records=keep)
+        return asyncio.run(
+            run_frames(_ReversingServer(TIMING.to_pb(), 4), _Encoder(), _Pattern(), modes, frames, config)
+        )
+
+    kept, lean = run(True), run(False)
+    assert len(kept.results) == 24 and lean.results == []
+    assert [r.index for r in kept.results] == list(range(24))
+    exact = summarize(kept.results, kept.wall_s)  # from the records in frame order
+    tallied = kept.summary()
+    assert exact.switches == 8  # a b b b b a a b b b b a ...: counted as answered (each 4 reversed) it is 12
+    for summary in (tallied, lean.summary()):
+        assert (summary.frames, summary.ok, summary.switches, summary.chosen, summary.accuracy) == (
+            exact.frames,
+            exact.ok,
+            exact.switches,
+            exact.chosen,
+            exact.accuracy,
+        )
+    assert tallied.latency_ms == exact.latency_ms
+    assert list(lean.run_tally().by_mode(1.0)) == ["a", "b"]
+    assert lean.run_tally().by_mode(1.0)["b"].frames == 16
+
+
+def _record(i: int, rng: np.random.Generator) -> FrameRecord:
+    status = ("OK", "OK", "OK", "SKIPPED", "DEADLINE_EXCEEDED")[int(rng.integers(5))]
+    mode = "" if status == "SKIPPED" else ("w4b4", "w16b8")[int(rng.integers(2))]
+    latency = float(rng.lognormal(3.5, 0.6))
+    return FrameRecord(
+        frame_id=i,
+        index=i,
+        mode=mode,
+        status=status,
+        label=int(rng.integers(3)) if rng.random() < 0.8 else None,
+        classes=(int(rng.integers(3)),) if status == "OK" else (),
+        payload_bytes=int(rng.integers(50, 500)) if mode else 0,
+        encoder_ms=float(rng.uniform(0.1, 2)),
+        rtt_ms=latency * 0.8,
+        transfer_ms=latency * 0.8 - 1.0,
+        latency_ms=latency,
+        server=TIMING if status == "OK" else None,
+        reason="in-flight limit (4 frames)" if status == "SKIPPED" else "greedy",
+        deadline_ms=100.0 if rng.random() < 0.9 else 150.0,
+    )
+
+
+def test_a_tally_is_the_summary_of_its_records() -> None:
+    rng = np.random.default_rng(5)
+    records = [_record(i, rng) for i in range(3000)]
+    summary = summarize(records, 60.0)
+    tally = RunTally(by_mode=True)
+    for r in records:
+        tally.add(r)
+    assert tally.summary(60.0) == summary
+    sent = [r for r in records if r.sent]
+    assert summary.switches == sum(1 for a, b in itertools.pairwise(sent) if a.mode != b.mode)
+    by_mode = tally.by_mode(60.0)
+    assert list(by_mode) == list(dict.fromkeys(r.mode for r in records if r.mode))
+    for mode, sub in by_mode.items():
+        mine = [r for r in records if r.mode == mode]
+        assert sub.frames == len(mine) and sub.accuracy == summarize(mine, 60.0).accuracy
+        assert sub.latency_ms.p50 == pytest.approx(summarize(mine, 60.0).latency_ms.p50, rel=0.005)
+
+
+def test_a_long_run_is_tallied_in_bounded_memory_within_half_a_percent() -> None:
+    rng = np.random.default_rng(11)
+    values = np.concatenate([rng.lognormal(3.0, 1.5, 60_000), -rng.lognormal(0.0, 1.0, 2_000), np.zeros(500)])
+    rng.shuffle(values)
+    sketch = QuantileSketch(exact_limit=1000)
+    sketch.extend(values.tolist())
+    assert not sketch.exact and sketch.count == len(values)
+    assert sketch.held < 4000  # buckets, not values
+    ordered = np.sort(values)
+    for q in (0.1, 1, 5, 25, 50, 75, 95, 99, 99.9):
+        truth = ordered[round((len(values) - 1) * q / 100)]
+        assert sketch.percentile(q) == pytest.approx(truth, rel=0.005, abs=1e-6), q
+    assert sketch.mean == pytest.approx(values.mean())
+    assert (sketch.percentile(0), sketch.percentile(100)) == (ordered[0], ordered[-1])
+    sketch.extend([1e300, 1e-300, -1e300, math.inf, math.nan])  # clamped into the end buckets, never more of them
+    assert sketch.held < 4000 and sketch.count == len(values) + 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), max_size=60), st.floats(0, 100))
+def test_a_sketch_is_exact_while_it_holds_every_value(values: list[float], q: float) -> None:
+    sketch = QuantileSketch()
+    sketch.extend(values)
+    assert sketch.exact
+    got, want = sketch.percentile(q), percentile(values, q)
+    assert got == want or (math.isnan(got) and math.isnan(want))

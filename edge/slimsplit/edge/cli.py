@@ -323,6 +323,8 @@ def _prepare(args: argparse.Namespace, console: cli_common.Console, given: dict[
         route=link.route if link is not None else None,
         rtt_pings=config.server.rtt_pings,
         stop=Stop(),
+        # every frame's record only for what needs them (the JSON, the link check): a camera runs for days
+        keep_records=config.output.json_out is not None or link is not None,
     )
     console.notes(source.notes)
     return _Prepared(config, run, source.description, plan.mode_label, link)

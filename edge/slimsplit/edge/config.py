@@ -505,7 +505,9 @@ class ExitRule:
 
 @dataclass(frozen=True)
 class OutputSettings:
-    """``[output]``: ``json_out`` = write every frame and the summary there as JSON; ``quiet`` = only the summary;
+    """``[output]``: ``json_out`` = write every frame and the summary there as JSON (the run then keeps every
+    frame's record, about 1.5 KB each, until it ends: without it the edge's memory does not grow with the run's
+    length); ``quiet`` = only the summary;
     ``plain`` = plain lines even on a terminal; ``every`` = plain output, one line every this many seconds (0 =
     one per frame); ``min_hit_rate``/``max_drop_rate``: when the run exits 1 (:class:`ExitRule`);
     ``status_file`` = write the last minute's status there as JSON every ``status_every_s`` seconds

@@ -29,13 +29,13 @@ import os
 import shutil
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
 from slimsplit.edge.pipeline import NOT_CONNECTED
 from slimsplit.edge.replies import printable
-from slimsplit.records import SKIPPED, FrameRecord, LatencyStats, RunSummary, reason_kind, summarize
+from slimsplit.records import SKIPPED, FrameRecord, LatencyStats, RunSummary, reason_kind
 
 #: The reason kind of a frame skipped while the transport waits to reconnect.
 _NOT_CONNECTED = reason_kind(NOT_CONNECTED)
@@ -121,8 +121,9 @@ def _stats_line(stats: LatencyStats) -> str:
     return f"p50 {_ms(stats.p50)}  p95 {_ms(stats.p95)}  p99 {_ms(stats.p99)} ms"
 
 
-def format_summary(summary: RunSummary, results: Sequence[FrameRecord] = (), title: str = "Summary") -> str:
-    """The end-of-run report as plain text."""
+def format_summary(summary: RunSummary, by_mode: Mapping[str, RunSummary] | None = None, title: str = "Summary") -> str:
+    """The end-of-run report as plain text; ``by_mode``: the summaries per mode (:meth:`RunTally.by_mode
+    <slimsplit.records.RunTally.by_mode>`), a table when there are several."""
     s = summary
     failed = s.frames - s.ok
     lines = [
@@ -149,11 +150,9 @@ def format_summary(summary: RunSummary, results: Sequence[FrameRecord] = (), tit
     else:
         lines.append("  errors       none")
     lines += _deadline_lines(s)
-    modes = list(dict.fromkeys(r.mode for r in results if r.mode))  # in order of first use
-    if len(modes) > 1:
+    if by_mode is not None and len(by_mode) > 1:
         lines.append("  per mode     mode       frames  accuracy   bytes/frame   e2e p50 ms")
-        for mode in modes:
-            sub = summarize([r for r in results if r.mode == mode], s.wall_s)
+        for mode, sub in by_mode.items():
             acc = f"{100 * sub.accuracy:6.1f} %" if sub.accuracy is not None else "     - "
             lines.append(
                 f"               {mode:<10s} {sub.frames:6d}  {acc}  {_bytes(sub.bytes_per_frame):>11s}   "
@@ -212,7 +211,7 @@ def _fit(line: str, width: int, result: FrameRecord) -> str:
 class Display(Protocol):
     def start(self, header: str) -> None: ...
     def frame(self, result: FrameRecord) -> None: ...
-    def finish(self, summary: RunSummary, results: Sequence[FrameRecord]) -> None: ...
+    def finish(self, summary: RunSummary, by_mode: Mapping[str, RunSummary]) -> None: ...
 
 
 class QuietDisplay:
@@ -229,8 +228,8 @@ class QuietDisplay:
     def frame(self, result: FrameRecord) -> None:
         return None
 
-    def finish(self, summary: RunSummary, results: Sequence[FrameRecord]) -> None:
-        self.out.write(format_summary(summary, results) + "\n")
+    def finish(self, summary: RunSummary, by_mode: Mapping[str, RunSummary]) -> None:
+        self.out.write(format_summary(summary, by_mode) + "\n")
         self.out.flush()
 
     def _link(self) -> float | None:
@@ -356,9 +355,9 @@ class TickerDisplay(QuietDisplay):
             self.out.flush()
         self._window = []
 
-    def finish(self, summary: RunSummary, results: Sequence[FrameRecord]) -> None:
+    def finish(self, summary: RunSummary, by_mode: Mapping[str, RunSummary]) -> None:
         self._flush(time.perf_counter() - self._start)
-        super().finish(summary, results)
+        super().finish(summary, by_mode)
 
 
 def format_journal(t_s: float, window: Sequence[FrameRecord], totals: tuple[int, int, int]) -> str:
@@ -548,9 +547,9 @@ class LiveDisplay(QuietDisplay):
         self._drawn = len(lines)
         self._last_draw = now
 
-    def finish(self, summary: RunSummary, results: Sequence[FrameRecord]) -> None:
+    def finish(self, summary: RunSummary, by_mode: Mapping[str, RunSummary]) -> None:
         self._draw(time.perf_counter())
-        super().finish(summary, results)
+        super().finish(summary, by_mode)
 
 
 def silence_stdout() -> None:

@@ -22,6 +22,9 @@ in-process core: the loop is the same). Every frame produces exactly one result,
 as it is known. A prediction that disagrees with the frame it answers (its mode or model, a class id outside the
 bundle's classes, a label that is not the bundle's name; :func:`~slimsplit.edge.replies.check_for_run`) fails
 that frame (``INVALID_REPLY``) and is not observed by the controller.
+
+Every result is added to the pipeline's :class:`~slimsplit.records.RunTally` (the run's summary in bounded memory:
+a run of days holds no per-frame state) and, with :attr:`PipelineConfig.keep_records`, kept for the report.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import contextlib
 import functools
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -48,7 +52,7 @@ from slimsplit.edge.replies import check_for_run
 from slimsplit.edge.sources import SourceFrame, aiter_frames
 from slimsplit.edge.transport import Connection, Outcome
 from slimsplit.errors import ConfigError, SlimsplitError
-from slimsplit.records import OK, SKIPPED, FrameRecord, ServerTiming
+from slimsplit.records import OK, SKIPPED, FrameRecord, RunSummary, RunTally, ServerTiming
 
 _perf = time.perf_counter
 _TICK_GRACE_S = 0.005  # how long a paced capture waits for a slot that is about to free (timer wake-ups
@@ -93,6 +97,7 @@ class PipelineConfig:
     encode_in_thread: bool = True
     origin: float | None = None  # time.perf_counter() instant that results' ``t_s`` count from (None: run start)
     class_names: tuple[str, ...] = ()
+    keep_records: bool = True  # keep every frame's record in the report (about 1.5 KB a frame); else the tally only
 
     def __post_init__(self) -> None:
         if not self.fps >= 0 or not math.isfinite(self.fps):
@@ -103,9 +108,11 @@ class PipelineConfig:
 
 @dataclass
 class RunReport:
-    """All results of a run (in frame order) and its wall time."""
+    """A run: its tally (every frame, in bounded memory), its records in frame order (when they were kept:
+    :attr:`PipelineConfig.keep_records`) and its wall time."""
 
     results: list[FrameRecord] = field(default_factory=list)
+    tally: RunTally | None = None  # None: the report holds every record; the tally is built from them
     wall_s: float = 0.0
     reconnects: int = 0
     late_replies: int = 0
@@ -113,11 +120,20 @@ class RunReport:
     rtt_ms: float | None = None  # round trip measured before the run (set by the caller that measured it)
     resent: int = 0  # frames re-sent on another replica after their stream broke (several replicas only)
 
+    def run_tally(self) -> RunTally:
+        """The run's tally (per mode too): the pipeline's, or one built from :attr:`results`."""
+        if self.tally is None:
+            self.tally = RunTally.of(self.results, by_mode=True)
+        return self.tally
+
+    def summary(self) -> RunSummary:
+        return self.run_tally().summary(self.wall_s)
+
 
 class _Frame:
     """Bookkeeping of one frame between submit and result."""
 
-    __slots__ = ("captured", "decision", "encoded", "frame_id", "source")
+    __slots__ = ("captured", "decision", "encoded", "frame_id", "record", "source")
 
     def __init__(self, source: SourceFrame, captured: float, decision: Decision) -> None:
         self.source = source
@@ -125,6 +141,7 @@ class _Frame:
         self.decision = decision
         self.frame_id = 0
         self.encoded: EncodedLike | None = None
+        self.record: FrameRecord | None = None
 
 
 class Pipeline:
@@ -151,6 +168,8 @@ class Pipeline:
         self._give_up_s = cc.give_up_s
         self._origin = 0.0
         self._results: list[FrameRecord] = []
+        self.tally = RunTally(by_mode=True)
+        self._sent: deque[_Frame] = deque()  # sent frames in order, until they and every earlier one are tallied
         self._callback_error: BaseException | None = None
         self._idle = asyncio.Event()  # set while no frame is in flight
         self._idle.set()
@@ -241,6 +260,7 @@ class Pipeline:
                 give_up_s = max(self._give_up_s - (sent_at - origin), _MIN_WAIT_S)
                 msg.deadline_ms = max(1, math.ceil(give_up_s * 1000))  # the server never starts it after that
                 control.sent(fid, wire_bytes(msg), sent_at)  # what crosses the link: payload + framing
+                self._sent.append(item)
                 await transport.submit(msg, give_up_s, functools.partial(self._complete, item))
                 if self._callback_error is not None:
                     break
@@ -256,6 +276,7 @@ class Pipeline:
         self._results.sort(key=lambda r: r.index)
         return RunReport(
             results=self._results,
+            tally=self.finish_tally(),
             wall_s=wall,
             reconnects=transport.reconnects,
             late_replies=transport.late_replies,
@@ -345,10 +366,38 @@ class Pipeline:
         if self.control.in_flight_frames == 0:
             self._idle.set()
         self._progress.set()
-        self._emit(result)
+        item.record = result
+        sent = self._sent
+        while sent and (done := sent[0].record) is not None:  # tallied in the order sent (switches: neighbours)
+            sent.popleft()
+            self.tally.add(done)
+        self._emit(result, tallied=True)
 
-    def _emit(self, result: FrameRecord) -> None:
-        self._results.append(result)
+    def finish_tally(self) -> RunTally:
+        """The tally, with the answered frames still waiting behind one never answered (a cut run) added."""
+        for item in self._sent:
+            if item.record is not None:
+                self.tally.add(item.record)
+        self._sent.clear()
+        return self.tally
+
+    def cut_report(self, cut: Iterable[FrameRecord], wall_s: float) -> RunReport:
+        """The report of a run stopped before it ended: the results so far and ``cut`` (the records of the frames
+        in flight when it stopped, that will never have one of their own)."""
+        tally = self.finish_tally()
+        cut = list(cut)
+        for record in cut:
+            tally.add(record)
+        results = sorted([*self._results, *cut], key=lambda r: r.index) if self.config.keep_records else []
+        return RunReport(results=results, tally=tally, wall_s=wall_s)
+
+    def _emit(self, result: FrameRecord, *, tallied: bool = False) -> None:
+        """Keep ``result`` (if asked), show it, and tally it unless :meth:`_complete` does (a frame never sent has
+        no mode: its place among the sent frames does not matter)."""
+        if not tallied:
+            self.tally.add(result)
+        if self.config.keep_records:
+            self._results.append(result)
         if self.on_result is not None and self._callback_error is None:
             try:
                 self.on_result(result)

@@ -43,7 +43,7 @@ from slimsplit.edge.client import EdgeClient
 from slimsplit.edge.config import ClientConfig, ExitRule
 from slimsplit.edge.display import Display
 from slimsplit.edge.link import STARTUP_TIMEOUT_S, LinkTooSlow
-from slimsplit.edge.pipeline import Encoder, PipelineConfig, RunReport, run_frames
+from slimsplit.edge.pipeline import Encoder, Pipeline, PipelineConfig, RunReport, run_frames
 from slimsplit.edge.replies import printable
 from slimsplit.edge.sources import SourceFrame, aiter_frames
 from slimsplit.edge.transport import Connection
@@ -57,7 +57,7 @@ from slimsplit.errors import (
     UnsupportedVersion,
 )
 from slimsplit.protocol import PROTOCOL_VERSION
-from slimsplit.records import FrameRecord, RunSummary, summarize
+from slimsplit.records import FrameRecord, RunSummary
 from slimsplit.v1 import slimsplit_pb2 as pb
 
 Route = Callable[[str], AbstractAsyncContextManager[str]]
@@ -255,7 +255,9 @@ class EdgeRun:
     """Everything one run needs. ``modes`` = the modes the controller may pick (checked against the server);
     ``controller`` = a controller, or a factory called with the measured round trip (ms); ``rtt_pings`` =
     ``Describe`` calls whose fastest is the round trip (0 = do not measure; a factory then gets 0); ``connect`` =
-    what the run talks through (default: an :class:`~slimsplit.edge.client.EdgeClient` dialling the address)."""
+    what the run talks through (default: an :class:`~slimsplit.edge.client.EdgeClient` dialling the address);
+    ``keep_records`` = keep every frame's record in the report (``--json-out``, the link check) rather than only
+    the run's tally (:class:`~slimsplit.records.RunTally`: bounded memory, for runs of any length)."""
 
     manifest: Manifest
     encoder: Encoder
@@ -272,6 +274,7 @@ class EdgeRun:
     rtt_pings: int = 5
     connect: Connect = EdgeClient
     stop: Stop | None = None
+    keep_records: bool = True
 
 
 async def run_edge(run: EdgeRun, display: Display, header: str = "") -> tuple[RunReport, RunSummary]:
@@ -330,6 +333,7 @@ async def _run(run: EdgeRun, dial: str, display: Display, header: str, origin: f
             unary=run.unary,
             origin=origin,
             class_names=tuple(manifest.classes),
+            keep_records=run.keep_records,
         )
         head = header or f"slimsplit edge -> {run.target}  model {manifest.name} {version}"
         display.start(head + (f"  (round trip {rtt_ms:.1f} ms)" if rtt_ms is not None else ""))
@@ -340,8 +344,8 @@ async def _run(run: EdgeRun, dial: str, display: Display, header: str, origin: f
         else:
             report = await _stoppable(run, run.stop, client, controller, pipeline, display)
     report.rtt_ms = rtt_ms
-    summary = summarize(report.results, report.wall_s)
-    display.finish(summary, report.results)
+    summary = report.summary()
+    display.finish(summary, report.run_tally().by_mode(report.wall_s))
     return report, summary
 
 
@@ -350,7 +354,6 @@ async def _stoppable(
 ) -> RunReport:
     """The frames of ``run`` until they end or ``stop`` is requested (see the module docstring)."""
     taken: dict[int, SourceFrame] = {}  # by index, until answered (then let go: a long run holds no old images)
-    records: list[FrameRecord] = []
 
     async def frames() -> AsyncIterator[SourceFrame]:
         async for frame in aiter_frames(run.frames):  # a live source's waits run off the event loop
@@ -360,15 +363,13 @@ async def _stoppable(
             yield frame
 
     def on_result(record: FrameRecord) -> None:
-        records.append(record)
         taken.pop(record.index, None)
         display.frame(record)
 
     stop.streaming = True
     start = time.perf_counter()
-    task = asyncio.ensure_future(
-        run_frames(client, run.encoder, controller, run.mode_table, frames(), pipeline, on_result)
-    )
+    pipe = Pipeline(client, run.encoder, controller, run.mode_table, pipeline, on_result)
+    task = asyncio.ensure_future(pipe.run(frames()))
     stopped = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -383,7 +384,6 @@ async def _stoppable(
     if task.done():
         return task.result()
     await _cancel(task)  # frames still in flight past the grace: what they came to is not known
-    answered = {r.index for r in records}
     cut = [
         FrameRecord(
             0,
@@ -396,9 +396,8 @@ async def _stoppable(
             source=f.name,
         )
         for f in taken.values()
-        if f.index not in answered
     ]
-    return RunReport(results=sorted(records + cut, key=lambda r: r.index), wall_s=time.perf_counter() - start)
+    return pipe.cut_report(cut, time.perf_counter() - start)
 
 
 async def _cancel(task: asyncio.Future[Any]) -> None:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +94,9 @@ class Unattended:
         self.window.add(result)
         self.inner.frame(result)
 
-    def finish(self, summary: RunSummary, results: Sequence[FrameRecord]) -> None:
+    def finish(self, summary: RunSummary, by_mode: Mapping[str, RunSummary]) -> None:
         self.close("finished")
-        self.inner.finish(summary, results)
+        self.inner.finish(summary, by_mode)
 
     # --------------------------------------------------------------------------------------------- timer
     async def _timer(self) -> None:

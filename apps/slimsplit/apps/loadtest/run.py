@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO, TypeAlias
 
@@ -57,7 +57,7 @@ class TallyDisplay(QuietDisplay):
     def frame(self, result: FrameRecord) -> None:
         self.tally.add(result)
 
-    def finish(self, summary: RunSummary, results: Sequence[FrameRecord]) -> None:
+    def finish(self, summary: RunSummary, by_mode: Mapping[str, RunSummary]) -> None:
         return None
 
 
