@@ -31,6 +31,7 @@ from slimsplit.bundle.codec_tables import load_codec_tables, tables_fingerprint
 from slimsplit.codec import DecodeLimits, HuffmanTables, decode_features, encode_features, quantize
 from slimsplit.codec.bitpack import pack_bits
 from slimsplit.codec.header import FeatureHeader, parse_header
+from slimsplit.codec.planes import PLANE_HEADER_SIZE, decode_planes, encode_planes
 from slimsplit.errors import CodecError, SlimsplitError, UnsupportedVersion
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,6 +181,41 @@ def check_misencoded(v: Vector) -> None:
     assert words(wrong) != words(right)
 
 
+def check_plane_encode(v: Vector) -> None:
+    x = f32(v["input_f32"]).reshape(tuple(v["input_shape"]))
+    q, lo, hi = quantize(x, v["bits"])
+    assert " ".join(str(int(e)) for e in q.reshape(-1)) == v["q"]
+    assert (f16_hex(lo), f16_hex(hi)) == (v["lo_f16"], v["hi_f16"])
+    units = encode_planes(x, v["bits"], frame_id=v["frame_id"])
+    assert len(units) == len(v["units"]) == v["bits"]
+    for unit, want in zip(units, v["units"], strict=True):
+        expected = bytes.fromhex(want["unit_hex"])
+        if v["encoder_exact"] or want["coder"] == "none":
+            assert unit == expected
+            continue
+        # DEFLATE: any valid stream of the plane's bits is conforming; the header up to payload_len must agree
+        assert unit[:18] == expected[:18]
+        assert zlib.decompress(unit[PLANE_HEADER_SIZE:], -15).hex() == want["packed_hex"]
+
+
+def check_plane_decode(v: Vector) -> None:
+    units = [bytes.fromhex(u["unit_hex"]) for u in v["units"]]
+    for prefix in v["prefixes"]:
+        k = prefix["planes"]
+        for order in (units[:k], units[:k][::-1]):  # units may arrive in any order
+            decoded = decode_planes(order)
+            assert decoded.dtype == np.float32
+            assert words(decoded) == prefix["decoded_f32"]
+
+
+def check_plane_refusal(v: Vector) -> None:
+    assert v["error"] == "CodecError" and CodecError.grpc_status == v["grpc_status"]
+    with pytest.raises(SlimsplitError) as info:
+        decode_planes([bytes.fromhex(u) for u in v["units_hex"]], limits_of(v))
+    assert type(info.value) is CodecError, info.value
+    assert info.value.context.get("field") == v["field"], info.value
+
+
 # ---------------------------------------------------------------------------------------------- the vectors
 
 
@@ -211,6 +247,83 @@ def test_bad_input_is_refused_by_the_encoder(v: Vector) -> None:
 @pytest.mark.parametrize("v", vectors("misencoded.json", "frames"))
 def test_wrongly_packed_frame_is_accepted_as_documented(v: Vector) -> None:
     check_misencoded(v)
+
+
+@pytest.mark.parametrize("v", vectors("planes.json", "units", lambda v: v["encode"]))
+def test_input_encodes_to_the_expected_plane_units(v: Vector) -> None:
+    check_plane_encode(v)
+
+
+@pytest.mark.parametrize("v", vectors("planes.json", "units"))
+def test_every_prefix_of_plane_units_decodes_to_the_expected_values(v: Vector) -> None:
+    check_plane_decode(v)
+
+
+@pytest.mark.parametrize("v", vectors("planes.json", "refusals"))
+def test_bad_plane_units_are_refused_with_the_expected_error(v: Vector) -> None:
+    check_plane_refusal(v)
+
+
+def test_plane_vectors_cover_what_format_md_promises() -> None:
+    doc = load("planes.json")
+    units = doc["units"]
+    assert {1, 3, 8, 16} <= {v["bits"] for v in units if v["encode"]}
+    coders = {u["coder"] for v in units if v["encode"] for u in v["units"]}
+    assert coders == {"none", "zlib"}
+    assert any(v["lo_f16"] == v["hi_f16"] for v in units if v["encode"])  # constant tensors
+    assert any(not v["encode"] for v in units)  # a stream the encoder does not write
+    assert all([p["planes"] for p in v["prefixes"]] == list(range(1, len(v["units"]) + 1)) for v in units)
+    fields = {v["field"] for v in doc["refusals"]}
+    assert {"plane", "header", "magic", "bits", "coder", "channels", "lo/hi", "payload_len", "payload"} <= fields
+    assert "frame_id" in fields
+
+
+def test_the_plane_checks_fail_on_a_changed_vector() -> None:
+    doc = load("planes.json")
+    small = copy.deepcopy(next(v for v in doc["units"] if v["name"] == "planes_3_bits_small"))
+    changed = copy.deepcopy(small)
+    changed["units"][1]["unit_hex"] = _flip(changed["units"][1]["unit_hex"], 20)
+    with pytest.raises(AssertionError):
+        check_plane_encode(changed)
+    value = copy.deepcopy(small)
+    first = value["prefixes"][0]["decoded_f32"].split()
+    value["prefixes"][0]["decoded_f32"] = " ".join([f"{int(first[0], 16) ^ 1:08x}", *first[1:]])
+    with pytest.raises(AssertionError):
+        check_plane_decode(value)
+    deflated = copy.deepcopy(next(v for v in doc["units"] if v["name"] == "planes_8_bits_bottleneck"))
+    zlib_unit = next(u for u in deflated["units"] if u["coder"] == "zlib")
+    zlib_unit["packed_hex"] = _flip(zlib_unit["packed_hex"], 0)
+    with pytest.raises(AssertionError):
+        check_plane_encode(deflated)
+    refusal = copy.deepcopy(doc["refusals"][2])
+    with pytest.raises(AssertionError):
+        check_plane_refusal({**refusal, "field": "payload"})
+    with pytest.raises(pytest.fail.Exception):  # valid units in place of the bad ones
+        check_plane_refusal({**refusal, "units_hex": [small["units"][0]["unit_hex"]]})
+
+
+def test_check_mode_accepts_another_deflate_stream_of_a_plane_only(generator: Any, tmp_path: Path) -> None:
+    """As for frames: a zlib that compresses a plane differently must not fail --check; other bits must."""
+    shutil.copytree(VECTORS, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "planes.json"
+    text = path.read_text(encoding="utf-8")
+
+    def swap(packed: bytes) -> None:
+        doc = json.loads(text)
+        case = next(c for c in doc["units"] if c["name"] == "planes_8_bits_bottleneck")
+        row = next(u for u in case["units"] if u["coder"] == "zlib")
+        unit = bytes.fromhex(row["unit_hex"])
+        payload = b"\x01" + struct.pack("<HH", len(packed), len(packed) ^ 0xFFFF) + packed  # one stored block
+        row["unit_hex"] = (unit[:18] + len(payload).to_bytes(2, "big") + payload).hex()
+        assert row["unit_hex"] != unit.hex()
+        path.write_text(generator.text_of(doc), encoding="utf-8")
+
+    case = next(c for c in json.loads(text)["units"] if c["name"] == "planes_8_bits_bottleneck")
+    packed = bytes.fromhex(next(u for u in case["units"] if u["coder"] == "zlib")["packed_hex"])
+    swap(packed)
+    assert generator.check(tmp_path) == []
+    swap(bytes((packed[0] ^ 0x40,)) + packed[1:])
+    assert len(generator.check(tmp_path)) == 1
 
 
 def test_vectors_cover_what_format_md_promises() -> None:

@@ -47,6 +47,7 @@ from slimsplit.codec.bitpack import pack_bits, packed_size
 from slimsplit.codec.entropy import Coder
 from slimsplit.codec.header import FeatureHeader, parse_header
 from slimsplit.codec.huffman import byte_contexts
+from slimsplit.codec.planes import PLANE_HEADER_SIZE, decode_planes, encode_planes, parse_plane_header
 from slimsplit.codec.quantize import quantize
 from slimsplit.errors import CodecError, SlimsplitError, UnsupportedVersion
 
@@ -489,6 +490,36 @@ DESCRIPTIONS: dict[str, str] = {
     "huffman_bit_reversed_accepted": (
         "a w2b1 huffman payload with each byte's bits reversed that still ends exactly at the end of the payload"
     ),
+    # planes.json
+    "planes_3_bits_small": "0, 1, 0.25, 0.75, 0.5, 0.1, 0.9, 0.3 at 3 bits: three raw 1-byte planes",
+    "planes_1_bit": "the same values at 1 bit: one plane, which is the whole code",
+    "planes_8_bits_bottleneck": (
+        "bottleneck-like ReLU features [4, 7, 7] at 8 bits: the sparse high planes compress (DEFLATE), the low ones not"
+    ),
+    "planes_16_bits": "16 bits, frame_id 0xffffffff: the deepest code and the largest id",
+    "planes_constant": "min == max == 1.5: lo == hi, every prefix decodes to 1.5",
+    "planes_stored_deflate": "coder 1 with DEFLATE stored blocks (what any zlib decodes alike), frame_id 9",
+    "plane_none": "no unit at all",
+    "plane_short_header": "19 bytes: shorter than the header",
+    "plane_bad_magic": "byte 0 is a frame's 0xa2, not 0xb1",
+    "plane_index_not_below_bits": "plane 3 of a 3-bit code",
+    "plane_bits_0": "bits 0",
+    "plane_bits_17": "bits 17",
+    "plane_unknown_coder": "coder 2 (LZMA2 is not a plane coder)",
+    "plane_zero_channels": "C = 0",
+    "plane_nan_range": "lo is a float16 NaN (7e00)",
+    "plane_inverted_range": "lo = 1.0 > hi = 0.0",
+    "plane_truncated": "one payload byte missing",
+    "plane_trailing_byte": "one byte after the payload",
+    "plane_raw_wrong_length": "a raw payload of 2 bytes where 8 values pack into 1",
+    "plane_deflate_bomb": "DEFLATE that inflates to 4096 bytes where 1 is expected",
+    "plane_deflate_short": "DEFLATE that inflates to nothing",
+    "plane_gap": "planes 0 and 2 without 1",
+    "plane_duplicate": "plane 0 twice",
+    "plane_not_from_plane_0": "plane 1 alone",
+    "plane_mixed_frames": "plane 1 of another frame id",
+    "plane_mixed_bits": "plane 1 of the same input at 4 bits",
+    "plane_payload_over_limit": "a plane payload one byte over the receiver's max_payload_bytes",
 }
 
 
@@ -1134,6 +1165,231 @@ def preprocess_vectors() -> Json:
     )
 
 
+# ---------------------------------------------------------------------------------------------- plane units
+# FORMAT.md section 10, one value at a time.
+
+PLANE_MAGIC_BYTE = 0xB1
+
+
+def ref_plane_unit(
+    plane: int, bits: int, coder: int, frame_id: int, shape: Sequence[int], lo: float, hi: float, payload: bytes
+) -> bytes:
+    """The 20-byte big-endian header, then the payload."""
+    c, h, w = shape
+    head = bytes((PLANE_MAGIC_BYTE, plane, bits, coder)) + frame_id.to_bytes(4, "big")
+    head += b"".join(v.to_bytes(2, "big") for v in (c, h, w))
+    head += ref_f16_bits(lo).to_bytes(2, "big") + ref_f16_bits(hi).to_bytes(2, "big") + len(payload).to_bytes(2, "big")
+    return head + payload
+
+
+def ref_plane_bits(q: Sequence[int], bits: int, plane: int) -> bytes:
+    """Plane ``plane`` (0 = most significant) of ``q``, packed at 1 bit (FORMAT.md section 4)."""
+    return ref_pack([(v >> (bits - 1 - plane)) & 1 for v in q], 1)
+
+
+def ref_prefix_decode(units: Sequence[bytes]) -> list[np.float32]:
+    """Decode planes 0..k-1 (any order): the code with the midpoint of the missing bits, dequantized."""
+    fields = [(u[1], u[2], u[3], u[4:8], u[8:14], u[14:18]) for u in units]
+    _require(all(u[0] == PLANE_MAGIC_BYTE for u in units), "plane magic")
+    _require(len({f[1:] for f in fields} - {(f[1], f[2], f[3], f[4], f[5]) for f in fields}) == 0, "fields")
+    _require(len({(f[1], f[3], f[4], f[5]) for f in fields}) == 1, "units of one frame")
+    bits = units[0][2]
+    c, h, w = (int.from_bytes(units[0][i : i + 2], "big") for i in (8, 10, 12))
+    lo = ref_f16_value(int.from_bytes(units[0][14:16], "big"))
+    hi = ref_f16_value(int.from_bytes(units[0][16:18], "big"))
+    n = c * h * w
+    planes = sorted(u[1] for u in units)
+    k = len(units)
+    _require(planes == list(range(k)), "a gap-free prefix")
+    q = [0] * n
+    for u in units:
+        payload = u[20:]
+        _require(int.from_bytes(u[18:20], "big") == len(payload), "payload_len")
+        packed = payload if u[3] == 0 else inflate(payload)
+        for i, b in enumerate(ref_unpack(packed, 1, n)):
+            q[i] |= b << (bits - 1 - u[1])
+    if k < bits:
+        q = [min(v | (1 << (bits - k - 1)), (1 << bits) - 1) for v in q]
+    if lo == hi:
+        q = [0] * n
+    return ref_dequantize(q, lo, hi, bits)
+
+
+def plane_case(name: str, x: F32, bits: int, frame_id: int) -> Json:
+    """An encode + decode vector: ``x`` as ``bits`` plane units, and what every prefix of them decodes to."""
+    units = encode_planes(x, bits, frame_id=frame_id)
+    values = [float(v) for v in x.reshape(-1)]
+    q, lo, hi = ref_quantize(values, bits)
+    shape = x.shape[-3:]
+    rows = []
+    for p, unit in enumerate(units):
+        hd = parse_plane_header(unit)
+        packed = ref_plane_bits(q, bits, p)
+        payload = unit[PLANE_HEADER_SIZE:]
+        coder = Coder[hd.coder.upper()]
+        _require((payload if coder is Coder.NONE else inflate(payload)) == packed, f"{name}: plane {p} bits")
+        _require(unit == ref_plane_unit(p, bits, int(coder), frame_id, shape, lo, hi, payload), f"{name}: unit {p}")
+        if coder is Coder.ZLIB:
+            _require(len(payload) < len(packed), f"{name}: DEFLATE chosen although not smaller")
+        rows.append({"plane": p, "coder": hd.coder, "packed_hex": packed.hex(), "unit_hex": unit.hex()})
+    prefixes = []
+    for k in range(1, bits + 1):
+        got = decode_planes(units[:k])
+        want = np.asarray(ref_prefix_decode(units[:k]), np.float32)
+        _require(f32_words(got) == f32_words(want), f"{name}: prefix of {k} planes")
+        _require(f32_words(decode_planes(units[:k][::-1])) == f32_words(want), f"{name}: order of the units")
+        prefixes.append({"planes": k, "decoded_f32": f32_words(want)})
+    whole = decode_features(encode_features(x, bits, entropy="none")).array
+    _require(f32_words(whole) == prefixes[-1]["decoded_f32"], f"{name}: all planes = the frame codec's decode")
+    return {
+        "name": name,
+        "description": describe(name),
+        "encode": True,
+        "encoder_exact": all(r["coder"] == "none" for r in rows),
+        "frame_id": frame_id,
+        "bits": bits,
+        "input_shape": list(x.shape),
+        "input_f32": f32_words(x),
+        "lo_f16": f16_hex(lo),
+        "hi_f16": f16_hex(hi),
+        "q": " ".join(str(v) for v in q),
+        "units": rows,
+        "prefixes": prefixes,
+    }
+
+
+def plane_decode_case(name: str, units: Sequence[bytes]) -> Json:
+    """A decode-only vector: units this encoder does not write (a stored DEFLATE block)."""
+    prefixes = []
+    for k in range(1, len(units) + 1):
+        got = decode_planes(units[:k])
+        want = np.asarray(ref_prefix_decode(units[:k]), np.float32)
+        _require(f32_words(got) == f32_words(want), f"{name}: prefix of {k} planes")
+        prefixes.append({"planes": k, "decoded_f32": f32_words(want)})
+    return {
+        "name": name,
+        "description": describe(name),
+        "encode": False,
+        "encoder_exact": False,
+        "units": [{"plane": u[1], "unit_hex": u.hex()} for u in units],
+        "prefixes": prefixes,
+    }
+
+
+def plane_refusal(name: str, units: Sequence[bytes], field: str, limits: DecodeLimits = DEFAULT_LIMITS) -> Json:
+    """Plane units the decoder must refuse (``CodecError`` naming ``field``)."""
+    try:
+        decode_planes(list(units), limits)
+    except SlimsplitError as exc:
+        got = exc.context.get("field")
+        _require(type(exc) is CodecError and got == field, f"{name}: raised {type(exc).__name__}({got}): {exc}")
+    else:
+        raise VectorError(f"{name}: the units decode")
+    return {
+        "name": name,
+        "description": describe(name),
+        "units_hex": [u.hex() for u in units],
+        "limits": limits_json(limits),
+        **error_json(CodecError, field),
+    }
+
+
+def with_plane_header(unit: bytes, **changes: int) -> bytes:
+    """``unit`` with header bytes replaced: ``plane``, ``bits``, ``coder``, ``magic`` (one byte each), ``frame_id``
+    (4), ``channels`` (2), ``lo``/``hi`` (float16 bit patterns), ``payload_len`` (2); the rest unchanged."""
+    at = {
+        "magic": (0, 1),
+        "plane": (1, 1),
+        "bits": (2, 1),
+        "coder": (3, 1),
+        "frame_id": (4, 4),
+        "channels": (8, 2),
+        "lo": (14, 2),
+        "hi": (16, 2),
+        "payload_len": (18, 2),
+    }
+    out = bytearray(unit)
+    for key, value in changes.items():
+        start, size = at[key]
+        out[start : start + size] = value.to_bytes(size, "big")
+    return bytes(out)
+
+
+def plane_vectors() -> Json:
+    small = from_words(
+        [0x00000000, 0x3F800000, 0x3E800000, 0x3F400000, 0x3F000000, 0x3DCCCCCD, 0x3F666666, 0x3E99999A], (1, 2, 4)
+    )  # 0, 1, 0.25, 0.75, 0.5, 0.1, 0.9, 0.3
+    shipped = features((4, 7, 7), 41)
+    wide = features((2, 3, 5), 43, offset=0.5)
+    units = [
+        plane_case("planes_3_bits_small", small, 3, 7),
+        plane_case("planes_1_bit", small, 1, 1),
+        plane_case("planes_8_bits_bottleneck", shipped, 8, 123456),
+        plane_case("planes_16_bits", wide, 16, 0xFFFFFFFF),
+        plane_case("planes_constant", np.full((1, 1, 3), 1.5, np.float32), 4, 2),
+    ]
+    _, lo, hi = ref_quantize([float(v) for v in small.reshape(-1)], 3)
+    q, _, _ = ref_quantize([float(v) for v in small.reshape(-1)], 3)
+    stored = [ref_plane_unit(p, 3, 1, 9, (1, 2, 4), lo, hi, stored_deflate(ref_plane_bits(q, 3, p))) for p in range(3)]
+    units.append(plane_decode_case("planes_stored_deflate", stored))
+    good = encode_planes(small, 3, frame_id=7)
+    big = encode_planes(shipped, 8, frame_id=5)
+    zero_plane = next(u for u in big if u[3] == 1)
+    n = int(np.prod(small.shape))
+    bomb = ref_plane_unit(
+        0,
+        3,
+        1,
+        7,
+        (1, 2, 4),
+        lo,
+        hi,
+        zlib.compressobj(9, zlib.DEFLATED, -15).compress(bytes(4096)) + zlib.compressobj(9, zlib.DEFLATED, -15).flush(),
+    )
+    refusals = [
+        plane_refusal("plane_none", [], "plane"),
+        plane_refusal("plane_short_header", [good[0][:19]], "header"),
+        plane_refusal("plane_bad_magic", [with_plane_header(good[0], magic=0xA2)], "magic"),
+        plane_refusal("plane_index_not_below_bits", [with_plane_header(good[0], plane=3)], "plane"),
+        plane_refusal("plane_bits_0", [with_plane_header(good[0], bits=0)], "bits"),
+        plane_refusal("plane_bits_17", [with_plane_header(good[0], bits=17)], "bits"),
+        plane_refusal("plane_unknown_coder", [with_plane_header(good[0], coder=2)], "coder"),
+        plane_refusal("plane_zero_channels", [with_plane_header(good[0], channels=0)], "channels"),
+        plane_refusal("plane_nan_range", [with_plane_header(good[0], lo=0x7E00)], "lo/hi"),
+        plane_refusal("plane_inverted_range", [with_plane_header(good[0], lo=0x3C00, hi=0x0000)], "lo/hi"),
+        plane_refusal("plane_truncated", [good[0][:-1]], "payload_len"),
+        plane_refusal("plane_trailing_byte", [good[0] + b"\x00"], "payload_len"),
+        plane_refusal("plane_raw_wrong_length", [with_plane_header(good[0] + b"\x00", payload_len=2)], "payload"),
+        plane_refusal("plane_deflate_bomb", [bomb], "payload"),
+        plane_refusal(
+            "plane_deflate_short", [ref_plane_unit(0, 3, 1, 7, (1, 2, 4), lo, hi, stored_deflate(b""))], "payload"
+        ),
+        plane_refusal("plane_gap", [good[0], good[2]], "plane"),
+        plane_refusal("plane_duplicate", [good[0], good[0]], "plane"),
+        plane_refusal("plane_not_from_plane_0", [good[1]], "plane"),
+        plane_refusal("plane_mixed_frames", [good[0], with_plane_header(good[1], frame_id=8)], "frame_id"),
+        plane_refusal(
+            "plane_mixed_bits", [good[0], with_plane_header(encode_planes(small, 4, frame_id=7)[1])], "frame_id"
+        ),
+        plane_refusal(
+            "plane_payload_over_limit",
+            [zero_plane],
+            "payload_len",
+            replace(DEFAULT_LIMITS, max_payload_bytes=len(zero_plane) - PLANE_HEADER_SIZE - 1),
+        ),
+    ]
+    _require(n == 8, "small input")
+    return document(
+        "Plane units (FORMAT.md section 10): a frame's code as bit planes, most significant first. In `units`, "
+        "encoding input_f32 at `bits` with `frame_id` gives every unit_hex exactly when `encoder_exact` (else each "
+        "unit's header fields and packed_hex, its plane's bits packed at 1 bit, DEFLATE-coded by any conforming "
+        "encoder where `coder` is zlib); decoding the first `planes` units, in any order, gives decoded_f32 exactly. "
+        "In `refusals`, decoding units_hex (in that order) is refused with CodecError naming `field`.",
+        units=_unique(units),
+        refusals=_unique(refusals),
+    )
+
+
 # ---------------------------------------------------------------------------------------------- files
 
 
@@ -1148,6 +1404,7 @@ def generate() -> dict[str, Json]:
         "misencoded.json": misencoded_vectors(shipped),
         "code_tables.json": code_table_vectors(toy, shipped),
         "preprocess.json": preprocess_vectors(),
+        "planes.json": plane_vectors(),
     }
 
 
@@ -1173,14 +1430,44 @@ def _decodes_alike(committed: Json, fresh: Json, tables: Callable[[str | None], 
     return same_header and packed.hex() == fresh["packed_hex"] and f32_words(got.array) == fresh["decoded_f32"]
 
 
+def _plane_unit_alike(committed: Json, fresh: Json) -> bool:
+    """A committed DEFLATE plane unit that differs from a fresh one but carries the same header and bits."""
+    try:
+        old, new = bytes.fromhex(committed["unit_hex"]), bytes.fromhex(fresh["unit_hex"])
+        same_header = old[:18] == new[:18] and committed["coder"] == fresh["coder"] == "zlib"
+        return same_header and inflate(old[PLANE_HEADER_SIZE:]).hex() == fresh["packed_hex"]
+    except (KeyError, ValueError, VectorError, zlib.error):
+        return False
+
+
+def _compare_planes(committed: Json, fresh: Json) -> bool:
+    cases = {c.get("name"): c for c in committed.get("units", []) if isinstance(c, dict)}
+    patched = []
+    for case in fresh["units"]:
+        old = cases.get(case["name"])
+        if (
+            old is not None
+            and case["encode"]
+            and not case["encoder_exact"]
+            and len(old.get("units", [])) == len(case["units"])
+        ):
+            rows = [o if _plane_unit_alike(o, n) else n for o, n in zip(old["units"], case["units"], strict=True)]
+            case = {**case, "units": rows}
+        patched.append(case)
+    return text_of(committed) == text_of({**fresh, "units": patched})
+
+
 def compare(committed_text: str, fresh: Json) -> bool:
-    """Whether a committed file says what a fresh generation says (DEFLATE/LZMA2 frames: by meaning)."""
+    """Whether a committed file says what a fresh generation says (DEFLATE/LZMA2 frames and plane units: by
+    meaning)."""
     if committed_text == text_of(fresh):
         return True
     try:
         committed = json.loads(committed_text)
     except ValueError:
         return False
+    if "units" in fresh and isinstance(committed, dict):
+        return committed_text == text_of(committed) and _compare_planes(committed, fresh)
     if "frames" not in fresh or not isinstance(committed, dict) or not isinstance(committed.get("frames"), list):
         return False
     toy, shipped = toy_tables(), shipped_tables()

@@ -101,7 +101,9 @@ def parse_plane_header(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Pl
         raise CodecError(f"a plane unit must be bytes, got {type(data).__name__}", field="unit")
     buf = bytes(data)
     if len(buf) < PLANE_HEADER_SIZE:
-        raise CodecError(f"plane unit of {len(buf)} bytes is shorter than its {PLANE_HEADER_SIZE}-byte header")
+        raise CodecError(
+            f"plane unit of {len(buf)} bytes is shorter than its {PLANE_HEADER_SIZE}-byte header", field="header"
+        )
     magic, plane, bits, coder_id, frame_id, c, h, w, lo, hi, plen = _HEADER.unpack_from(buf)
     if magic != PLANE_MAGIC:
         raise CodecError(f"not a plane unit: byte 0 is {magic:#04x}, expected {PLANE_MAGIC:#04x}", field="magic")
