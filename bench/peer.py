@@ -259,7 +259,8 @@ def _pin(cpus: Sequence[int]) -> Callable[[], None]:
 
 @dataclass
 class Server:
-    """One server process under test: how to (re)start it, its gRPC target and metrics URL."""
+    """One server process under test: how to (re)start it, its gRPC target and metrics URL; ``protocol``: what it
+    speaks (``triton`` or ``slimsplit``; empty: its ``name``)."""
 
     name: str
     argv: list[str]
@@ -269,6 +270,7 @@ class Server:
     ready_url: str | None
     cpus: tuple[int, ...]
     log: Path
+    protocol: str = ""
     proc: subprocess.Popen[bytes] | None = None
     crashes: int = 0
     starts: int = 0
@@ -336,6 +338,10 @@ class Server:
             self._log_file.close()
             self._log_file = None
 
+    @property
+    def speaks(self) -> str:
+        return self.protocol or self.name
+
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.proc.pid) if self.alive() and self.proc is not None else float("nan")
 
@@ -345,7 +351,7 @@ class Server:
             text = scrape(self.metrics_url)
         except OSError:
             return float("nan"), float("nan")
-        if self.name == "triton":
+        if self.speaks == "triton":
             label = f'model="{workload.triton_model}"'
             return metric_sum(text, "nv_inference_count", label), metric_sum(text, "nv_inference_exec_count", label)
         label = f'mode="{workload.mode}"'
@@ -445,25 +451,38 @@ class Config:
 QUICK = Config(in_flight=(1, 16, 64), reps=1, duration_s=1.5, warmup_s=0.5)
 
 
-def _worker_python(server: str, install: TritonInstall) -> str:
-    return str(install.python) if server == "triton" else sys.executable
+def _worker_python(server: str, install: TritonInstall | None) -> str:
+    if server != "triton":
+        return sys.executable
+    if install is None:
+        raise PeerError("a Triton load generator needs the Triton install")
+    return str(install.python)
 
 
-def _worker_env(server: str, install: TritonInstall) -> dict[str, str]:
-    env = install.env() if server == "triton" else dict(os.environ)
+def _worker_env(server: str, install: TritonInstall | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if server == "triton":
+        if install is None:
+            raise PeerError("a Triton load generator needs the Triton install")
+        env = install.env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH", "")]))
     return env
 
 
 def _spawn_worker(
-    server: Server, install: TritonInstall, spec: dict[str, Any], folder: Path, index: int, cpus: Sequence[int] = ()
+    server: Server,
+    install: TritonInstall | None,
+    spec: dict[str, Any],
+    folder: Path,
+    index: int,
+    cpus: Sequence[int] = (),
 ) -> subprocess.Popen[str]:
     path = folder / f"spec-{server.name}-{index}.json"
     path.write_text(json.dumps(spec))
     return subprocess.Popen(
-        [_worker_python(server.name, install), "-m", "bench.peer_load", str(path)],
+        [_worker_python(server.speaks, install), "-m", "bench.peer_load", str(path)],
         cwd=REPOSITORY,
-        env=_worker_env(server.name, install),
+        env=_worker_env(server.speaks, install),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -489,7 +508,7 @@ def check_answers(server: Server, install: TritonInstall, workload: Workload, fo
     """Top-1 class (``top1``) and scores (``scores``: Triton's logits, slimsplit's top-k probabilities) of every
     workload input, one request at a time (also: the server answers at all)."""
     spec = {
-        "server": server.name,
+        "server": server.speaks,
         "target": server.target,
         "data": str(workload.path),
         "count": workload.count,
@@ -507,7 +526,7 @@ def split_in_flight(in_flight: int, clients: int) -> list[int]:
 
 def measure(
     server: Server,
-    install: TritonInstall,
+    install: TritonInstall | None,
     workload: Workload,
     config: Config,
     transport: str,
@@ -519,7 +538,7 @@ def measure(
     workers = []
     for i, share in enumerate(shares):
         spec = {
-            "server": server.name,
+            "server": server.speaks,
             "target": server.target,
             "transport": transport,
             "in_flight": share,

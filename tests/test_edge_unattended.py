@@ -528,6 +528,7 @@ def test_edge_rss_stays_below_the_limit(server: ServerThread, tmp_path: Path, so
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SOAK_S + 300)  # the 30-minute form too (the suite's limit is 300 s a test)
 @pytest.mark.parametrize("source", ["sample", "video"])
 def test_edge_rss_does_not_grow_over_a_long_run(server: ServerThread, tmp_path: Path, source: str) -> None:
     """A paced run of SOAK_S seconds at 30 frames/s: after a warm-up of a quarter of it, the RSS at the end is
