@@ -339,3 +339,19 @@ def test_the_number_of_workers() -> None:
     assert ServerConfig().server == WorkersConfig(workers=0)
     with pytest.raises(Exception, match=r"server\.workers"):
         load_config(None, {"server": {"workers": -1}})
+
+
+def test_the_gpus_a_pool_would_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    from slimsplit.server.workers import gpu_ids
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0, 1")
+    auto = load_config(None, {"backend": {"name": "onnxruntime", "device": "auto"}})
+    cuda = load_config(None, {"backend": {"name": "onnxruntime", "device": "cuda"}})
+    cpu = load_config(None, {"backend": {"name": "onnxruntime", "device": "cpu"}})
+    import onnxruntime
+
+    has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    assert gpu_ids(auto) == (["0", "1"] if has_cuda else [])  # a CPU build runs "auto" on the CPU
+    assert gpu_ids(cuda) == ["0", "1"] and gpu_ids(cpu) == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert gpu_ids(cuda) == []

@@ -113,11 +113,12 @@ def gpu_ids(config: ServerConfig) -> list[str]:
     if ids and backend.device == "auto" and backend.name == "onnxruntime":
         try:
             import onnxruntime
-
-            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-                return []  # a CPU build of ONNX Runtime: "auto" runs on the CPU
         except ImportError:
             return []
+        from slimsplit.server.backends.onnxruntime_backend import CUDA, choose_providers
+
+        if CUDA not in choose_providers("auto", list(onnxruntime.get_available_providers())):
+            return []  # a CPU build of ONNX Runtime: "auto" runs on the CPU
     return ids
 
 

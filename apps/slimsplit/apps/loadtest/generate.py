@@ -22,7 +22,7 @@ from typing import Any, TypeAlias
 
 from slimsplit.apps.loadtest.payloads import Payloads, with_frame_id
 from slimsplit.apps.loadtest.sweep import Kind
-from slimsplit.errors import Unavailable
+from slimsplit.errors import SlimsplitError, Unavailable
 from slimsplit.protocol import AUTHORIZATION_KEY, SERVICE_NAME
 from slimsplit.records import OK, FrameRecord, ServerTiming
 
@@ -67,11 +67,21 @@ def _channel(spec: WorkerSpec) -> Any:
     return grpc.aio.insecure_channel(spec.target, options=options)
 
 
-def _timing(raw: bytes) -> tuple[float, float, float, int, str]:
+def _answer(raw: bytes) -> tuple[str, float, float, float, int, str]:
+    """A reply's status and timing (queue, tail, total ms, batch size, backend): ``OK`` and the timing, or the
+    status of what breaks a rule (a body that is no ``Prediction``, a timing :meth:`ServerTiming.from_pb`
+    refuses: NaN, negative, absurd) and no timing, as the edge counts a reply it cannot trust."""
+    from google.protobuf.message import DecodeError
+
     from slimsplit.v1 import slimsplit_pb2 as pb
 
-    t = pb.Prediction.FromString(raw).timing
-    return t.queue_ms, t.tail_ms, t.total_ms, t.batch_size, t.backend
+    try:
+        t = ServerTiming.from_pb(pb.Prediction.FromString(raw).timing)
+    except SlimsplitError as exc:
+        return exc.grpc_status, 0.0, 0.0, 0.0, 0, ""
+    except DecodeError:
+        return "INVALID_ARGUMENT", 0.0, 0.0, 0.0, 0, ""
+    return OK, t.queue_ms, t.tail_ms, t.total_ms, t.batch_size, t.backend
 
 
 async def _load(spec: WorkerSpec, conn: Connection) -> list[Row]:
@@ -95,7 +105,8 @@ async def _load(spec: WorkerSpec, conn: Connection) -> list[Row]:
             rows.append((sent - t0, (time.monotonic() - sent) * 1e3, exc.code().name, k % n, 0.0, 0.0, 0.0, 0, ""))
             return
         latency = (time.monotonic() - sent) * 1e3
-        rows.append((sent - t0, latency, OK, k % n, *_timing(raw)))
+        status, queue, tail, total, batch, backend = _answer(raw)
+        rows.append((sent - t0, latency, status, k % n, queue, tail, total, batch, backend))
 
     try:
         await call(with_frame_id(requests[0], 0), timeout=max(spec.timeout_s, 10.0), metadata=meta)  # warm up
