@@ -355,7 +355,7 @@ def test_the_generator_counts_a_reply_it_cannot_trust_as_an_error_not_a_timing()
 
     good = pb.Prediction(frame_id=1, timing=pb.ServerTiming(queue_ms=0.5, tail_ms=1.0, total_ms=2.0, batch_size=3))
     assert _answer(good.SerializeToString()) == ("OK", 0.5, 1.0, 2.0, 3, "")
-    for bad in (float("nan"), -1.0, float("inf")):
+    for bad in (float("nan"), -1.0, float("inf"), 1e30):
         reply = pb.Prediction(frame_id=1, timing=pb.ServerTiming(total_ms=bad))
         assert _answer(reply.SerializeToString())[0] == "INVALID_ARGUMENT", bad
     assert _answer(b"\xff\xff\xff")[0] == "INVALID_ARGUMENT"  # not a Prediction at all

@@ -69,14 +69,16 @@ def _channel(spec: WorkerSpec) -> Any:
 
 def _answer(raw: bytes) -> tuple[str, float, float, float, int, str]:
     """A reply's status and timing (queue, tail, total ms, batch size, backend): ``OK`` and the timing, or the
-    status of what breaks a rule (a body that is no ``Prediction``, a timing :meth:`ServerTiming.from_pb`
-    refuses: NaN, negative, absurd) and no timing, as the edge counts a reply it cannot trust."""
+    status of what breaks a rule (a body that is no ``Prediction``, a timing the edge refuses:
+    :func:`~slimsplit.edge.replies.check_timing`: NaN, negative, absurd) and no timing, as the edge counts a reply
+    it cannot trust."""
     from google.protobuf.message import DecodeError
 
+    from slimsplit.edge.replies import check_timing
     from slimsplit.v1 import slimsplit_pb2 as pb
 
     try:
-        t = ServerTiming.from_pb(pb.Prediction.FromString(raw).timing)
+        t = check_timing(pb.Prediction.FromString(raw).timing)
     except SlimsplitError as exc:
         return exc.grpc_status, 0.0, 0.0, 0.0, 0, ""
     except DecodeError:
