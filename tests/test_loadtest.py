@@ -357,5 +357,5 @@ def test_the_generator_counts_a_reply_it_cannot_trust_as_an_error_not_a_timing()
     assert _answer(good.SerializeToString()) == ("OK", 0.5, 1.0, 2.0, 3, "")
     for bad in (float("nan"), -1.0, float("inf"), 1e30):
         reply = pb.Prediction(frame_id=1, timing=pb.ServerTiming(total_ms=bad))
-        assert _answer(reply.SerializeToString())[0] == "INVALID_ARGUMENT", bad
-    assert _answer(b"\xff\xff\xff")[0] == "INVALID_ARGUMENT"  # not a Prediction at all
+        assert _answer(reply.SerializeToString())[0] == "INVALID_REPLY", bad  # the edge's status for it
+    assert _answer(b"\xff\xff\xff")[0] == "INVALID_REPLY"  # not a Prediction at all
