@@ -75,12 +75,13 @@ def _answer(raw: bytes) -> tuple[str, float, float, float, int, str]:
     from google.protobuf.message import DecodeError
 
     from slimsplit.edge.replies import INVALID_REPLY, check_timing
+    from slimsplit.edge.status import status_of
     from slimsplit.v1 import slimsplit_pb2 as pb
 
     try:
         t = check_timing(pb.Prediction.FromString(raw).timing)
     except SlimsplitError as exc:
-        return str(exc.context.get("status", exc.grpc_status)), 0.0, 0.0, 0.0, 0, ""
+        return status_of(exc), 0.0, 0.0, 0.0, 0, ""
     except DecodeError:
         return INVALID_REPLY, 0.0, 0.0, 0.0, 0, ""
     return OK, t.queue_ms, t.tail_ms, t.total_ms, t.batch_size, t.backend
