@@ -205,9 +205,11 @@ def test_a_frame_is_not_resent_past_its_deadline() -> None:
 
 @dataclass
 class ServerProcess:
-    """``python -m slimsplit.server.cli --backend null`` on a port; ``serving_at``: when it said it serves."""
+    """``python -m slimsplit.server.cli --backend null`` on a port with ``workers`` serving processes;
+    ``serving_at``: when it said it serves."""
 
     port: int
+    workers: int = 1
     proc: subprocess.Popen[str] | None = None
     serving_at: float | None = None
     lines: list[str] = field(default_factory=list)
@@ -229,7 +231,7 @@ class ServerProcess:
             "--backend",
             "null",
             "--workers",
-            "1",
+            str(self.workers),
             "--port",
             str(self.port),
         ]
@@ -280,8 +282,8 @@ def servers() -> Iterator[list[ServerProcess]]:
         s.kill()
 
 
-def _start(servers: list[ServerProcess], count: int) -> list[ServerProcess]:
-    new = [ServerProcess(free_port()).start() for _ in range(count)]
+def _start(servers: list[ServerProcess], count: int, workers: int = 1) -> list[ServerProcess]:
+    new = [ServerProcess(free_port(), workers).start() for _ in range(count)]
     servers.extend(new)
     for s in new:
         s.wait_serving()
@@ -407,6 +409,39 @@ def test_a_killed_replica_loses_no_frame(bundle: Bundle, servers: list[ServerPro
     skipped = [r for r in report.results if not r.sent]
     assert all(r.status == SKIPPED and r.reason for r in skipped)
     print(f"\n{count} frames: {len(sent)} sent, all answered, {report.resent} re-sent, {len(skipped)} skipped")
+
+
+def test_a_killed_pool_of_workers_loses_no_frame(bundle: Bundle, servers: list[ServerProcess]) -> None:
+    """Two replicas of two serving processes each; one replica's workers are stopped (its frames pile up in
+    flight), then its supervisor is SIGKILLed (the kernel kills the workers with it: PR_SET_PDEATHSIG): its frames
+    are re-sent on the other replica, no frame is lost, and nothing of the killed replica serves any more."""
+    import psutil
+
+    a, b = _start(servers, 2, workers=2)
+    target = parse_targets(f"{a.address},{b.address}")
+    assert b.proc is not None
+    workers = psutil.Process(b.proc.pid).children()
+    assert len(workers) == 2
+
+    def kill_b() -> None:
+        for w in workers:
+            w.send_signal(signal.SIGSTOP)
+        time.sleep(0.4)
+        b.signal(signal.SIGKILL)
+
+    count, fps = 120, 40.0
+    report, _ = asyncio.run(_run(bundle, target, count, fps, during=kill_b, at_s=1.0))
+    _accounted(report, count)
+    sent = [r for r in report.results if r.sent]
+    lost = [r for r in sent if r.status != OK]
+    assert not lost, [(r.status, r.error) for r in lost[:5]]
+    assert report.resent >= 1  # frames were in flight on the killed pool, and went to the other replica
+    assert report.stray_replies == 0 and report.late_replies == 0
+    assert len(sent) >= count * 0.8
+    assert b.proc.wait(5) == -signal.SIGKILL
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive and len(gone) == 2  # the workers died with their supervisor
+    print(f"\n{count} frames: {len(sent)} sent, all answered, {report.resent} re-sent")
 
 
 def test_the_only_server_killed_and_restarted_on_its_port(bundle: Bundle, servers: list[ServerProcess]) -> None:
