@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import tempfile
@@ -30,13 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from bench.peer import Config, Server, make_workload, measure, slimsplit_server, summarize
+from bench.peer import Config, Server, interleave, machine, make_workload, slimsplit_server
 from bench.results_io import write_results
 
 DEFAULT_OUT = Path("bench/results/batching.json")
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 ON, WAIT, OFF = "batch-64", "batch-64-wait", "batch-1"
-SERVERS = (ON, WAIT, OFF)
 TARGET_GAIN = 2.0  # issue 17: >= 2x the throughput at >= 16 in flight with p99 no worse
 
 
@@ -108,46 +106,10 @@ def run(config: Config, tail_reps: int, wait_us: int, folder: Path) -> dict[str,
     for name, limit, extra in ((ON, 64, ()), (WAIT, 64, (f"--max-wait-us={wait_us}",)), (OFF, 1, ())):
         server = slimsplit_server(cpus, limit, (*config.slimsplit_args, *extra), folder, config.device)
         servers[name] = replace(server, name=name, protocol="slimsplit", log=folder / f"{name}.log")
-    points = [(t, c) for t in config.transports for c in config.in_flight]
-    total = len(points) * config.reps * len(SERVERS)
-    raw: list[dict[str, Any]] = []
     started = time.monotonic()
-    try:
-        for server in servers.values():
-            print(f"[batching] starting {server.name}: {shlex.join(server.argv)}", flush=True)
-            server.start()
-        step = 0
-        for transport, in_flight in points:
-            for rep in range(config.reps):
-                order = SERVERS[rep % len(SERVERS) :] + SERVERS[: rep % len(SERVERS)]
-                for name in order:
-                    step += 1
-                    m = measure(servers[name], None, workload, config, transport, in_flight, folder)
-                    m["rep"] = rep
-                    raw.append(m)
-                    print(
-                        f"[batching {step}/{total} {time.monotonic() - started:5.0f}s] {name:8s} {transport:6s} "
-                        f"{in_flight:4d} in flight: {m['throughput']:7.0f} f/s  p99 {m['p99_ms']:7.2f} ms  "
-                        f"cpu {m['server_cpu_ms_per_frame']:.3f} ms/f  batch {m['mean_batch']:.1f}"
-                        + (f"  errors {m['errors']}" if m["errors"] else ""),
-                        flush=True,
-                    )
-    finally:
-        for server in servers.values():
-            server.stop()
-    summary = [
-        summarize([m for m in raw if (m["server"], m["transport"], m["in_flight"]) == (name, t, c)])
-        for t, c in points
-        for name in SERVERS
-    ]
+    raw, summary = interleave(servers, None, workload, config, folder, "batching")
     return {
-        "machine": {
-            "cpus_total": os.cpu_count(),
-            "pinned_cpus": list(cpus),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_at_start": list(os.getloadavg()),
-        },
+        "machine": machine(cpus),
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "config": asdict(config) | {"cpus": list(cpus), "tail_reps": tail_reps, "wait_us": wait_us},
         "workload": {"model": workload.model, "mode": workload.mode, "inputs": workload.count},

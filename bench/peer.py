@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -54,7 +55,6 @@ from slimsplit.apps.loadtest.server_process import free_port
 TRITON_VENV = REPOSITORY / ".venv-triton"
 SETUP_PACKAGES = ("nvidia-pytriton", "numpy", "tritonclient[grpc]")
 DEFAULT_OUT = REPOSITORY / "bench" / "results" / "peer.json"
-SERVERS = ("triton", "slimsplit")
 
 
 class PeerError(Exception):
@@ -649,6 +649,70 @@ def ratios(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def interleave(
+    servers: dict[str, Server],
+    install: TritonInstall | None,
+    workload: Workload,
+    config: Config,
+    folder: Path,
+    tag: str,
+    before: Callable[[dict[str, Server]], None] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Start ``servers``, call ``before`` with them, then measure every (transport, frames in flight) point of
+    ``config`` on each server in turn, ``config.reps`` times (the order rotated every rep, so a drift of the machine
+    hits them alike), printing a line a measurement; stop them. Every measurement, and the medians per server and
+    point (:func:`summarize`)."""
+    names = tuple(servers)
+    points: list[tuple[str, int]] = [(t, c) for t in config.transports for c in config.in_flight]
+    total = len(points) * config.reps * len(names)
+    raw: list[dict[str, Any]] = []
+    started = time.monotonic()
+    try:
+        for server in servers.values():
+            print(f"[{tag}] starting {server.name}: {shlex.join(server.argv)}", flush=True)
+            server.start()
+        if before is not None:
+            before(servers)
+        step = 0
+        for transport, in_flight in points:
+            for rep in range(config.reps):
+                shift = rep % len(names)
+                for name in names[shift:] + names[:shift]:
+                    step += 1
+                    m = measure(servers[name], install, workload, config, transport, in_flight, folder)
+                    m["rep"] = rep
+                    raw.append(m)
+                    print(
+                        f"[{tag} {step}/{total} {time.monotonic() - started:5.0f}s] {name:9s} {transport:6s} "
+                        f"{in_flight:4d} in flight: {m['throughput']:7.0f} /s  p99 {m['p99_ms']:7.2f} ms  "
+                        f"cpu {m['server_cpu_ms_per_frame']:.3f} ms each  batch {m['mean_batch']:.1f}"
+                        + (f"  errors {m['errors']}" if m["errors"] else "")
+                        + ("  CRASHED (restarted)" if m["crashed"] else ""),
+                        flush=True,
+                    )
+    finally:
+        for server in servers.values():
+            server.stop()
+    summary = [
+        summarize([m for m in raw if (m["server"], m["transport"], m["in_flight"]) == (name, t, c)])
+        for t, c in points
+        for name in names
+    ]
+    return raw, summary
+
+
+def machine(cpus: Sequence[int]) -> dict[str, Any]:
+    """The machine a run measured on, and how loaded it was at the start."""
+    return {
+        "cpus_total": os.cpu_count(),
+        "pinned_cpus": list(cpus),
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+        "python": platform.python_version(),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
 def run(config: Config, install: TritonInstall, folder: Path) -> dict[str, Any]:
     cpus = config.cpus or tuple(sorted(os.sched_getaffinity(0)))[:2]
     kind = config.triton_kind
@@ -670,51 +734,18 @@ def run(config: Config, install: TritonInstall, folder: Path) -> dict[str, Any]:
         "triton": triton_server(install, repo, cpus, folder),
         "slimsplit": slimsplit_server(cpus, config.max_batch, config.slimsplit_args, folder, config.device),
     }
-    points: list[tuple[str, int]] = [(t, c) for t in config.transports for c in config.in_flight]
-    total = len(points) * config.reps * 2
-    raw: list[dict[str, Any]] = []
     started = time.monotonic()
-    try:
-        for server in servers.values():
-            print(f"[peer] starting {server.name}: {shlex.join(server.argv)}", flush=True)
-            server.start()
-        top1 = {name: check_answers(s, install, workload, folder)["top1"] for name, s in servers.items()}
+    agreement = math.nan
+
+    def check(running: dict[str, Server]) -> None:
+        nonlocal agreement
+        top1 = {name: check_answers(s, install, workload, folder)["top1"] for name, s in running.items()}
         agreement = float(np.mean(np.array(top1["triton"]) == np.array(top1["slimsplit"])))
         print(f"[peer] top-1 agreement triton vs slimsplit on {workload.count} inputs: {agreement:.3f}", flush=True)
-        step = 0
-        for transport, in_flight in points:
-            for rep in range(config.reps):
-                order = SERVERS if rep % 2 == 0 else SERVERS[::-1]
-                for name in order:
-                    step += 1
-                    m = measure(servers[name], install, workload, config, transport, in_flight, folder)
-                    m["rep"] = rep
-                    raw.append(m)
-                    print(
-                        f"[peer {step}/{total} {time.monotonic() - started:5.0f}s] {name:9s} {transport:6s} "
-                        f"{in_flight:4d} in flight: {m['throughput']:7.0f} inf/s  p99 {m['p99_ms']:7.2f} ms  "
-                        f"cpu {m['server_cpu_ms_per_frame']:.3f} ms/inf  batch {m['mean_batch']:.1f}"
-                        + (f"  errors {m['errors']}" if m["errors"] else "")
-                        + ("  CRASHED (restarted)" if m["crashed"] else ""),
-                        flush=True,
-                    )
-    finally:
-        for server in servers.values():
-            server.stop()
-    summary = [
-        summarize([m for m in raw if (m["server"], m["transport"], m["in_flight"]) == (name, t, c)])
-        for t, c in points
-        for name in SERVERS
-    ]
+
+    raw, summary = interleave(servers, install, workload, config, folder, "peer", before=check)
     return {
-        "machine": {
-            "cpus_total": os.cpu_count(),
-            "pinned_cpus": list(cpus),
-            "platform": platform.platform(),
-            "processor": _cpu_model(),
-            "python": platform.python_version(),
-            "load_average_at_start": list(os.getloadavg()),
-        },
+        "machine": machine(cpus),
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "config": asdict(config) | {"cpus": list(cpus), "client_cpus": list(config.client_cpus or cpus)},
         "triton": {

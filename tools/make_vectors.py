@@ -797,6 +797,17 @@ def _unique(cases: list[Json]) -> list[Json]:
 # ---------------------------------------------------------------------------------------------- refusals
 
 
+def check_refused(name: str, decode: Callable[[], object], error: type[SlimsplitError], field: str) -> None:
+    """``decode()`` raises exactly ``error`` naming ``field`` (VectorError otherwise, or when it decodes)."""
+    try:
+        decode()
+    except SlimsplitError as exc:
+        got = exc.context.get("field")
+        _require(type(exc) is error and got == field, f"{name}: raised {type(exc).__name__}({got}): {exc}")
+    else:
+        raise VectorError(f"{name}: it decodes")
+
+
 def refusal(
     name: str,
     frame: bytes,
@@ -806,13 +817,7 @@ def refusal(
     limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> Json:
     """A frame the decoder must refuse with ``error`` (checked, and the field the codec names)."""
-    try:
-        decode_features(frame, limits, tables=tables.tables if tables is not None else None)
-    except SlimsplitError as exc:
-        got = exc.context.get("field")
-        _require(type(exc) is error and got == field, f"{name}: raised {type(exc).__name__}({got}): {exc}")
-    else:
-        raise VectorError(f"{name}: the frame decodes")
+    check_refused(name, lambda: decode_features(frame, limits, tables=tables.tables if tables else None), error, field)
     return {
         "name": name,
         "description": describe(name),
@@ -1278,13 +1283,7 @@ def plane_decode_case(name: str, units: Sequence[bytes]) -> Json:
 
 def plane_refusal(name: str, units: Sequence[bytes], field: str, limits: DecodeLimits = DEFAULT_LIMITS) -> Json:
     """Plane units the decoder must refuse (``CodecError`` naming ``field``)."""
-    try:
-        decode_planes(list(units), limits)
-    except SlimsplitError as exc:
-        got = exc.context.get("field")
-        _require(type(exc) is CodecError and got == field, f"{name}: raised {type(exc).__name__}({got}): {exc}")
-    else:
-        raise VectorError(f"{name}: the units decode")
+    check_refused(name, lambda: decode_planes(list(units), limits), CodecError, field)
     return {
         "name": name,
         "description": describe(name),
