@@ -17,10 +17,15 @@ $py -m bench.codec --features "$out/features_w4.npy" --out "$out/codec_real_w4.j
 $py -m bench.codec --out "$out/codec_synthetic.json" "$@"
 $py -m bench.serving --out "$out/serving.json" "$@"
 $py -m bench.workers --out "$out/workers.json" "$@"
+$py -m bench.batching --out "$out/batching.json" "$@"
+if [ -x .venv-triton/bin/python ]; then  # Triton beside slimsplit (python -m bench.peer --setup makes .venv-triton)
+    $py -m bench.peer --out "$out/peer.json" "$@"
+fi
 $py -m bench.controller --out "$out/controller.json" "$@"
 $py -m bench.decision_ab --base 8a71c27 --out "$out/decision_ab.json"  # mpc's decision cost against revision 8a71c27 (before its speed-up)
 $py -m bench.transmission_study --out "$out/transmission_study.json" "$@"
 $py -m bench.nested_planes --out "$out/nested_planes.json" "$@"
+$py -m bench.planes --out "$out/planes.json" "$@"
 $py -m bench.intar --out "$out/intar.json" "$@"
 rm -f "$out/features_w16.npy" "$out/features_w4.npy"
 # Trains two students (about 20 minutes on 2 cores) from the teacher that slimsplit-train wrote (README: Training):
