@@ -169,6 +169,7 @@ def plot(path: Path, doc: dict[str, Any]) -> None:
     curve = doc["tail_curve"]
     a.plot([r["batch"] for r in curve], [r["us_per_frame"] for r in curve], marker="o")
     a.set_xscale("log", base=2)
+    a.set_ylim(bottom=0)
     a.set_xlabel("batch size")
     a.set_ylabel("tail time per frame, us")
     a.set_title("the tail alone (ONNX Runtime, 1 thread)")

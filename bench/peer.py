@@ -49,7 +49,7 @@ import numpy as np
 
 from bench.peer_repo import RepoOptions, tail_models, write_repository
 from bench.procs import tree_cpu_seconds
-from bench.results_io import REPOSITORY, write_results
+from bench.results_io import REPOSITORY, recorded_text, write_results
 from slimsplit.apps.loadtest.server_process import free_port
 
 TRITON_VENV = REPOSITORY / ".venv-triton"
@@ -322,7 +322,7 @@ class Server:
             tail = self.log.read_text(errors="replace").splitlines()[-8:]
         except OSError:
             tail = []
-        self.crash_logs.append(f"exit {code}: " + " | ".join(tail))
+        self.crash_logs.append(recorded_text(f"exit {code}: " + " | ".join(tail)))
         self.start()
         return True
 

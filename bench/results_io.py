@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +30,14 @@ def recorded_path(path: str | os.PathLike[str]) -> str:
             if candidate.is_relative_to(base) and base != Path(base.anchor):  # never relative to "/"
                 return (prefix / candidate.relative_to(base)).as_posix()
     return absolute.name
+
+
+_PATH_IN_TEXT = re.compile(r"(?<![^\s(=])/[^\s()]+")
+
+
+def recorded_text(text: str) -> str:
+    """``text`` (a log line) with every absolute path in it as :func:`recorded_path` records it."""
+    return _PATH_IN_TEXT.sub(lambda m: recorded_path(m.group(0)), text)
 
 
 def recorded_args(argv: Sequence[str]) -> list[str]:

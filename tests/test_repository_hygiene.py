@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.results_io import recorded_args, recorded_path, write_results
+from bench.results_io import recorded_args, recorded_path, recorded_text, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 # an absolute path: "/" that starts the string or follows a space, "(" or "=" (a URL's "//" follows ":")
@@ -77,6 +77,13 @@ def test_results_record_paths_relative_to_the_repository() -> None:
         assert recorded_path(kept) == kept
     args = ["--features", str(ROOT / "f.npy"), f"--out={ROOT}/o.json", "--seed", "3", "-k=x"]
     assert recorded_args(args) == ["--features", "f.npy", "--out=o.json", "--seed", "3", "-k=x"]
+
+
+def test_log_lines_in_results_keep_no_absolute_paths() -> None:
+    line = f"exit -11: #3 in {ROOT}/.venv-triton/lib/libtriton.so | #4 in /lib/x86_64-linux-gnu/libc.so.6 (at=/usr/x)"
+    text = recorded_text(line)
+    assert text == "exit -11: #3 in .venv-triton/lib/libtriton.so | #4 in libc.so.6 (at=x)"
+    assert not ABSOLUTE.search(text) and recorded_text("no path 1/2 here") == "no path 1/2 here"
 
 
 def test_write_results_records_the_command_without_absolute_paths(tmp_path: Path) -> None:
