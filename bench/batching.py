@@ -29,7 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from bench.peer import Config, Server, interleave, machine, make_workload, slimsplit_server
+from bench.peer import (
+    Config,
+    Server,
+    add_point_flags,
+    interleave,
+    machine,
+    make_workload,
+    points_config,
+    slimsplit_server,
+)
 from bench.results_io import write_results
 
 DEFAULT_OUT = Path("bench/results/batching.json")
@@ -200,26 +209,17 @@ def plot(path: Path, doc: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default %(default)s)")
-    p.add_argument("--quick", action="store_true", help="1 rep, 1.5-s points, 16/64 in flight")
-    p.add_argument("--in-flight", type=int, nargs="+", default=None, help="frames in flight (default 16 64 256)")
-    p.add_argument("--reps", type=int, default=None, help="interleaved repetitions per point (default 3)")
+    add_point_flags(p, (16, 64, 256))
     p.add_argument("--tail-reps", type=int, default=400, help="tail calls per batch size (default 400)")
-    p.add_argument("--clients", type=int, default=4, help="load-generator processes (default 4)")
     p.add_argument("--wait-us", type=int, default=2000, help=f"{WAIT}'s --max-wait-us (default 2000)")
-    p.add_argument("--mode", default="", help="bundle mode (default: the most accurate)")
     p.add_argument("--slimsplit-args", default="", help='extra slimsplit-server flags for both, e.g. "--workers 1"')
     args = p.parse_args(argv)
-    base = Config(in_flight=(16, 64), reps=1, duration_s=1.5, warmup_s=0.5) if args.quick else Config()
     config = replace(
-        base,
-        in_flight=tuple(args.in_flight) if args.in_flight else base.in_flight if args.quick else (16, 64, 256),
-        reps=args.reps if args.reps is not None else base.reps,
-        clients=args.clients,
-        mode=args.mode,
+        points_config(p, args, (16, 64, 256)),
         slimsplit_args=("--workers=1", *shlex.split(args.slimsplit_args)),
     )
-    if any(c < 1 for c in config.in_flight) or config.reps < 1 or args.tail_reps < 1 or args.wait_us < 1:
-        p.error("--in-flight, --reps, --tail-reps and --wait-us must be >= 1")
+    if args.tail_reps < 1 or args.wait_us < 1:
+        p.error("--tail-reps and --wait-us must be >= 1")
     with tempfile.TemporaryDirectory(prefix="slimsplit-batching-") as tmp:
         doc = run(config, args.tail_reps, args.wait_us, Path(tmp))
     print_table(doc)

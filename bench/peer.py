@@ -41,7 +41,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -449,6 +449,32 @@ class Config:
 
 
 QUICK = Config(in_flight=(1, 16, 64), reps=1, duration_s=1.5, warmup_s=0.5)
+
+
+def add_point_flags(p: argparse.ArgumentParser, in_flight: Sequence[int]) -> None:
+    """The flags of a bench built on :func:`interleave`: ``--quick``, ``--in-flight`` (default ``in_flight``),
+    ``--reps``, ``--clients``, ``--mode``; :func:`points_config` reads them."""
+    p.add_argument("--quick", action="store_true", help="1 rep, 1.5-s points, 16/64 in flight")
+    shown = " ".join(map(str, in_flight))
+    p.add_argument("--in-flight", type=int, nargs="+", default=None, help=f"frames in flight (default {shown})")
+    p.add_argument("--reps", type=int, default=None, help="interleaved repetitions per point (default 3)")
+    p.add_argument("--clients", type=int, default=4, help="load-generator processes (default 4)")
+    p.add_argument("--mode", default="", help="bundle mode (default: the most accurate)")
+
+
+def points_config(p: argparse.ArgumentParser, args: argparse.Namespace, in_flight: Sequence[int]) -> Config:
+    """The :class:`Config` of :func:`add_point_flags`' flags (a usage error names a count below 1)."""
+    base = Config(in_flight=(16, 64), reps=1, duration_s=1.5, warmup_s=0.5) if args.quick else Config()
+    config = replace(
+        base,
+        in_flight=tuple(args.in_flight) if args.in_flight else base.in_flight if args.quick else tuple(in_flight),
+        reps=args.reps if args.reps is not None else base.reps,
+        clients=args.clients,
+        mode=args.mode,
+    )
+    if any(c < 1 for c in config.in_flight) or config.reps < 1 or config.clients < 1:
+        p.error("--in-flight, --reps and --clients must be >= 1")
+    return config
 
 
 def _worker_python(server: str, install: TritonInstall | None) -> str:

@@ -23,7 +23,16 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from bench.peer import Config, Server, interleave, machine, make_workload, slimsplit_server
+from bench.peer import (
+    Config,
+    Server,
+    add_point_flags,
+    interleave,
+    machine,
+    make_workload,
+    points_config,
+    slimsplit_server,
+)
 from bench.results_io import write_results
 
 DEFAULT_OUT = Path("bench/results/server_ab.json")
@@ -119,27 +128,14 @@ def print_table(doc: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default %(default)s)")
-    p.add_argument("--quick", action="store_true", help="1 rep, 1.5-s points, 16/64 in flight")
-    p.add_argument("--in-flight", type=int, nargs="+", default=None, help="frames in flight (default 4 16 64)")
-    p.add_argument("--reps", type=int, default=None, help="interleaved repetitions per point (default 3)")
-    p.add_argument("--clients", type=int, default=4, help="load-generator processes (default 4)")
-    p.add_argument("--mode", default="", help="bundle mode (default: the most accurate)")
+    add_point_flags(p, (4, 16, 64))
     for side in ("a", "b"):
         p.add_argument(f"--{side}-args", default="", help=f"extra slimsplit-server flags of {side.upper()}")
         p.add_argument(
             f"--{side}-toml", nargs="*", default=[], metavar="S.K=V", help=f"TOML settings of {side.upper()}"
         )
     args = p.parse_args(argv)
-    base = Config(in_flight=(16, 64), reps=1, duration_s=1.5, warmup_s=0.5) if args.quick else Config()
-    config = replace(
-        base,
-        in_flight=tuple(args.in_flight) if args.in_flight else base.in_flight if args.quick else (4, 16, 64),
-        reps=args.reps if args.reps is not None else base.reps,
-        clients=args.clients,
-        mode=args.mode,
-    )
-    if any(c < 1 for c in config.in_flight) or config.reps < 1 or config.clients < 1:
-        p.error("--in-flight, --reps and --clients must be >= 1")
+    config = points_config(p, args, (4, 16, 64))
     try:
         sides = {
             "A": (tuple(shlex.split(args.a_args)), toml_text(args.a_toml)),
