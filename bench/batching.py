@@ -33,10 +33,12 @@ from bench.peer import (
     Config,
     Server,
     add_point_flags,
+    against,
     interleave,
     machine,
     make_workload,
     points_config,
+    ratio,
     slimsplit_server,
 )
 from bench.results_io import write_results
@@ -80,26 +82,18 @@ def tail_curve(features: np.ndarray, mode: str, reps: int) -> list[dict[str, Any
 
 def gains(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Batching on / off at each (transport, in flight)."""
-    by = {(p["server"], p["transport"], p["in_flight"]): p for p in points}
-    out = []
-    for (name, transport, in_flight), on in by.items():
-        off = by.get((OFF, transport, in_flight))
-        if name == OFF or off is None:
-            continue
-        out.append(
-            {
-                "server": name,
-                "transport": transport,
-                "in_flight": in_flight,
-                "throughput_gain": on["throughput"] / off["throughput"] if off["throughput"] else float("nan"),
-                "p99_ratio": on["p99_ms"] / off["p99_ms"] if off["p99_ms"] else float("nan"),
-                "cpu_ratio": on["server_cpu_ms_per_frame"] / off["server_cpu_ms_per_frame"]
-                if off["server_cpu_ms_per_frame"]
-                else float("nan"),
-                "mean_batch": on["mean_batch"],
-            }
-        )
-    return out
+    return [
+        {
+            "server": on["server"],
+            "transport": on["transport"],
+            "in_flight": on["in_flight"],
+            "throughput_gain": ratio(on, off, "throughput"),
+            "p99_ratio": ratio(on, off, "p99_ms"),
+            "cpu_ratio": ratio(on, off, "server_cpu_ms_per_frame"),
+            "mean_batch": on["mean_batch"],
+        }
+        for on, off in against(points, OFF)
+    ]
 
 
 def run(config: Config, tail_reps: int, wait_us: int, folder: Path) -> dict[str, Any]:

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -650,29 +650,35 @@ def summarize(reps: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def against(points: list[dict[str, Any]], base: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(a point of another server, ``base``'s point at the same transport and frames in flight), for every point of
+    a server other than ``base`` that ``base`` was measured at too."""
+    by = {(p["server"], p["transport"], p["in_flight"]): p for p in points}
+    for (server, transport, in_flight), point in by.items():
+        ref = by.get((base, transport, in_flight))
+        if server != base and ref is not None:
+            yield point, ref
+
+
+def ratio(point: dict[str, Any], ref: dict[str, Any], key: str) -> float:
+    """``point[key] / ref[key]`` (NaN where the reference is 0 or not finite)."""
+    return float(point[key]) / float(ref[key]) if ref[key] and np.isfinite(ref[key]) else float("nan")
+
+
 def ratios(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """slimsplit / Triton for each (transport, in flight) measured on both."""
-    by = {(p["server"], p["transport"], p["in_flight"]): p for p in points}
-    rows = []
-    for (server, transport, in_flight), s in by.items():
-        t = by.get(("triton", transport, in_flight))
-        if server != "slimsplit" or t is None:
-            continue
-
-        def ratio(key: str, s: dict[str, Any] = s, t: dict[str, Any] = t) -> float:
-            return float(s[key]) / float(t[key]) if t[key] and np.isfinite(t[key]) else float("nan")
-
-        rows.append(
-            {
-                "transport": transport,
-                "in_flight": in_flight,
-                "throughput": ratio("throughput"),
-                "p99": ratio("p99_ms"),
-                "server_cpu_per_frame": ratio("server_cpu_ms_per_frame"),
-                "request_bytes": ratio("request_bytes"),
-            }
-        )
-    return rows
+    return [
+        {
+            "transport": s["transport"],
+            "in_flight": s["in_flight"],
+            "throughput": ratio(s, t, "throughput"),
+            "p99": ratio(s, t, "p99_ms"),
+            "server_cpu_per_frame": ratio(s, t, "server_cpu_ms_per_frame"),
+            "request_bytes": ratio(s, t, "request_bytes"),
+        }
+        for s, t in against(points, "triton")
+        if s["server"] == "slimsplit"
+    ]
 
 
 def interleave(

@@ -27,10 +27,12 @@ from bench.peer import (
     Config,
     Server,
     add_point_flags,
+    against,
     interleave,
     machine,
     make_workload,
     points_config,
+    ratio,
     slimsplit_server,
 )
 from bench.results_io import write_results
@@ -52,23 +54,15 @@ def toml_text(settings: Sequence[str]) -> str:
 
 def ratios(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """B / A at each (transport, in flight) measured on both."""
-    by = {(p["server"], p["transport"], p["in_flight"]): p for p in points}
-    out = []
-    for (name, transport, in_flight), b in by.items():
-        a = by.get(("A", transport, in_flight))
-        if name != "B" or a is None:
-            continue
-        out.append(
-            {
-                "transport": transport,
-                "in_flight": in_flight,
-                **{
-                    f"{key}_ratio": b[key] / a[key] if a[key] else float("nan")
-                    for key in ("throughput", "p50_ms", "p99_ms", "server_cpu_ms_per_frame")
-                },
-            }
-        )
-    return out
+    keys = ("throughput", "p50_ms", "p99_ms", "server_cpu_ms_per_frame")
+    return [
+        {
+            "transport": b["transport"],
+            "in_flight": b["in_flight"],
+            **{f"{key}_ratio": ratio(b, a, key) for key in keys},
+        }
+        for b, a in against(points, "A")
+    ]
 
 
 def run(config: Config, sides: dict[str, tuple[tuple[str, ...], str]], folder: Path) -> dict[str, Any]:
