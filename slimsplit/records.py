@@ -151,6 +151,7 @@ class FrameRecord:
     t_s: float = math.nan
     sent_s: float | None = None
     source: str = ""  # the frame's name in its source (a folder source's file), when it has one
+    planes: int = 0  # bit planes of its code the server ran the tail on (plane-coded frames; 0 = a whole frame)
 
     @property
     def ok(self) -> bool:
@@ -268,6 +269,7 @@ class RunSummary:
     timely_accuracy: float | None = None
     bytes_sent: int = 0
     labelled_frames: int = 0  # frames the source gave a label, answered or not (``labelled``: answered ones)
+    planes: dict[int, int] = field(default_factory=dict)  # answered plane-coded frames by planes used
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = _finite(asdict(self))
@@ -321,6 +323,7 @@ class RunTally:
         self._dropped: Counter[str] = Counter()
         self._chosen: Counter[str] = Counter()
         self._bytes_sent = 0
+        self._planes: Counter[int] = Counter()
 
     @classmethod
     def of(cls, records: Iterable[FrameRecord], *, by_mode: bool = False) -> RunTally:
@@ -339,6 +342,8 @@ class RunTally:
                 self._judged += 1
                 self._correct += correct
             self._answered_modes[r.mode] += 1
+            if r.planes:
+                self._planes[r.planes] += 1
             self._latency.add(r.latency_ms)
             self._rtt.add(r.rtt_ms)
             self._transfer.add(r.transfer_ms)
@@ -408,6 +413,7 @@ class RunTally:
             timely_accuracy=self._timely / self._labelled if deadline is not None and self._labelled else None,
             bytes_sent=self._bytes_sent,
             labelled_frames=self._labelled,
+            planes=dict(sorted(self._planes.items())),
         )
 
     def by_mode(self, wall_s: float) -> dict[str, RunSummary]:

@@ -12,7 +12,14 @@ from hypothesis.extra import numpy as hnp
 
 from slimsplit.codec.codec import decode_features, encode_features
 from slimsplit.codec.header import DecodeLimits
-from slimsplit.codec.planes import PLANE_HEADER_SIZE, decode_planes, encode_planes, parse_plane_header
+from slimsplit.codec.planes import (
+    PLANE_HEADER_SIZE,
+    PlaneAssembly,
+    decode_planes,
+    encode_planes,
+    parse_plane_header,
+    split_units,
+)
 from slimsplit.codec.quantize import dequantize, quantize
 from slimsplit.errors import CodecError, InvalidFrame
 
@@ -82,7 +89,7 @@ def test_mixed_frames_gaps_and_limits_rejected() -> None:
         decode_planes([units[0], other[1]])
     with pytest.raises(CodecError, match="prefix"):
         decode_planes([units[0], units[2]])
-    with pytest.raises(CodecError, match="prefix"):
+    with pytest.raises(CodecError, match="twice"):
         decode_planes([units[0], units[0]])
     with pytest.raises(CodecError):
         parse_plane_header(units[0], DecodeLimits.for_shape((2, 8, 8)))
@@ -96,3 +103,47 @@ def test_corrupt_zlib_plane_rejected() -> None:
     bad = z[:PLANE_HEADER_SIZE] + b"\xff" * (len(z) - PLANE_HEADER_SIZE)
     with pytest.raises(InvalidFrame):
         decode_planes([bad])
+
+
+@settings(max_examples=40, deadline=None)
+@given(x=_tensors, bits=st.integers(2, 8), data=st.data())
+def test_assembly_in_any_order_decodes_its_prefix(x: np.ndarray, bits: int, data: st.DataObject) -> None:
+    units = encode_planes(x, bits, frame_id=9)
+    order = data.draw(st.permutations(range(bits)))
+    cut = data.draw(st.integers(1, bits))
+    assembly = PlaneAssembly(frame_id=9)
+    for p in order[:cut]:
+        assembly.add(units[p])
+    prefix = assembly.prefix
+    assert assembly.received == cut
+    assert assembly.bytes == sum(len(units[p]) for p in order[:cut])
+    if prefix == 0:
+        with pytest.raises(CodecError, match="plane 0"):
+            assembly.decode()
+        return
+    # planes after a gap are ignored: the decode is exactly the prefix's
+    np.testing.assert_array_equal(assembly.decode(), decode_planes(units[:prefix]))
+
+
+def test_assembly_refuses_another_frames_unit_and_stays_unchanged() -> None:
+    units = _units()
+    assembly = PlaneAssembly(frame_id=3)
+    with pytest.raises(CodecError, match="frame"):
+        assembly.add(encode_planes(np.ones((4, 8, 8), np.float32), 8, frame_id=4)[0])
+    assert assembly.received == 0
+    assembly = PlaneAssembly()
+    assembly.add(units[0])
+    with pytest.raises(CodecError, match="twice"):
+        assembly.add(units[0])
+    assert (assembly.received, assembly.prefix) == (1, 1)
+
+
+def test_split_units_recovers_units_laid_end_to_end() -> None:
+    units = _units()
+    assert split_units(b"".join(units)) == units
+    with pytest.raises(CodecError, match="cut short"):
+        split_units(b"".join(units)[:-1])
+    with pytest.raises(CodecError, match="trailing"):
+        split_units(b"".join(units) + b"\xb1")
+    with pytest.raises(CodecError):
+        split_units(b"")

@@ -159,7 +159,7 @@ def test_mpc_never_exceeds_the_in_flight_limit_and_recovers_after_an_outage() ->
 
 
 def test_make_controller_registry_and_errors() -> None:
-    assert CONTROLLER_NAMES == CONTROLLERS.names() == ("fixed", "ewma-greedy", "mpc")
+    assert CONTROLLER_NAMES == CONTROLLERS.names() == ("fixed", "ewma-greedy", "mpc", "planes")
     assert (*CONTROLLER_NAMES, "oracle") == EVALUATION_CONTROLLER_NAMES  # evaluation extends the live registry
     assert make_controller("mpc", ABC, R100, horizon=3).name == "mpc"
     built = make_controller("mpc", ABC, R100, MpcConfig(margin=0.8), horizon=3)  # keywords over the dataclass

@@ -373,7 +373,7 @@ class _SilentServer(Connection):
     async def describe(self, model: str = "", timeout_s: float = 5.0) -> pb.DescribeResponse:
         return pb.DescribeResponse()
 
-    def open_transport(self, *, unary: bool = False, seed: int | None = None) -> FrameTransport:
+    def open_transport(self, *, unary: bool = False, planes: bool = False, seed: int | None = None) -> FrameTransport:
         return self.transport
 
 

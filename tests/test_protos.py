@@ -31,7 +31,12 @@ def test_service_shape() -> None:
     svc = pb.DESCRIPTOR.services_by_name["SplitInference"]
     assert svc.full_name == "slimsplit.v1.SplitInference"
     methods = {m.name: (m.client_streaming, m.server_streaming) for m in svc.methods}
-    assert methods == {"Infer": (False, False), "InferStream": (True, True), "Describe": (False, False)}
+    assert methods == {
+        "Infer": (False, False),
+        "InferStream": (True, True),
+        "PlaneStream": (True, True),
+        "Describe": (False, False),
+    }
     assert hasattr(pb_grpc, "SplitInferenceStub") and hasattr(pb_grpc, "add_SplitInferenceServicer_to_server")
 
 

@@ -189,7 +189,7 @@ class _Server(Connection):
     async def describe(self, model: str = "", timeout_s: float = 5.0) -> pb.DescribeResponse:
         return pb.DescribeResponse()
 
-    def open_transport(self, *, unary: bool = False, seed: int | None = None) -> FrameTransport:
+    def open_transport(self, *, unary: bool = False, planes: bool = False, seed: int | None = None) -> FrameTransport:
         return _Answering(self.timing)
 
 
@@ -269,7 +269,7 @@ class _ReversingServer(_Server):
         self.timing = timing
         self.batch = batch
 
-    def open_transport(self, *, unary: bool = False, seed: int | None = None) -> FrameTransport:
+    def open_transport(self, *, unary: bool = False, planes: bool = False, seed: int | None = None) -> FrameTransport:
         return _Reversing(self.timing, self.batch)
 
 

@@ -502,7 +502,7 @@ def test_reflection_lists_and_describes_the_service(server: ServerThread) -> Non
         assert {SERVICE_NAME, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
         pool = DescriptorPool(db)
         svc = pool.FindServiceByName(SERVICE_NAME)
-        assert {m.name for m in svc.methods} == {"Infer", "InferStream", "Describe"}
+        assert {m.name for m in svc.methods} == {"Infer", "InferStream", "PlaneStream", "Describe"}
         assert pool.FindMessageTypeByName("slimsplit.v1.FeatureFrame").fields_by_name["features"].number == 6
 
 

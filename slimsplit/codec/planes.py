@@ -125,14 +125,56 @@ def parse_plane_header(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Pl
     return PlaneHeader(plane, bits, coder.label, frame_id, (c, h, w), float(lo), float(hi), plen)
 
 
-def decode_planes(units: Sequence[bytes], limits: DecodeLimits = DEFAULT_LIMITS) -> npt.NDArray[np.float32]:
-    """Decode planes 0..k-1 (any order, no gaps, one frame) to a float32 ``[C, H, W]`` tensor (midpoint fill)."""
-    if not units:
-        raise CodecError("no plane units given", field="plane")
-    headers = [parse_plane_header(u, limits) for u in units]
-    first = headers[0]
-    for hd in headers[1:]:
-        if (hd.bits, hd.frame_id, hd.shape, hd.lo, hd.hi) != (
+class PlaneAssembly:
+    """The plane units of one frame as they arrive, in any order: each is validated against ``limits`` and the
+    first unit (same frame id, bits, shape and range; no plane twice) and its bits are merged into the code at
+    once, so :meth:`decode` only fills the missing bits. ``frame_id``: when given, the units must carry it (its
+    low 32 bits); ``shape``: when given, the units must have exactly this ``[C, H, W]``."""
+
+    def __init__(
+        self,
+        limits: DecodeLimits = DEFAULT_LIMITS,
+        *,
+        frame_id: int | None = None,
+        shape: tuple[int, int, int] | None = None,
+    ) -> None:
+        self.limits = limits
+        self.shape = shape
+        self.frame_id = None if frame_id is None else int(frame_id) & 0xFFFFFFFF
+        self.header: PlaneHeader | None = None
+        self._planes: set[int] = set()
+        self._q: npt.NDArray[np.uint32] | None = None
+        self.bytes = 0
+
+    @property
+    def received(self) -> int:
+        """Planes taken so far."""
+        return len(self._planes)
+
+    @property
+    def prefix(self) -> int:
+        """Planes 0..k-1 all taken: the k a decode uses now."""
+        k = 0
+        while k in self._planes:
+            k += 1
+        return k
+
+    def add(self, unit: bytes) -> PlaneHeader:
+        """Take one unit (raises :class:`CodecError` naming the field, leaving the assembly unchanged)."""
+        hd = parse_plane_header(unit, self.limits)
+        if self.shape is not None and hd.shape != tuple(self.shape):
+            raise CodecError(
+                f"the plane unit has shape {list(hd.shape)} but its frame's mode sends {list(self.shape)}",
+                field="shape",
+                value=hd.shape,
+            )
+        first = self.header
+        if first is None:
+            if self.frame_id is not None and hd.frame_id != self.frame_id:
+                raise CodecError(
+                    f"the plane unit is of frame {hd.frame_id}, not of frame {self.frame_id}", field="frame_id"
+                )
+        elif (hd.bits, hd.frame_id, hd.shape, hd.lo, hd.hi) != (
             first.bits,
             first.frame_id,
             first.shape,
@@ -140,25 +182,65 @@ def decode_planes(units: Sequence[bytes], limits: DecodeLimits = DEFAULT_LIMITS)
             first.hi,
         ):
             raise CodecError("plane units belong to different frames", field="frame_id")
-    order = sorted(range(len(units)), key=lambda i: headers[i].plane)
-    if [headers[i].plane for i in order] != list(range(len(units))):
-        raise CodecError(
-            f"planes must be a gap-free prefix 0..k-1, got {sorted(h.plane for h in headers)}", field="plane"
-        )
-    bits, n, k = first.bits, first.numel, len(units)
-    q = np.zeros(n, dtype=np.uint32)
-    for i in order:
-        hd = headers[i]
-        payload = bytes(units[i])[PLANE_HEADER_SIZE:]
+        if hd.plane in self._planes:
+            raise CodecError(f"plane {hd.plane} was sent twice", field="plane", value=hd.plane)
+        n = hd.numel
+        payload = bytes(unit)[PLANE_HEADER_SIZE:]
         packed = _entropy.decompress(_entropy.coder_from_label(hd.coder), payload, packed_size(n, 1))
-        q |= unpack_bits(packed, 1, n).astype(np.uint32) << (bits - 1 - hd.plane)
-    levels = levels_for(bits)
-    if k < bits:
-        q |= 1 << (bits - k - 1)
-        np.minimum(q, levels, out=q)
-    if first.hi == first.lo:
-        q[:] = 0
-    return dequantize(q, first.lo, first.hi, bits).reshape(first.shape)
+        bits = unpack_bits(packed, 1, n).astype(np.uint32) << (hd.bits - 1 - hd.plane)
+        if self._q is None:
+            self._q = np.zeros(n, dtype=np.uint32)
+            self.header = hd
+        self._q |= bits
+        self._planes.add(hd.plane)
+        self.bytes += len(unit)
+        return hd
+
+    def decode(self) -> npt.NDArray[np.float32]:
+        """The float32 ``[C, H, W]`` tensor of the :attr:`prefix` planes (missing bits at their midpoint)."""
+        hd, k = self.header, self.prefix
+        if hd is None or self._q is None or k == 0:
+            raise CodecError("plane 0 (the most significant) has not arrived: nothing to decode", field="plane")
+        bits = hd.bits
+        q = self._q.copy()
+        if k < bits:
+            q &= np.uint32(((1 << k) - 1) << (bits - k))  # planes after a gap are not used
+            q |= 1 << (bits - k - 1)
+            np.minimum(q, levels_for(bits), out=q)
+        if hd.hi == hd.lo:
+            q[:] = 0
+        return dequantize(q, hd.lo, hd.hi, bits).reshape(hd.shape)
+
+
+def decode_planes(units: Sequence[bytes], limits: DecodeLimits = DEFAULT_LIMITS) -> npt.NDArray[np.float32]:
+    """Decode planes 0..k-1 (any order, no gaps, one frame) to a float32 ``[C, H, W]`` tensor (midpoint fill)."""
+    if not units:
+        raise CodecError("no plane units given", field="plane")
+    assembly = PlaneAssembly(limits)
+    for unit in units:
+        assembly.add(unit)
+    if assembly.prefix != len(units):
+        raise CodecError(f"planes must be a gap-free prefix 0..k-1, got {sorted(assembly._planes)}", field="plane")
+    return assembly.decode()
+
+
+def split_units(data: bytes) -> list[bytes]:
+    """The plane units laid end to end in ``data`` (each one's length from its header; raises CodecError)."""
+    buf = memoryview(bytes(data))
+    units = []
+    at = 0
+    while at < len(buf):
+        if len(buf) - at < PLANE_HEADER_SIZE:
+            raise CodecError(f"{len(buf) - at} trailing bytes are not a plane unit", field="header")
+        plen = struct.unpack_from(">H", buf, at + PLANE_HEADER_SIZE - 2)[0]
+        end = at + PLANE_HEADER_SIZE + plen
+        if end > len(buf):
+            raise CodecError("the last plane unit is cut short", field="payload_len")
+        units.append(bytes(buf[at:end]))
+        at = end
+    if not units:
+        raise CodecError("no plane units given", field="plane")
+    return units
 
 
 def plane_sizes(units: Sequence[bytes]) -> list[int]:

@@ -132,14 +132,23 @@ class ControlLoop:
         self.controller.on_sent(frame_id, o.mode, payload_bytes, sent_at)
 
     def completed(
-        self, frame_id: int, completed_at: float, server_ms: float, ok: bool = True, status: str | None = None
+        self,
+        frame_id: int,
+        completed_at: float,
+        server_ms: float,
+        ok: bool = True,
+        status: str | None = None,
+        delivered_bytes: int | None = None,
     ) -> FrameRecord:
         """The frame's prediction arrived at ``completed_at`` (``ok``), or it failed then: its record, whose
-        ``status`` is ``status`` when given, else ``"OK"`` or ``"DEADLINE_EXCEEDED"`` (given up)."""
+        ``status`` is ``status`` when given, else ``"OK"`` or ``"DEADLINE_EXCEEDED"`` (given up).
+        ``delivered_bytes``: of its payload, what the server used (plane-coded frames; default: all of it), which
+        is what the controller learns from."""
         o = self._open.pop(frame_id)
         self._in_flight_bytes -= o.payload_bytes
         sent_at = o.sent_at if o.sent_at is not None else completed_at
-        self.controller.observe(FrameFeedback(frame_id, o.mode, o.payload_bytes, sent_at, completed_at, server_ms, ok))
+        used = o.payload_bytes if delivered_bytes is None else delivered_bytes
+        self.controller.observe(FrameFeedback(frame_id, o.mode, used, sent_at, completed_at, server_ms, ok))
         rtt_ms = (completed_at - o.sent_at) * 1e3 if ok and o.sent_at is not None else math.nan
         d = o.decision
         rec = FrameRecord(

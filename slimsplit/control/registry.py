@@ -2,7 +2,8 @@
 
 A :class:`ControllerSpec` says how to build one controller from the mode table, the run's
 :class:`~slimsplit.control.config.RunConfig`, its options (a frozen dataclass) and the measured round trip.
-:data:`CONTROLLERS` holds the live ones (``fixed``, ``ewma-greedy``, ``mpc``); :data:`CONTROLLER_NAMES` is its
+:data:`CONTROLLERS` holds the live ones (``fixed``, ``ewma-greedy``, ``mpc``, and ``planes`` for frames sent as
+bit planes); :data:`CONTROLLER_NAMES` is its
 list of names; :func:`make_controller` builds one. Evaluation extends the registry with controllers that cannot
 run live (:data:`slimsplit.evaluation.oracle_controller.EVALUATION_CONTROLLERS` adds ``oracle``, which plans from
 the link trace itself)::
@@ -29,6 +30,7 @@ from slimsplit.control.controllers import (
     MpcConfig,
     MpcController,
 )
+from slimsplit.control.planes import PlaneController, PlanesOptions
 from slimsplit.errors import ConfigError
 
 #: Builds a controller: (modes, run configuration, options, measured round trip in ms) -> controller.
@@ -141,6 +143,10 @@ def _mpc(modes: Sequence[ModeOption], run: RunConfig, options: MpcConfig, rtt_ms
     return MpcController(modes, run, options, rtt_ms)
 
 
+def _planes(modes: Sequence[ModeOption], run: RunConfig, options: PlanesOptions, rtt_ms: float) -> Controller:
+    return PlaneController(modes, run, options, rtt_ms)
+
+
 #: The live controllers.
 CONTROLLERS = ControllerRegistry(
     (
@@ -156,6 +162,13 @@ CONTROLLERS = ControllerRegistry(
             MpcConfig,
             _mpc,
             "this project's model-predictive controller: risk-aware, over a queue model of the uplink",
+        ),
+        ControllerSpec(
+            "planes",
+            PlanesOptions,
+            _planes,
+            "progressive transmission (--transmission planes): the width whose expected bit planes give the best "
+            "accuracy; the link decides the bits",
         ),
     )
 )

@@ -49,7 +49,7 @@ class ServerTiming(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., tail_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., device_cycles: _Optional[int] = ..., device_ms: _Optional[float] = ..., backend: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("frame_id", "classes", "scores", "labels", "timing", "model", "model_version", "mode")
+    __slots__ = ("frame_id", "classes", "scores", "labels", "timing", "model", "model_version", "mode", "planes_used")
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class Prediction(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    PLANES_USED_FIELD_NUMBER: _ClassVar[int]
     frame_id: int
     classes: _containers.RepeatedScalarFieldContainer[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
@@ -66,7 +67,8 @@ class Prediction(_message.Message):
     model: str
     model_version: str
     mode: str
-    def __init__(self, frame_id: _Optional[int] = ..., classes: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[str]] = ..., timing: _Optional[_Union[ServerTiming, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
+    planes_used: int
+    def __init__(self, frame_id: _Optional[int] = ..., classes: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[str]] = ..., timing: _Optional[_Union[ServerTiming, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., mode: _Optional[str] = ..., planes_used: _Optional[int] = ...) -> None: ...
 
 class FrameError(_message.Message):
     __slots__ = ("frame_id", "code", "status", "message", "error_class", "retry_after_ms")
@@ -143,3 +145,63 @@ class DescribeResponse(_message.Message):
     backend: str
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     def __init__(self, protocol_version: _Optional[int] = ..., server_version: _Optional[str] = ..., backend: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class PlaneOpen(_message.Message):
+    __slots__ = ("protocol_version", "frame_id", "model", "model_version", "mode", "planes", "budget_ms", "top_k", "client_send_unix_ns")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FRAME_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PLANES_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_SEND_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    frame_id: int
+    model: str
+    model_version: str
+    mode: str
+    planes: int
+    budget_ms: int
+    top_k: int
+    client_send_unix_ns: int
+    def __init__(self, protocol_version: _Optional[int] = ..., frame_id: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., mode: _Optional[str] = ..., planes: _Optional[int] = ..., budget_ms: _Optional[int] = ..., top_k: _Optional[int] = ..., client_send_unix_ns: _Optional[int] = ...) -> None: ...
+
+class PlaneData(_message.Message):
+    __slots__ = ("frame_id", "unit")
+    FRAME_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    frame_id: int
+    unit: bytes
+    def __init__(self, frame_id: _Optional[int] = ..., unit: _Optional[bytes] = ...) -> None: ...
+
+class PlaneMessage(_message.Message):
+    __slots__ = ("open", "plane")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    PLANE_FIELD_NUMBER: _ClassVar[int]
+    open: PlaneOpen
+    plane: PlaneData
+    def __init__(self, open: _Optional[_Union[PlaneOpen, _Mapping]] = ..., plane: _Optional[_Union[PlaneData, _Mapping]] = ...) -> None: ...
+
+class PlaneAck(_message.Message):
+    __slots__ = ("frame_id", "plane", "bytes", "late")
+    FRAME_ID_FIELD_NUMBER: _ClassVar[int]
+    PLANE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    LATE_FIELD_NUMBER: _ClassVar[int]
+    frame_id: int
+    plane: int
+    bytes: int
+    late: bool
+    def __init__(self, frame_id: _Optional[int] = ..., plane: _Optional[int] = ..., bytes: _Optional[int] = ..., late: _Optional[bool] = ...) -> None: ...
+
+class PlaneReply(_message.Message):
+    __slots__ = ("ack", "prediction", "error")
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ack: PlaneAck
+    prediction: Prediction
+    error: FrameError
+    def __init__(self, ack: _Optional[_Union[PlaneAck, _Mapping]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ..., error: _Optional[_Union[FrameError, _Mapping]] = ...) -> None: ...

@@ -50,6 +50,11 @@ class SplitInferenceStub:
                 request_serializer=slimsplit_dot_v1_dot_slimsplit__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=slimsplit_dot_v1_dot_slimsplit__pb2.DescribeResponse.FromString,
                 _registered_method=True)
+        self.PlaneStream = channel.stream_stream(
+                '/slimsplit.v1.SplitInference/PlaneStream',
+                request_serializer=slimsplit_dot_v1_dot_slimsplit__pb2.PlaneMessage.SerializeToString,
+                response_deserializer=slimsplit_dot_v1_dot_slimsplit__pb2.PlaneReply.FromString,
+                _registered_method=True)
 
 
 class SplitInferenceServicer:
@@ -78,6 +83,17 @@ class SplitInferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlaneStream(self, request_iterator, context):
+        """Progressive transmission: a frame is opened (PlaneOpen), then its bit planes follow, most significant first
+        (PlaneData, each one plane unit of protos/FORMAT.md section 10). The server acknowledges every plane it takes
+        (PlaneAck), runs the tail on the planes it has when the frame's budget says it must, or as soon as all the
+        announced planes are there, and answers with a Prediction whose planes_used says how many it used. Planes that
+        come after that are discarded and counted (PlaneAck.late). Replies may come out of order (match by frame_id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SplitInferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +111,11 @@ def add_SplitInferenceServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=slimsplit_dot_v1_dot_slimsplit__pb2.DescribeRequest.FromString,
                     response_serializer=slimsplit_dot_v1_dot_slimsplit__pb2.DescribeResponse.SerializeToString,
+            ),
+            'PlaneStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PlaneStream,
+                    request_deserializer=slimsplit_dot_v1_dot_slimsplit__pb2.PlaneMessage.FromString,
+                    response_serializer=slimsplit_dot_v1_dot_slimsplit__pb2.PlaneReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +200,33 @@ class SplitInference:
             '/slimsplit.v1.SplitInference/Describe',
             slimsplit_dot_v1_dot_slimsplit__pb2.DescribeRequest.SerializeToString,
             slimsplit_dot_v1_dot_slimsplit__pb2.DescribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlaneStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/slimsplit.v1.SplitInference/PlaneStream',
+            slimsplit_dot_v1_dot_slimsplit__pb2.PlaneMessage.SerializeToString,
+            slimsplit_dot_v1_dot_slimsplit__pb2.PlaneReply.FromString,
             options,
             channel_credentials,
             insecure,

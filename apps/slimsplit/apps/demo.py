@@ -41,7 +41,7 @@ from slimsplit.bundle import Manifest
 from slimsplit.control.base import Controller, Decision, FrameFeedback, ModeOption
 from slimsplit.edge import cli_common
 from slimsplit.edge.client import frame_overhead_bytes
-from slimsplit.edge.config import AuthSettings, ClientConfig, ExitRule, TlsSettings
+from slimsplit.edge.config import TRANSMISSIONS, AuthSettings, ClientConfig, ExitRule, TlsSettings
 from slimsplit.edge.display import make_display, wants_live
 from slimsplit.edge.link import EmulatedLink
 from slimsplit.edge.run import (
@@ -152,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--frames", type=int, default=None, metavar="N", help="how many frames (instead of --seconds)")
     run.add_argument("--unary", action="store_true", help="one Infer call per frame instead of InferStream")
+    run.add_argument(
+        "--transmission",
+        choices=TRANSMISSIONS,
+        default="frames",
+        help="frames: one message per frame; planes: each frame as bit planes sent while they can arrive in time "
+        "(PlaneStream; the controller defaults to planes, and each line shows the planes the server used) "
+        "(default: %(default)s)",
+    )
     run.add_argument("--backend", default="onnxruntime", help="server backend (default: %(default)s)")
     run.add_argument(
         "--no-tls",
@@ -271,6 +279,15 @@ def _secure(args: argparse.Namespace, client: ClientConfig) -> _Secured:
 def _prepare(args: argparse.Namespace, console: cli_common.Console) -> _Demo:
     """Check the flags, open the bundle, the source and the link, start the server (each failure a usage error)."""
     live = False if args.plain or args.quiet else wants_live(console.out)
+    planes = args.transmission == "planes"
+    if planes and args.controller is None and not args.mode:
+        args.controller = "planes"
+    if planes and args.unary:
+        raise ConfigError("--unary: frames sent as bit planes travel on a stream (--transmission planes)")
+    if args.controller == "planes" and not planes:
+        raise ConfigError(
+            "--controller planes chooses the width of frames sent as bit planes: add --transmission planes"
+        )
     name = cli_common.check_control_args(args, extra=(SWEEP,))
     if args.every < 0:
         raise ConfigError(f"--every must be >= 0, got {args.every}")
@@ -291,7 +308,7 @@ def _prepare(args: argparse.Namespace, console: cli_common.Console) -> _Demo:
     from slimsplit.server.app import ServerThread
     from slimsplit.server.config import BackendConfig, GrpcConfig, ServerConfig
 
-    encoder = EncoderRuntime(bundle)
+    encoder = EncoderRuntime(bundle, planes=planes)
     secured = _secure(args, client)
     try:
         config = ServerConfig(
@@ -312,6 +329,12 @@ def _prepare(args: argparse.Namespace, console: cli_common.Console) -> _Demo:
     return _Demo(
         live, frames, rule, link, manifest, choice, secured.client, source, encoder, server, secured.line, secured.pki
     )
+
+
+def _rpc(args: argparse.Namespace) -> str:
+    if args.unary:
+        return "Infer"
+    return "PlaneStream (bit planes)" if args.transmission == "planes" else "InferStream"
 
 
 def _remove(folder: Path | None) -> None:
@@ -335,6 +358,7 @@ def _run(demo: _Demo, args: argparse.Namespace, console: cli_common.Console) -> 
             client=replace(demo.client, target=target),
             fps=args.fps,
             unary=args.unary,
+            planes=args.transmission == "planes",
             modes=demo.choice.modes,
             route=link.route if link is not None else None,
             stop=stop,
@@ -351,7 +375,7 @@ def _run(demo: _Demo, args: argparse.Namespace, console: cli_common.Console) -> 
         seconds = f" ({frames / args.fps:g} s)" if args.fps > 0 else ""
         header = (
             f"{PROG}: server {target} ({args.backend}), edge encoder in ONNX Runtime, "
-            f"{'Infer' if args.unary else 'InferStream'}; model {manifest.name} {manifest.version}; "
+            f"{_rpc(args)}; model {manifest.name} {manifest.version}; "
             f"controller {demo.choice.label}; deadline {args.deadline_ms:g} ms; {frames} frames at {args.fps:g} fps"
             f"{seconds} from {demo.source.description}\n"
             f"  link: {link.describe() if link is not None else 'none (direct loopback)'}"

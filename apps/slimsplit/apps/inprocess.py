@@ -21,7 +21,7 @@ from pathlib import Path
 from slimsplit.edge.config import ClientConfig
 from slimsplit.edge.status import error_from_frame_error
 from slimsplit.edge.transport import Connection, Done, FrameTransport, InFlight
-from slimsplit.errors import SlimsplitError, Unavailable
+from slimsplit.errors import ConfigError, SlimsplitError, Unavailable
 from slimsplit.server.config import BackendConfig, BatchingConfig, ServerConfig
 from slimsplit.server.core import InferenceCore, InferResult
 from slimsplit.server.grpc_service import describe_response, frame_to_request, result_to_prediction
@@ -102,7 +102,9 @@ class InProcessConnection(Connection):
         except SlimsplitError as exc:
             raise error_from_frame_error(frame_error(0, exc), target=self.target) from None
 
-    def open_transport(self, *, unary: bool = False, seed: int | None = None) -> FrameTransport:
+    def open_transport(self, *, unary: bool = False, planes: bool = False, seed: int | None = None) -> FrameTransport:
+        if planes:
+            raise ConfigError("the in-process connection carries whole frames only: planes need a gRPC server")
         return InProcessTransport(self.core)
 
 

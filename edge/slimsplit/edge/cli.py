@@ -33,7 +33,14 @@ from slimsplit.edge.cli_common import EXIT_BROKEN_PIPE as EXIT_BROKEN_PIPE
 from slimsplit.edge.cli_common import EXIT_INTERRUPTED as EXIT_INTERRUPTED
 from slimsplit.edge.cli_common import EXIT_SERVER as EXIT_SERVER
 from slimsplit.edge.cli_common import EXIT_USAGE as EXIT_USAGE
-from slimsplit.edge.config import AuthSettings, EdgeConfig, FramesSettings, load_edge_config, replica_count
+from slimsplit.edge.config import (
+    TRANSMISSIONS,
+    AuthSettings,
+    EdgeConfig,
+    FramesSettings,
+    load_edge_config,
+    replica_count,
+)
 from slimsplit.edge.display import make_display
 from slimsplit.edge.link import EmulatedLink
 from slimsplit.edge.run import (
@@ -122,6 +129,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         fps_note="; 0 = as fast as slots free up, frames then wait",
     )
     model.add_argument(
+        "--transmission",
+        choices=TRANSMISSIONS,
+        default="frames",
+        help="frames: each frame one message of the feature codec; planes: each frame as bit planes, most "
+        "significant first, sent only while they can still arrive by the deadline (progressive transmission over "
+        "PlaneStream; the server decodes the planes it has; pair with --controller planes, which picks the width) "
+        "(default: %(default)s)",
+    )
+    model.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -186,6 +202,7 @@ CONFIG_KEYS: dict[str, tuple[str, str]] = {
     "threads": ("model", "threads"),
     "controller": ("control", "controller"),
     "mode": ("control", "mode"),
+    "transmission": ("control", "transmission"),
     "deadline_ms": ("control", "deadline_ms"),
     "fps": ("control", "fps"),
     "max_in_flight": ("control", "max_in_flight"),
@@ -308,7 +325,10 @@ def _prepare(args: argparse.Namespace, console: cli_common.Console, given: dict[
         frames = source.take(config.frames.count, cycle=True)
     from slimsplit.edge.runtime import EncoderConfig, EncoderRuntime  # onnxruntime: import only when needed
 
-    encoder = EncoderRuntime(bundle, EncoderConfig(intra_op_threads=config.model.threads))
+    planes = control.transmission == "planes"
+    if planes and config.server.unary:
+        raise ConfigError("--unary: frames sent as bit planes travel on a stream (--transmission planes)")
+    encoder = EncoderRuntime(bundle, EncoderConfig(intra_op_threads=config.model.threads), planes=planes)
     run = EdgeRun(
         manifest=manifest,
         encoder=encoder,
@@ -319,6 +339,7 @@ def _prepare(args: argparse.Namespace, console: cli_common.Console, given: dict[
         client=client,
         fps=control.fps,
         unary=config.server.unary,
+        planes=planes,
         modes=plan.modes,
         route=link.route if link is not None else None,
         rtt_pings=config.server.rtt_pings,
@@ -384,7 +405,7 @@ def _run(prepared: _Prepared, args: argparse.Namespace, console: cli_common.Cons
         capacity=link.uplink_bps if link is not None else None,
         warn=lambda message: console.notes([message]),
     )
-    transport = "Infer (unary)" if run.unary else "InferStream"
+    transport = "Infer (unary)" if run.unary else "PlaneStream (bit planes)" if run.planes else "InferStream"
     header = (
         f"slimsplit edge -> {run.target} over {transport}  model {run.manifest.name} {run.manifest.version}  "
         f"controller {config.control.controller} ({prepared.mode})  deadline {config.control.deadline_ms:g} ms  "

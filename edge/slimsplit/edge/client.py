@@ -17,6 +17,7 @@ from slimsplit.edge.auth import TOKEN_KEY, read_token
 from slimsplit.edge.channel import open_channel
 from slimsplit.edge.config import ClientConfig, balanced, first_address
 from slimsplit.edge.grpc_transport import StreamTransport, UnaryTransport
+from slimsplit.edge.plane_transport import PlaneTransport
 from slimsplit.edge.replicas import ReplicaTransport
 from slimsplit.edge.replies import reply_bytes_bound
 from slimsplit.edge.status import error_from_rpc, refusal, refused
@@ -158,11 +159,21 @@ class EdgeClient(Connection):
             raise (refused(error, self.config.target) if refusal(error) else error) from None
         return response
 
-    def open_transport(self, *, unary: bool = False, seed: int | None = None) -> FrameTransport:
+    def open_transport(self, *, unary: bool = False, planes: bool = False, seed: int | None = None) -> FrameTransport:
         """A reconnecting ``InferStream`` (opened lazily by the first ``submit``), or unary ``Infer`` calls (gRPC
-        balances them over the replicas of a target that names several). Over several replicas
-        (``config.stream_count`` > 1): that many streams, a frame whose stream broke re-sent once on another
-        (:class:`~slimsplit.edge.replicas.ReplicaTransport`)."""
+        balances them over the replicas of a target that names several), or with ``planes`` a reconnecting
+        ``PlaneStream`` (:class:`~slimsplit.edge.plane_transport.PlaneTransport`; one, whatever the replicas). Over
+        several replicas (``config.stream_count`` > 1): that many streams, a frame whose stream broke re-sent once
+        on another (:class:`~slimsplit.edge.replicas.ReplicaTransport`)."""
+        if planes:
+            return PlaneTransport(
+                self.stub,
+                self.config.reconnect,
+                seed=seed,
+                target=self.config.target,
+                channel=self._channel,
+                top_k=self.config.top_k,
+            )
         if unary:
             return UnaryTransport(self.stub, target=self.config.target, top_k=self.config.top_k)
         count = self.config.stream_count if balanced(self.target) else 1

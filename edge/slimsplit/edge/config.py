@@ -38,6 +38,7 @@ from typing import Any
 
 from slimsplit.control.config import RunConfig
 from slimsplit.control.controllers import EwmaGreedyOptions, FixedOptions, MpcConfig
+from slimsplit.control.planes import PlanesOptions
 from slimsplit.control.registry import CONTROLLERS
 from slimsplit.edge.link import LinkOptions
 from slimsplit.edge.sources import SAMPLE
@@ -412,23 +413,42 @@ class ModelSettings:
         check(self.threads >= 0, "threads", f"expected an integer >= 0, got {self.threads!r}")
 
 
+#: How frames travel: whole (the feature codec, ``InferStream``/``Infer``) or as bit planes (``PlaneStream``).
+TRANSMISSIONS = ("frames", "planes")
+
+
 @dataclass(frozen=True)
 class ControlSettings:
     """``[control]``: the controller and the run configuration it shares with the control loop (:attr:`run`).
     ``mode``: the mode of the ``fixed`` controller (unset: the most accurate); ``[control.ewma_greedy]`` and
-    ``[control.mpc]``: the options of those controllers."""
+    ``[control.mpc]``, ``[control.planes]``: the options of those controllers. ``transmission``: ``"frames"`` (each
+    frame one message of the feature codec) or ``"planes"`` (each frame as bit planes over a plane stream, sent
+    while they can arrive in time: progressive transmission; the ``planes`` controller picks the width)."""
 
     controller: str = "fixed"
     mode: str | None = None
+    transmission: str = "frames"
     deadline_ms: float = 1000.0
     fps: float = 0.0
     max_in_flight: int = 4
     ewma_greedy: EwmaGreedyOptions = field(default_factory=EwmaGreedyOptions)
     mpc: MpcConfig = field(default_factory=MpcConfig)
+    planes: PlanesOptions = field(default_factory=PlanesOptions)
 
     def __post_init__(self) -> None:
         _ = self.run  # checks deadline_ms, fps and max_in_flight (the errors name them)
         check_live_controller(self.controller, self.mode)
+        if self.transmission not in TRANSMISSIONS:
+            raise ConfigError(
+                f"transmission must be one of {', '.join(TRANSMISSIONS)}, got {self.transmission!r}",
+                key="transmission",
+            )
+        if self.controller == "planes" and self.transmission != "planes":
+            raise ConfigError(
+                "the planes controller chooses the width of frames sent as bit planes: use it with "
+                "--transmission planes",
+                key="controller",
+            )
 
     @property
     def run(self) -> RunConfig:
@@ -440,6 +460,8 @@ class ControlSettings:
             return self.ewma_greedy
         if self.controller == "mpc":
             return self.mpc
+        if self.controller == "planes":
+            return self.planes
         return FixedOptions(self.mode)
 
 

@@ -87,6 +87,8 @@ def format_frame(r: FrameRecord, class_names: Sequence[str] = (), color: bool = 
         return f"{code}{text}{_RESET}" if color else text
 
     head = f"#{r.index:<5d} {r.mode or '-':<8s}"
+    if r.planes:
+        head += f" {r.planes}pl"  # bit planes the server used (plane-coded frames)
     est = f"  est {_rate(r.estimate_bps).strip()}" if r.estimate_bps is not None else ""
     name_text = f"  {printable(r.source, 200)}" if r.source else ""
     if not r.ok:
@@ -150,6 +152,11 @@ def format_summary(summary: RunSummary, by_mode: Mapping[str, RunSummary] | None
     else:
         lines.append("  errors       none")
     lines += _deadline_lines(s)
+    if s.planes:
+        answered = sum(s.planes.values())
+        mean = sum(k * n for k, n in s.planes.items()) / answered
+        spread = ", ".join(f"{k}: {n}" for k, n in s.planes.items())
+        lines.append(f"  planes used  mean {mean:.2f} per answered frame ({spread})")
     if by_mode is not None and len(by_mode) > 1:
         lines.append("  per mode     mode       frames  accuracy   bytes/frame   e2e p50 ms")
         for mode, sub in by_mode.items():

@@ -185,10 +185,17 @@ class StreamTransport(FrameTransport):
         frame.client_send_unix_ns = time.time_ns()
         self._frames.add(fid, self._attempt, done, deadline_s)
         try:
-            async with self._write_lock:
-                await call.write(frame)
+            await self._send(call, frame, deadline_s)
         except (grpc.RpcError, asyncio.InvalidStateError) as exc:
             self._broken(call, _call_error(exc))
+
+    async def _send(self, call: Any, frame: pb.FeatureFrame, deadline_s: float | None) -> None:
+        """Write ``frame`` on ``call`` (the frame is in flight already)."""
+        async with self._write_lock:
+            await call.write(frame)
+
+    def _new_call(self) -> Any:
+        return self._stub.InferStream(wait_for_ready=False)
 
     def _last_reason(self) -> str:
         last = self._last_error
@@ -203,13 +210,12 @@ class StreamTransport(FrameTransport):
         self._attempt += 1
         if self._attempt > 1:
             self._reconnects += 1
-        call = self._stub.InferStream(wait_for_ready=False)
+        call = self._new_call()
         self._call = call
         self._reader = asyncio.get_running_loop().create_task(self._read(call))
 
     # ----------------------------------------------------------------------------------------------- receiving
     async def _read(self, call: Any) -> None:
-        frames = self._frames
         error: SlimsplitError
         try:
             while True:
@@ -226,27 +232,32 @@ class StreamTransport(FrameTransport):
                 received = _perf()
                 if self._failures:
                     self._failures = 0
-                if reply.HasField("prediction"):
-                    prediction = reply.prediction
-                    sent_at = frames.sent_at(prediction.frame_id)
-                    rtt_ms = None if sent_at is None else (received - sent_at) * 1e3
-                    try:
-                        check_prediction(prediction, self._top_k, rtt_ms)
-                    except SlimsplitError as exc:
-                        frames.answer(prediction.frame_id, received, None, exc)
-                    else:
-                        frames.answer(prediction.frame_id, received, prediction, None)
-                else:
-                    err = reply.error
-                    frame_error = error_from_frame_error(err, frame_id=err.frame_id)
-                    if refusal(frame_error):
-                        self._refuse(frame_error)
-                    frames.answer(err.frame_id, received, None, frame_error)
+                self._handle(reply, received)
         except asyncio.CancelledError:
             raise
         except (grpc.RpcError, asyncio.InvalidStateError) as exc:
             error = _call_error(exc)
         self._broken(call, error)
+
+    def _handle(self, reply: Any, received: float) -> None:
+        """One reply of the stream (a ``StreamReply``), read at ``received``."""
+        frames = self._frames
+        if reply.HasField("prediction"):
+            prediction = reply.prediction
+            sent_at = frames.sent_at(prediction.frame_id)
+            rtt_ms = None if sent_at is None else (received - sent_at) * 1e3
+            try:
+                check_prediction(prediction, self._top_k, rtt_ms)
+            except SlimsplitError as exc:
+                frames.answer(prediction.frame_id, received, None, exc)
+            else:
+                frames.answer(prediction.frame_id, received, prediction, None)
+        else:
+            err = reply.error
+            frame_error = error_from_frame_error(err, frame_id=err.frame_id)
+            if refusal(frame_error):
+                self._refuse(frame_error)
+            frames.answer(err.frame_id, received, None, frame_error)
 
     def _broken(self, call: Any, error: SlimsplitError) -> None:
         """The call ``call`` ended or failed with ``error``: report its frames in flight and schedule the

@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from slimsplit.codec.planes import split_units
 from slimsplit.control.base import Controller, Decision, ModeOption
 from slimsplit.control.config import RunConfig
 from slimsplit.control.loop import ControlLoop
@@ -85,7 +86,8 @@ class Encoder(Protocol):
 @dataclass(frozen=True)
 class PipelineConfig:
     """``fps`` = capture rate (0 = as fast as the slots allow; a late frame is sent at once, without catch-up
-    bursts). ``unary`` = ask the connection for one call per frame instead of a stream. ``encode_in_thread`` = run the
+    bursts). ``unary`` = ask the connection for one call per frame instead of a stream; ``planes`` = for a plane
+    stream (progressive transmission; the encoder makes plane units). ``encode_in_thread`` = run the
     encoder in a worker thread so replies are time-stamped while the next frame encodes (off: encode on the
     loop). ``class_names``: the bundle's classes (a reply's class ids and labels are checked against them; empty:
     not checked)."""
@@ -94,6 +96,7 @@ class PipelineConfig:
     model_version: str = ""
     fps: float = 0.0
     unary: bool = False
+    planes: bool = False  # frames as bit planes over a PlaneStream (the encoder must make plane units)
     encode_in_thread: bool = True
     origin: float | None = None  # time.perf_counter() instant that results' ``t_s`` count from (None: run start)
     class_names: tuple[str, ...] = ()
@@ -179,7 +182,7 @@ class Pipeline:
         cfg = self.config
         period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0
         executor = ThreadPoolExecutor(1, thread_name_prefix="slimsplit-encode") if cfg.encode_in_thread else None
-        transport = self.client.open_transport(unary=cfg.unary)
+        transport = self.client.open_transport(unary=cfg.unary, planes=cfg.planes)
         loop = asyncio.get_running_loop()
         control = self.control
         start = _perf()
@@ -322,9 +325,15 @@ class Pipeline:
                 )
             except SlimsplitError as exc:
                 outcome, prediction, server = replace(outcome, prediction=None, error=exc), None, None
-        self.control.completed(
-            item.frame_id, outcome.received_at, server.total_ms if server is not None else 0.0, outcome.ok
-        )
+        planes = prediction.planes_used if prediction is not None else 0
+        if self.config.planes:  # the server waited for planes: its own time is the queue and the tail
+            server_ms = server.queue_ms + server.tail_ms if server is not None else 0.0
+            used = sum(len(u) for u in split_units(encoded.payload)[:planes]) if planes else 0
+            self.control.completed(item.frame_id, outcome.received_at, server_ms, outcome.ok, delivered_bytes=used)
+        else:
+            self.control.completed(
+                item.frame_id, outcome.received_at, server.total_ms if server is not None else 0.0, outcome.ok
+            )
         source = item.source
         decision = item.decision
         t_s = item.captured - self._origin
@@ -361,6 +370,7 @@ class Pipeline:
             t_s=t_s,
             sent_s=sent_s,
             source=source.name,
+            planes=planes,
             **reply,
         )
         if self.control.in_flight_frames == 0:

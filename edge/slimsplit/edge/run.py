@@ -268,6 +268,7 @@ class EdgeRun:
     client: ClientConfig
     fps: float = 0.0
     unary: bool = False
+    planes: bool = False  # frames as bit planes over a PlaneStream (the encoder must make plane units)
     modes: tuple[str, ...] = ()
     route: Route | None = None
     check: bool = True
@@ -331,6 +332,7 @@ async def _run(run: EdgeRun, dial: str, display: Display, header: str, origin: f
             model_version=version,
             fps=run.fps,
             unary=run.unary,
+            planes=run.planes,
             origin=origin,
             class_names=tuple(manifest.classes),
             keep_records=run.keep_records,

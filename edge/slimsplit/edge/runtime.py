@@ -17,6 +17,7 @@ import onnxruntime as ort
 from slimsplit.bundle import Bundle, ModeSpec
 from slimsplit.bundle.codec_tables import load_codec_tables
 from slimsplit.codec import HuffmanTables, encode_features
+from slimsplit.codec.planes import encode_planes
 from slimsplit.errors import BundleError, InvalidFrame
 
 
@@ -48,10 +49,13 @@ _OPT_LEVELS = {
 
 
 class EncoderRuntime:
-    """Runs head + slimmable bottleneck encoder for the current mode and encodes the features."""
+    """Runs head + slimmable bottleneck encoder for the current mode and encodes the features: as one frame of the
+    feature codec, or with ``planes`` as the mode's bit planes (``slimsplit.codec.planes`` units laid end to end,
+    most significant first, for :class:`~slimsplit.edge.plane_transport.PlaneTransport`)."""
 
-    def __init__(self, bundle: Bundle, config: EncoderConfig | None = None) -> None:
+    def __init__(self, bundle: Bundle, config: EncoderConfig | None = None, *, planes: bool = False) -> None:
         self.bundle = bundle
+        self.planes = planes
         self.config = config or EncoderConfig()
         m = bundle.manifest
         self._spec = m.encoder
@@ -154,6 +158,9 @@ class EncoderRuntime:
         t0 = time.perf_counter()
         feats = self.features(image)
         t1 = time.perf_counter()
-        payload = encode_features(feats, mode.bits, tables=self._tables.get(mode.name))
+        if self.planes:
+            payload = b"".join(encode_planes(feats, mode.bits))
+        else:
+            payload = encode_features(feats, mode.bits, tables=self._tables.get(mode.name))
         t2 = time.perf_counter()
         return EncodedFrame(payload=payload, mode=mode.name, encoder_ms=(t1 - t0) * 1e3, codec_ms=(t2 - t1) * 1e3)

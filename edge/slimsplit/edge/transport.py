@@ -287,9 +287,10 @@ class Connection(ABC):
         return best * 1e3
 
     @abstractmethod
-    def open_transport(self, *, unary: bool = False, seed: int | None = None) -> FrameTransport:
+    def open_transport(self, *, unary: bool = False, planes: bool = False, seed: int | None = None) -> FrameTransport:
         """A transport for one run's frames: a stream, or one call per frame (``unary``) where the connection
-        tells the two apart; ``seed`` seeds the reconnection jitter of one that reconnects."""
+        tells the two apart, or a plane stream (``planes``: frames of plane units); ``seed`` seeds the
+        reconnection jitter of one that reconnects. A connection that cannot carry planes raises ConfigError."""
 
 
 __all__ = ["OK", "Connection", "Done", "FrameTransport", "InFlight", "Outcome", "wait_set"]

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -158,6 +158,7 @@ class InferenceCore:
         self._tail_load = TailLoad()  # how busy the tails keep this core (decides inline vs executor)
         self._accepting = True
         self._in_flight = 0
+        self._serve_s: dict[tuple[str, str, str], float] = {}  # recent mean queue + tail seconds, per mode
 
     @classmethod
     def from_config(
@@ -228,8 +229,9 @@ class InferenceCore:
         return tuple(m.manifest for m in self.models())
 
     # ------------------------------------------------------------------------------------------- validation
-    def validate(self, request: InferRequest) -> tuple[LoadedModel, ModeSpec, npt.NDArray[np.float32]]:
-        """Check a frame against the manifest and decode it (synchronous; raises SlimsplitError)."""
+    def resolve(self, request: InferRequest) -> tuple[LoadedModel, ModeSpec]:
+        """The loaded model and mode a frame names (protocol version, model, version, mode; raises
+        SlimsplitError)."""
         if request.protocol_version != PROTOCOL_VERSION:
             raise UnsupportedVersion(
                 f"protocol_version {request.protocol_version} is not supported; this server speaks {PROTOCOL_VERSION}",
@@ -247,6 +249,21 @@ class InferenceCore:
                 model=m.name,
                 mode=request.mode,
             ) from None
+        return loaded, spec
+
+    def serve_estimate_s(self, loaded: LoadedModel, spec: ModeSpec) -> float:
+        """Seconds a frame of this mode takes from decoded to answered: the recent mean (queue and tail) of its
+        frames, else the manifest's tail time, else 2 ms."""
+        m = loaded.manifest
+        seen = self._serve_s.get((m.name, m.version, spec.name))
+        if seen is not None:
+            return seen
+        return (spec.tail_ms_p50 or 2.0) / 1000.0
+
+    def validate(self, request: InferRequest) -> tuple[LoadedModel, ModeSpec, npt.NDArray[np.float32]]:
+        """Check a frame against the manifest and decode it (synchronous; raises SlimsplitError)."""
+        loaded, spec = self.resolve(request)
+        m = loaded.manifest
         header = peek_header(request.features, loaded.limits)
         expected = m.feature.shape(spec.width)
         if header.bits != spec.bits:
@@ -302,14 +319,51 @@ class InferenceCore:
         :class:`SlimsplitError` for a bad frame) arrive through the future. ``timeout``: seconds the caller will
         wait (frames past it are not run and fail with DeadlineExceeded); ``received``: ``time.perf_counter()``
         when the transport got the frame. Must be called on the event loop."""
-        loop = asyncio.get_running_loop()
         t0 = time.perf_counter() if received is None else received
+        return self._start(request, partial(self._begin, request, t0, timeout))
+
+    def start_decoded(
+        self,
+        request: InferRequest,
+        x: npt.NDArray[np.float32],
+        *,
+        payload_bytes: int,
+        timeout: float | None = None,
+        received: float | None = None,
+    ) -> asyncio.Future[InferResult]:
+        """As :meth:`start`, for a frame whose features the transport decoded itself (``x``, ``[width, H, W]``
+        float32; ``request.features`` is not read): checked against its mode's shape and for finite values, then
+        batched and run like any frame. ``payload_bytes``: what it took on the wire (for the metrics)."""
+        t0 = time.perf_counter() if received is None else received
+
+        def begin() -> InferResult | Coroutine[Any, Any, InferResult]:
+            if not self._accepting:
+                raise Unavailable("the server is shutting down; retry on another replica or later")
+            loaded, spec = self.resolve(request)
+            expected = loaded.manifest.feature.shape(spec.width)
+            if tuple(x.shape) != expected:
+                raise InvalidFrame(
+                    f"the features have shape {list(x.shape)} but mode {spec.name} sends {list(expected)}",
+                    field="shape",
+                    value=tuple(x.shape),
+                    expected=expected,
+                )
+            if not np.isfinite(x).all():
+                raise InvalidFrame("the decoded features contain NaN or infinite values", field="features")
+            return self._serve(request, loaded, spec, x, (t0, timeout), payload_bytes)
+
+        return self._start(request, begin)
+
+    def _start(
+        self, request: InferRequest, begin: Callable[[], InferResult | Coroutine[Any, Any, InferResult]]
+    ) -> asyncio.Future[InferResult]:
+        loop = asyncio.get_running_loop()
         self._in_flight += 1
         if self.metrics is not None:
             self.metrics.in_flight.inc()
         fut: asyncio.Future[InferResult]
         try:
-            begun = self._begin(request, t0, timeout)
+            begun = begin()
         except Exception as exc:
             fut = loop.create_future()
             fut.set_exception(exc)
@@ -348,6 +402,18 @@ class InferenceCore:
         if not self._accepting:
             raise Unavailable("the server is shutting down; retry on another replica or later")
         loaded, spec, x = self.validate(request)
+        return self._serve(request, loaded, spec, x, (t0, timeout), len(request.features))
+
+    def _serve(
+        self,
+        request: InferRequest,
+        loaded: LoadedModel,
+        spec: ModeSpec,
+        x: npt.NDArray[np.float32],
+        when: tuple[float, float | None],
+        payload: int,
+    ) -> InferResult | Coroutine[Any, Any, InferResult]:
+        t0, timeout = when
         t_decoded = time.perf_counter()
         deadline = None if timeout is None else t0 + timeout
         if deadline is not None and t_decoded >= deadline:
@@ -355,9 +421,9 @@ class InferenceCore:
         batcher = self._batcher(loaded, spec)
         inline = batcher.try_inline(x)
         if inline is not None:
-            return self._result(request, loaded, spec, inline, t0, t_decoded)
+            return self._result(request, loaded, spec, inline, (t0, t_decoded), payload)
         fut = batcher.submit(x, deadline)
-        return self._await_batch(request, loaded, spec, fut, (t0, t_decoded, deadline))
+        return self._await_batch(request, loaded, spec, fut, (t0, t_decoded, deadline), payload)
 
     async def _await_batch(
         self,
@@ -366,6 +432,7 @@ class InferenceCore:
         spec: ModeSpec,
         fut: asyncio.Future[BatchResult],
         times: tuple[float, float, float | None],
+        payload: int,
     ) -> InferResult:
         t0, t_decoded, deadline = times
         if deadline is None:
@@ -376,7 +443,7 @@ class InferenceCore:
                     res = await fut
             except TimeoutError:
                 raise DeadlineExceeded(f"the frame missed its deadline of {(deadline - t0) * 1e3:.1f} ms") from None
-        return self._result(request, loaded, spec, res, t0, t_decoded)
+        return self._result(request, loaded, spec, res, (t0, t_decoded), payload)
 
     def _result(
         self,
@@ -384,10 +451,15 @@ class InferenceCore:
         loaded: LoadedModel,
         spec: ModeSpec,
         res: BatchResult,
-        t0: float,
-        t_decoded: float,
+        times: tuple[float, float],
+        payload: int,
     ) -> InferResult:
+        t0, t_decoded = times
         m = loaded.manifest
+        key = (m.name, m.version, spec.name)
+        serve_s = res.queue_s + res.tail_s
+        seen = self._serve_s.get(key)
+        self._serve_s[key] = serve_s if seen is None else 0.9 * seen + 0.1 * serve_s
         k = min(request.top_k or self.default_top_k, len(m.classes))
         classes, scores = top_k(res.logits, k)
         t_end = time.perf_counter()
@@ -408,7 +480,7 @@ class InferenceCore:
                 total_s=t_end - t0,
                 queue_s=res.queue_s,
                 tail_s=res.tail_s,
-                payload=len(request.features),
+                payload=payload,
             )
         return InferResult(
             frame_id=request.frame_id,

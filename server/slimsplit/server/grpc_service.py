@@ -34,6 +34,7 @@ from slimsplit.errors import DeadlineExceeded, InvalidFrame, MessageTooLarge, Sl
 from slimsplit.protocol import PROTOCOL_VERSION, SERVICE_NAME, package_version
 from slimsplit.server.admission import AdaptiveLimit, Share, Shares
 from slimsplit.server.core import InferenceCore, InferRequest, InferResult
+from slimsplit.server.planes import PlaneFrames, PlaneOpenRequest
 from slimsplit.server.security.guard import DeviceState
 from slimsplit.server.security.interceptor import current_device
 from slimsplit.server.status import abort, frame_error, status_for, trailing_metadata
@@ -58,10 +59,25 @@ def frame_to_request(frame: pb.FeatureFrame) -> InferRequest:
     )
 
 
-def result_to_prediction(result: InferResult, total_ms: float | None = None) -> pb.Prediction:
-    """The wire form of ``result``; ``total_ms``: the server's total time when the adapter measured it itself."""
+def open_to_request(message: pb.PlaneOpen) -> PlaneOpenRequest:
+    request = InferRequest(
+        model=message.model,
+        mode=message.mode,
+        features=b"",
+        model_version=message.model_version,
+        frame_id=message.frame_id,
+        top_k=message.top_k,
+        protocol_version=message.protocol_version,
+    )
+    return PlaneOpenRequest(request, planes=message.planes, budget_s=message.budget_ms / 1000.0)
+
+
+def result_to_prediction(result: InferResult, total_ms: float | None = None, planes_used: int = 0) -> pb.Prediction:
+    """The wire form of ``result``; ``total_ms``: the server's total time when the adapter measured it itself;
+    ``planes_used``: the planes a plane-coded frame ran on."""
     timing = result.timing if total_ms is None else replace(result.timing, total_ms=total_ms)
     return pb.Prediction(
+        planes_used=planes_used,
         frame_id=result.frame_id,
         classes=result.classes,
         scores=result.scores,
@@ -125,7 +141,7 @@ class _End:
         self.exc = exc
 
 
-M = TypeVar("M", pb.FeatureFrame, pb.DescribeRequest)
+M = TypeVar("M", pb.FeatureFrame, pb.DescribeRequest, pb.PlaneMessage)
 
 
 def parse_request(raw: bytes | M, message: type[M], limit: int, what: str = "message") -> M:
@@ -157,6 +173,9 @@ def add_to_server(service: SplitInferenceService, server: grpc.aio.Server) -> No
         ),
         "InferStream": grpc.stream_stream_rpc_method_handler(
             service.InferStream, response_serializer=pb.StreamReply.SerializeToString
+        ),
+        "PlaneStream": grpc.stream_stream_rpc_method_handler(
+            service.PlaneStream, response_serializer=pb.PlaneReply.SerializeToString
         ),
         "Describe": grpc.unary_unary_rpc_method_handler(
             service.Describe, response_serializer=pb.DescribeResponse.SerializeToString
@@ -395,6 +414,172 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
                 task.cancel()
             pending: list[asyncio.Future[Any]] = [reader, *tasks]
             await asyncio.gather(*pending, return_exceptions=True)
+
+    async def PlaneStream(
+        self, request_iterator: AsyncIterator[bytes | pb.PlaneMessage], context: Context
+    ) -> AsyncIterator[pb.PlaneReply]:
+        if self._shutting_down:
+            await abort(context, self._unavailable())
+        device = current_device.get()
+        shares = self.shares
+        share = shares.open(_client_key(context, device))
+        # Every message read holds a slot until its reply is written (an open: its frame's answer; a plane: its
+        # ack), so a client that does not read its replies stops being read.
+        slots = asyncio.Semaphore(4 * self.stream_max_in_flight)
+        replies: asyncio.Queue[object] = asyncio.Queue()
+        waiting: set[asyncio.Future[InferResult]] = set()
+        holding: set[int] = set()  # frames holding a server slot (from their open to their answer)
+
+        def answer(frame_id: int, used: int, received: float, fut: asyncio.Future[InferResult]) -> pb.PlaneReply:
+            if frame_id in holding:
+                holding.discard(frame_id)
+                shares.give(share)
+            if fut.cancelled():
+                return failed(frame_id, self._unavailable())
+            exc = fut.exception()
+            if exc is not None:
+                return failed(frame_id, exc)
+            if device is not None:
+                device.count("OK")
+            prediction = result_to_prediction(fut.result(), _since_ms(received), planes_used=used)
+            return pb.PlaneReply(prediction=prediction)
+
+        def failed(frame_id: int, exc: BaseException) -> pb.PlaneReply:
+            if frame_id in holding:
+                holding.discard(frame_id)
+                shares.give(share)
+            error = frame_error(frame_id, exc)
+            if device is not None:
+                device.count(error.status)
+            return pb.PlaneReply(error=error)
+
+        opened_at: dict[int, float] = {}
+
+        def served(frame_id: int, used: int, fut: asyncio.Future[InferResult]) -> None:
+            received = opened_at.pop(frame_id, time.perf_counter())
+            if fut.done():
+                replies.put_nowait(answer(frame_id, used, received, fut))
+                return
+            waiting.add(fut)
+
+            def done(f: asyncio.Future[InferResult]) -> None:
+                waiting.discard(f)
+                replies.put_nowait(answer(frame_id, used, received, f))
+
+            fut.add_done_callback(done)
+
+        frames = PlaneFrames(self.core, served, max_open=self.stream_max_in_flight)
+        limit = self.max_message_bytes
+
+        async def read() -> None:
+            ending: SlimsplitError | None = None
+            count = 0
+            try:
+                async for raw in request_iterator:
+                    received = time.perf_counter()
+                    count += 1
+                    try:
+                        message = parse_request(raw, pb.PlaneMessage, limit, f"message {count} of the stream")
+                    except SlimsplitError as exc:
+                        ending = exc
+                        break
+                    await slots.acquire()
+                    kind = message.WhichOneof("kind")
+                    if kind == "open":
+                        op = message.open
+                        if not shares.try_take(share):
+                            await shares.take(share)
+                        refusal = _open_plane_frame(frames, op, received, context, device)
+                        if refusal is None:
+                            holding.add(op.frame_id)
+                            opened_at[op.frame_id] = received
+                        else:
+                            shares.give(share)
+                            replies.put_nowait(failed(op.frame_id, refusal))
+                    elif kind == "plane":
+                        frame_id = message.plane.frame_id
+                        try:
+                            if device is not None and frames.is_open(frame_id):
+                                try:
+                                    device.admit_bytes(len(message.plane.unit))
+                                except SlimsplitError:
+                                    frames.abandon(frame_id)
+                                    raise
+                            taken = frames.take(frame_id, message.plane.unit)
+                        except SlimsplitError as exc:
+                            opened_at.pop(frame_id, None)
+                            slots.release()  # the frame's own slot: its answer is this error
+                            replies.put_nowait(failed(frame_id, exc))
+                            continue
+                        ack = pb.PlaneAck(frame_id=frame_id, plane=taken.plane, bytes=taken.nbytes, late=taken.late)
+                        replies.put_nowait(pb.PlaneReply(ack=ack))
+                        if taken.complete:
+                            frames.serve(frame_id)
+                    else:
+                        slots.release()
+                        ending = InvalidFrame(f"message {count} of the stream is neither an open nor a plane")
+                        break
+            except Exception as exc:
+                replies.put_nowait(_ReadFailed(exc))
+                return
+            frames.flush()  # no more planes will come: serve what is open with what it has
+            while waiting:
+                await asyncio.wait(set(waiting))
+            replies.put_nowait(_EOF if ending is None else _End(ending))
+
+        self._streams.add(replies)
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                item = await replies.get()
+                if isinstance(item, pb.PlaneReply):
+                    yield item
+                    slots.release()
+                elif item is _EOF:
+                    return
+                elif item is _SHUTDOWN:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+                    frames.flush()
+                    while waiting:
+                        await asyncio.wait(set(waiting))
+                    while not replies.empty():
+                        late = replies.get_nowait()
+                        if isinstance(late, pb.PlaneReply):
+                            yield late
+                    _end_with(context, self._unavailable())
+                    return
+                elif isinstance(item, _End):
+                    _end_with(context, item.exc)
+                    return
+                elif isinstance(item, _ReadFailed):
+                    raise item.exc
+        finally:
+            self._streams.discard(replies)
+            frames.close()
+            for _ in range(len(holding)):
+                shares.give(share)
+            holding.clear()
+            self.shares.close(share)
+            reader.cancel()
+            for fut in list(waiting):
+                fut.cancel()
+            await asyncio.gather(reader, *waiting, return_exceptions=True)
+
+
+def _open_plane_frame(
+    frames: PlaneFrames, message: pb.PlaneOpen, received: float, context: Context, device: DeviceState | None
+) -> SlimsplitError | None:
+    """Open a frame on a plane stream: ``None``, or why it was refused."""
+    try:
+        if device is not None:
+            device.admit(message.model, 0)
+        remaining: float | None = context.time_remaining()
+        frames.open(open_to_request(message), received=received, timeout=remaining)
+    except SlimsplitError as exc:
+        return exc
+    return None
 
 
 def _client_key(context: Context, device: DeviceState | None) -> str:

@@ -88,6 +88,14 @@ class DeviceState:
         if self.metrics is not None:
             self.metrics.bytes.inc(nbytes)
 
+    def admit_bytes(self, nbytes: int) -> None:
+        """May this device send ``nbytes`` more of a frame it opened (a plane)? ``RateLimited`` if not."""
+        if self.ended is not None:
+            raise self.ended
+        self.limiter.admit_bytes(self.device_id, nbytes)
+        if self.metrics is not None:
+            self.metrics.bytes.inc(nbytes)
+
     def count(self, status: str) -> None:
         """A frame of this device answered with ``status`` (``"OK"``, a status name)."""
         if self.metrics is not None:

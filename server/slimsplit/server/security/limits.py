@@ -62,6 +62,14 @@ class RateLimiter:
                     frames.give(1.0)
                 raise _limited(device_id, f"{size.rate:g} bytes/s", wait)
 
+    def admit_bytes(self, device_id: str, nbytes: int) -> None:
+        """Take ``nbytes`` more of a frame already admitted (a plane of a plane-coded frame); :class:`RateLimited`
+        when over the bytes limit."""
+        if self.bytes is not None:
+            wait = self.bytes.take(float(nbytes))
+            if wait > 0:
+                raise _limited(device_id, f"{self.bytes.rate:g} bytes/s", wait)
+
 
 def _limited(device_id: str, limit: str, wait_s: float) -> RateLimited:
     ms = max(1, round(wait_s * 1000))
