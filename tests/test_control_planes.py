@@ -94,7 +94,7 @@ def test_first_plane_is_sent_on_a_pessimistic_estimate_but_not_past_the_deadline
     assert sender.decide(1000, 2.0, 2.1) is Verdict.DROP  # a later plane: expected 10 s late
     assert sender.decide(1000, 2.0, 2.1, first=True) is Verdict.SEND
     assert sender.decide(1000, 2.09, 2.1, first=True) is Verdict.DROP  # half a round trip is more than is left
-    assert sender.due_s(3.0, 0.01) == pytest.approx(3.0 - 0.025 - 0.01)
+    assert sender.due_s(3.0, 0.01) == pytest.approx(3.0 - 0.02 - 0.025 - 0.01)  # margin, half the rtt, the tail
 
 
 def _modes() -> list[ModeOption]:
@@ -138,3 +138,16 @@ def test_the_controller_refuses_a_width_it_does_not_have() -> None:
     assert PlaneController(_modes(), RunConfig(), PlanesOptions(fixed_width=8)).choose(0, 0, 0).mode == "w8b8"
     with pytest.raises(ConfigError, match="margin"):
         PlanesOptions(margin=0.0)
+
+
+def test_the_budget_leaves_the_way_up_the_way_back_and_the_margin() -> None:
+    w = DeliveryWindow(rtt_s=0.02)
+    sender = PlaneSender(w, margin_s=0.01)
+    assert sender.budget_s(0.1, 0.0) == pytest.approx(0.1 - 0.01 - 0.01 - 0.01)  # nothing in flight
+    w.sent("seed", 1000, 0.0)
+    w.acked("seed", 0.02 + 0.01)  # 100 kB/s
+    w.sent("big", 3000, 1.0)  # 30 ms of queue ahead of the open
+    assert sender.budget_s(0.1, 1.0) == pytest.approx(0.1 - (0.03 + 0.01) - 0.01 - 0.01, rel=0.05)
+    w.sent("huge", 100_000, 1.0)  # an estimate of a second of queue: never more than half the time left
+    assert sender.budget_s(0.1, 1.0) == pytest.approx(0.1 - 0.04 - 0.01 - 0.01)
+    assert sender.budget_s(0.001, 1.0) == 0.001

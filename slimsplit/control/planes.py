@@ -153,16 +153,27 @@ class Verdict(Enum):
 
 
 class PlaneSender:
-    """Decides, unit by unit, what of a frame goes into the link (see the module docstring)."""
+    """Decides, unit by unit, what of a frame goes into the link (see the module docstring). ``margin_s``: kept
+    free before every deadline, for what the estimates miss (the server's event loop, the reply's write)."""
 
-    def __init__(self, window: DeliveryWindow) -> None:
+    def __init__(self, window: DeliveryWindow, *, margin_s: float = 0.020) -> None:
         self.window = window
+        self.margin_s = margin_s
         self.bytes_sent = 0
         self.bytes_withheld = 0
 
     def due_s(self, deadline_at: float, tail_s: float) -> float:
         """When a unit must be at the server for a frame whose answer is due back at ``deadline_at``."""
-        return deadline_at - self.window.rtt_s / 2 - tail_s
+        return deadline_at - self.margin_s - self.window.rtt_s / 2 - tail_s
+
+    def budget_s(self, time_left_s: float, now: float) -> float:
+        """The budget to open a frame with whose answer is due back in ``time_left_s``: counted from the open's
+        arrival, which waits behind the bytes in flight, so less that wait (estimated, and never taken as more
+        than half the time left: an estimate that low after an outage would have the server answer before any
+        plane could come), the reply's way back and the margin. At least 1 ms."""
+        rtt = self.window.rtt_s
+        way_up = min(self.window.arrival_s(0, now) - now, max(rtt / 2, (time_left_s - rtt) / 2))
+        return max(0.001, time_left_s - way_up - rtt / 2 - self.margin_s)
 
     def decide(self, nbytes: int, now: float, due_at: float, *, first: bool = False) -> Verdict:
         """``SEND``, ``WAIT`` or ``DROP`` for a unit of ``nbytes`` that must be at the server by ``due_at``.

@@ -17,6 +17,7 @@ Everything else (reconnection, deadlines, refusals, untrusted replies) is :class
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 import time
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ class PlaneTransport(StreamTransport):
     """A reconnecting ``PlaneStream`` with a deadline-aware plane sender (see the module docstring).
 
     ``rtt_s``: the round trip measured before the run (until acknowledgements measure it); ``serve_s``: the
-    server's time for a frame until its replies say (queue + tail)."""
+    server's time for a frame until its replies say (queue + tail); ``margin_s``: kept free before the deadline
+    (for what the estimates miss: the server's event loop, the reply's write)."""
 
     def __init__(
         self,
@@ -59,11 +61,12 @@ class PlaneTransport(StreamTransport):
         window: WindowConfig | None = None,
         rtt_s: float = 0.0,
         serve_s: float = 0.002,
+        margin_s: float = 0.020,
         **kw: Any,
     ) -> None:
         super().__init__(stub, policy, **kw)
         self.window = DeliveryWindow(window, rtt_s=rtt_s)
-        self.sender = PlaneSender(self.window)
+        self.sender = PlaneSender(self.window, margin_s=margin_s)
         self.serve_s = serve_s
         self._jobs: dict[int, _Job] = {}
         self._pumping = False
@@ -76,9 +79,6 @@ class PlaneTransport(StreamTransport):
     def _new_call(self) -> Any:
         return self._stub.PlaneStream(wait_for_ready=False)
 
-    def _rtt_s(self) -> float:
-        return self.window.rtt_s
-
     async def _send(self, call: Any, frame: pb.FeatureFrame, deadline_s: float | None) -> None:
         fid = frame.frame_id
         try:
@@ -90,12 +90,7 @@ class PlaneTransport(StreamTransport):
         units = [u[:_FRAME_ID_AT] + stamp + u[_FRAME_ID_AT + 4 :] for u in units]
         now = _perf()
         deadline_at = None if deadline_s is None else now + deadline_s
-        budget_ms = 0
-        if deadline_s is not None:
-            # counted from the open's arrival, which waits behind the bytes in flight: less that wait, and the
-            # reply's way back
-            way_up = self.window.arrival_s(0, now) - now
-            budget_ms = max(1, int((deadline_s - way_up - self._rtt_s() / 2) * 1e3))
+        budget_ms = 0 if deadline_s is None else max(1, int(self.sender.budget_s(deadline_s, now) * 1e3))
         opened = pb.PlaneOpen(
             protocol_version=frame.protocol_version,
             frame_id=fid,
@@ -135,7 +130,7 @@ class PlaneTransport(StreamTransport):
             while job.next < len(job.units):
                 unit = job.units[job.next]
                 now = _perf()
-                due = float("inf") if job.deadline_at is None else sender.due_s(job.deadline_at, self.serve_s)
+                due = math.inf if job.deadline_at is None else sender.due_s(job.deadline_at, self.serve_s)
                 verdict = sender.decide(len(unit), now, due, first=job.next == 0)
                 if verdict is Verdict.WAIT:
                     return  # the window is full: an acknowledgement pumps again
