@@ -166,6 +166,9 @@ def test_mpc_sends_fewer_bytes_per_frame_over_a_much_slower_link(tmp_path: Path)
         (["--server", "127.0.0.1:1", "--no-tls", "--tls-ca", "ca.crt"], "--no-tls and --tls-ca exclude each other"),
         (["--server", "127.0.0.1:1", "--tls-cert", "d.crt"], "--tls-cert and --tls-key go together"),
         (["--server", "127.0.0.1:1", "--credentials", "d", "--token-file", "t"], "exclude each other"),
+        (["--in-process", "--transmission", "planes"], "--in-process carry whole frames"),
+        (["--server", "127.0.0.1:1", "--transmission", "planes", "--sweep", "clients=1"], "--sweep (unary Infer)"),
+        (["--server", "127.0.0.1:1", "--controller", "planes"], "add --transmission planes"),
     ],
 )
 def test_usage_errors_are_one_clear_line_and_exit_2(argv: list[str], fragment: str) -> None:
@@ -359,3 +362,18 @@ def test_the_generator_counts_a_reply_it_cannot_trust_as_an_error_not_a_timing()
         reply = pb.Prediction(frame_id=1, timing=pb.ServerTiming(total_ms=bad))
         assert _answer(reply.SerializeToString())[0] == "INVALID_REPLY", bad  # the edge's status for it
     assert _answer(b"\xff\xff\xff")[0] == "INVALID_REPLY"  # not a Prediction at all
+
+
+def test_link_clients_send_frames_as_planes(tmp_path: Path) -> None:
+    path = tmp_path / "planes.json"
+    code, _out, err = run_cli(
+        *("--start-server", "--no-tls", "--clients", "2", "--link", "1mbit", "--seconds", "3", "--fps", "10"),
+        *("--transmission", "planes", "--json-out", str(path)),
+    )
+    assert code == 0, err
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    for c in doc["clients"]:
+        assert c["error"] is None and c["summary"]["ok"] > 0
+        planes = c["summary"]["planes"]  # the planes controller sends a width's 4-bit code: 1..4 planes used
+        assert planes and set(planes) <= {"1", "2", "3", "4"}
+        assert sum(planes.values()) == c["summary"]["ok"]

@@ -41,7 +41,7 @@ from slimsplit.bundle import Manifest
 from slimsplit.control.base import Controller, Decision, FrameFeedback, ModeOption
 from slimsplit.edge import cli_common
 from slimsplit.edge.client import frame_overhead_bytes
-from slimsplit.edge.config import TRANSMISSIONS, AuthSettings, ClientConfig, ExitRule, TlsSettings
+from slimsplit.edge.config import AuthSettings, ClientConfig, ExitRule, TlsSettings
 from slimsplit.edge.display import make_display, wants_live
 from slimsplit.edge.link import EmulatedLink
 from slimsplit.edge.run import (
@@ -152,14 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--frames", type=int, default=None, metavar="N", help="how many frames (instead of --seconds)")
     run.add_argument("--unary", action="store_true", help="one Infer call per frame instead of InferStream")
-    run.add_argument(
-        "--transmission",
-        choices=TRANSMISSIONS,
-        default="frames",
-        help="frames: one message per frame; planes: each frame as bit planes sent while they can arrive in time "
-        "(PlaneStream; the controller defaults to planes, and each line shows the planes the server used) "
-        "(default: %(default)s)",
-    )
+    cli_common.add_transmission_argument(run)
     run.add_argument("--backend", default="onnxruntime", help="server backend (default: %(default)s)")
     run.add_argument(
         "--no-tls",
@@ -279,15 +272,7 @@ def _secure(args: argparse.Namespace, client: ClientConfig) -> _Secured:
 def _prepare(args: argparse.Namespace, console: cli_common.Console) -> _Demo:
     """Check the flags, open the bundle, the source and the link, start the server (each failure a usage error)."""
     live = False if args.plain or args.quiet else wants_live(console.out)
-    planes = args.transmission == "planes"
-    if planes and args.controller is None and not args.mode:
-        args.controller = "planes"
-    if planes and args.unary:
-        raise ConfigError("--unary: frames sent as bit planes travel on a stream (--transmission planes)")
-    if args.controller == "planes" and not planes:
-        raise ConfigError(
-            "--controller planes chooses the width of frames sent as bit planes: add --transmission planes"
-        )
+    planes = cli_common.check_transmission_args(args, unary=args.unary)
     name = cli_common.check_control_args(args, extra=(SWEEP,))
     if args.every < 0:
         raise ConfigError(f"--every must be >= 0, got {args.every}")

@@ -46,7 +46,7 @@ from slimsplit.control.config import RunConfig
 from slimsplit.control.controllers import FixedOptions
 from slimsplit.control.registry import CONTROLLERS
 from slimsplit.edge.client import frame_overhead_bytes
-from slimsplit.edge.config import AuthSettings, ExitRule, TlsSettings, check_live_controller
+from slimsplit.edge.config import TRANSMISSIONS, AuthSettings, ExitRule, TlsSettings, check_live_controller
 from slimsplit.edge.display import silence_stdout
 from slimsplit.edge.link import DEFAULT_DELAY_MS, DEFAULT_DOWNLINK, EmulatedLink, LinkOptions, LinkTooSlow
 from slimsplit.edge.pipeline import RunReport
@@ -219,6 +219,34 @@ def check_control_args(args: argparse.Namespace, *, extra: Iterable[str] = ()) -
     with naming_flags(CONTROL_FLAGS):
         check_live_controller(name, args.mode or None, extra=tuple(extra))
     return name
+
+
+def add_transmission_argument(group: argparse._ArgumentGroup) -> None:
+    """``--transmission frames|planes`` (see :func:`check_transmission_args`)."""
+    group.add_argument(
+        "--transmission",
+        choices=TRANSMISSIONS,
+        default="frames",
+        help="frames: one message per frame; planes: each frame as bit planes sent while they can arrive in time "
+        "(PlaneStream; the controller defaults to planes, and each frame shows the planes the server used) "
+        "(default: %(default)s)",
+    )
+
+
+def check_transmission_args(args: argparse.Namespace, *, unary: bool = False) -> bool:
+    """Whether frames go as bit planes (``--transmission planes``); then ``--controller`` defaults to ``planes``
+    unless ``--mode`` is given. ``unary``: one call per frame was asked for (planes need a stream). Raises
+    :class:`~slimsplit.errors.ConfigError` naming the flag."""
+    planes: bool = args.transmission == "planes"
+    if planes and args.controller is None and not args.mode:
+        args.controller = "planes"
+    if planes and unary:
+        raise ConfigError("--unary: frames sent as bit planes travel on a stream (--transmission planes)")
+    if args.controller == "planes" and not planes:
+        raise ConfigError(
+            "--controller planes chooses the width of frames sent as bit planes: add --transmission planes"
+        )
+    return planes
 
 
 def bundle_from_args(args: argparse.Namespace) -> Bundle:

@@ -103,6 +103,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
 
     model = cli_common.add_control_arguments(p, controller=None, deadline_ms=100.0, fps=10.0, fps_note=" per client")
+    cli_common.add_transmission_argument(model)
     model.add_argument(
         "--encoder-threads",
         type=int,
@@ -222,6 +223,11 @@ def check_args(args: argparse.Namespace) -> str:
         raise ConfigError("--sweep runs against --server, --start-server or --simulate, not --in-process")
     if not 1 <= args.procs <= 64:
         raise ConfigError(f"--procs must be in 1..64, got {args.procs}")
+    if cli_common.check_transmission_args(args) and (args.sweep is not None or args.in_process):
+        raise ConfigError(
+            "--transmission planes: the link clients carry frames as planes over gRPC; --sweep (unary Infer) and "
+            "--in-process carry whole frames"
+        )
     check_security_args(args)
     cli_common.exit_rule_from_args(args)
     cli_common.check_json_out(args.json_out)

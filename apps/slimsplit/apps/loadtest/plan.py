@@ -81,6 +81,7 @@ class Setup:
     encoders: tuple[Encoder, ...]
     time_limit_s: float
     rule: ExitRule = field(default_factory=ExitRule)
+    planes: bool = False  # frames as bit planes over PlaneStream
 
 
 def prepare(args: argparse.Namespace, console: cli_common.Console) -> Setup:
@@ -113,7 +114,8 @@ def prepare(args: argparse.Namespace, console: cli_common.Console) -> Setup:
 
     encoder_config = EncoderConfig(intra_op_threads=args.encoder_threads)
     # one session per client: set_mode is per-session state and clients switch modes independently
-    encoders = tuple(EncoderRuntime(bundle, encoder_config) for _ in plans)
+    planes = args.transmission == "planes"
+    encoders = tuple(EncoderRuntime(bundle, encoder_config, planes=planes) for _ in plans)
     time_limit = args.time_limit_s
     if time_limit is None:
         time_limit = 2 * args.seconds + give_up_ms / 1e3 + args.connect_timeout + TIME_LIMIT_SLACK_S
@@ -129,6 +131,7 @@ def prepare(args: argparse.Namespace, console: cli_common.Console) -> Setup:
         encoders=encoders,
         time_limit_s=float(time_limit),
         rule=cli_common.exit_rule_from_args(args),
+        planes=planes,
     )
 
 
@@ -155,6 +158,7 @@ def build_runs(
             target=target,
             client=identity.apply(client),
             fps=fps,
+            planes=setup.planes,
             modes=setup.control.modes,
             route=plan.link.route if plan.link is not None else None,
             connect=connect,
