@@ -166,14 +166,7 @@ class EdgeClient(Connection):
         several replicas (``config.stream_count`` > 1): that many streams, a frame whose stream broke re-sent once
         on another (:class:`~slimsplit.edge.replicas.ReplicaTransport`)."""
         if planes:
-            return PlaneTransport(
-                self.stub,
-                self.config.reconnect,
-                seed=seed,
-                target=self.config.target,
-                channel=self._channel,
-                top_k=self.config.top_k,
-            )
+            return self.open_stream(seed=seed, kind=PlaneTransport)
         if unary:
             return UnaryTransport(self.stub, target=self.config.target, top_k=self.config.top_k)
         count = self.config.stream_count if balanced(self.target) else 1
@@ -181,9 +174,10 @@ class EdgeClient(Connection):
             return ReplicaTransport([self.open_stream(seed=None if seed is None else seed + i) for i in range(count)])
         return self.open_stream(seed=seed)
 
-    def open_stream(self, *, seed: int | None = None) -> StreamTransport:
-        """A reconnecting frame stream on this channel (opened lazily by the first ``submit``)."""
-        return StreamTransport(
+    def open_stream(self, *, seed: int | None = None, kind: type[StreamTransport] = StreamTransport) -> StreamTransport:
+        """A reconnecting frame stream on this channel (opened lazily by the first ``submit``): an ``InferStream``,
+        or a ``PlaneStream`` with ``kind=PlaneTransport``."""
+        return kind(
             self.stub,
             self.config.reconnect,
             seed=seed,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from functools import partial
 from typing import Any, Final, TypeVar
@@ -380,30 +380,15 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
         reader = asyncio.create_task(read())
         idle_timer = loop.call_later(idle_s / 4, check_idle) if idle_s > 0 else None
         try:
-            while True:
-                item = await replies.get()
-                if isinstance(item, pb.StreamReply):
-                    yield item
-                    slots.release()
-                elif item is _EOF:
-                    return
-                elif item is _SHUTDOWN:
-                    reader.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await reader
-                    while tasks:
-                        await asyncio.wait(set(tasks))
-                    while not replies.empty():
-                        late = replies.get_nowait()
-                        if isinstance(late, pb.StreamReply):
-                            yield late
-                    _end_with(context, self._unavailable())
-                    return
-                elif isinstance(item, _End):
-                    _end_with(context, item.exc)
-                    return
-                elif isinstance(item, _ReadFailed):
-                    raise item.exc
+
+            async def settle() -> None:
+                while tasks:
+                    await asyncio.wait(set(tasks))
+
+            async for item in _write_replies(
+                replies, pb.StreamReply, slots, reader, settle, context, self._unavailable
+            ):
+                yield item
         finally:
             if idle_timer is not None:
                 idle_timer.cancel()
@@ -530,31 +515,14 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
         self._streams.add(replies)
         reader = asyncio.create_task(read())
         try:
-            while True:
-                item = await replies.get()
-                if isinstance(item, pb.PlaneReply):
-                    yield item
-                    slots.release()
-                elif item is _EOF:
-                    return
-                elif item is _SHUTDOWN:
-                    reader.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await reader
-                    frames.flush()
-                    while waiting:
-                        await asyncio.wait(set(waiting))
-                    while not replies.empty():
-                        late = replies.get_nowait()
-                        if isinstance(late, pb.PlaneReply):
-                            yield late
-                    _end_with(context, self._unavailable())
-                    return
-                elif isinstance(item, _End):
-                    _end_with(context, item.exc)
-                    return
-                elif isinstance(item, _ReadFailed):
-                    raise item.exc
+
+            async def settle() -> None:
+                frames.flush()
+                while waiting:
+                    await asyncio.wait(set(waiting))
+
+            async for item in _write_replies(replies, pb.PlaneReply, slots, reader, settle, context, self._unavailable):
+                yield item
         finally:
             self._streams.discard(replies)
             frames.close()
@@ -566,6 +534,47 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):  # type: ignore[mis
             for fut in list(waiting):
                 fut.cancel()
             await asyncio.gather(reader, *waiting, return_exceptions=True)
+
+
+R = TypeVar("R", pb.StreamReply, pb.PlaneReply)
+
+
+async def _write_replies(
+    replies: asyncio.Queue[object],
+    reply_type: type[R],
+    slots: asyncio.Semaphore,
+    reader: asyncio.Task[None],
+    settle: Callable[[], Awaitable[None]],
+    context: Context,
+    unavailable: Callable[[], SlimsplitError],
+) -> AsyncIterator[R]:
+    """A stream's replies as its reader queues them, each freeing its slot once written; the stream ends at the
+    reader's end of input (``_EOF``) or with the status it asks for (``_End``), or raises its read failure. On
+    shutdown the reader stops, ``settle`` answers what was read, those answers are written and the stream ends
+    UNAVAILABLE."""
+    while True:
+        item = await replies.get()
+        if isinstance(item, reply_type):
+            yield item
+            slots.release()
+        elif item is _EOF:
+            return
+        elif item is _SHUTDOWN:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await settle()
+            while not replies.empty():
+                late = replies.get_nowait()
+                if isinstance(late, reply_type):
+                    yield late
+            _end_with(context, unavailable())
+            return
+        elif isinstance(item, _End):
+            _end_with(context, item.exc)
+            return
+        elif isinstance(item, _ReadFailed):
+            raise item.exc
 
 
 def _open_plane_frame(
